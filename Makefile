@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` (set up, then run the whole nightly flow on the embedded
+# default) and `make test` (set up, then run the whole test suite). Everything else is a step of those.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# pyspark <-> delta-spark <-> Delta jars must match: keep these three in step with pyproject.toml.
+DELTA_VERSION := 4.4.0
+DELTA_SCALA   := 4.2_2.13
+JARS_DIR      := .jars
+DELTA_JARS    := $(JARS_DIR)/delta-spark_$(DELTA_SCALA)-$(DELTA_VERSION).jar $(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar
+
+RUN_DATE ?= 2011-12-09
+LAKE     ?= $(CURDIR)/lake
+RETAIL   ?= $(CURDIR)/../shared/data/online_retail
+PYTEST_ARGS ?=
+
+export WARMSTART_JARS_DIR := $(CURDIR)/$(JARS_DIR)
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup jars demo test test-fast clean airflow-env
+setup: $(VENV)/.installed jars
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+jars: $(DELTA_JARS)
+$(JARS_DIR)/delta-spark_$(DELTA_SCALA)-$(DELTA_VERSION).jar:
+	mvn -q -B dependency:copy -Dartifact=io.delta:delta-spark_$(DELTA_SCALA):$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
+$(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar:
+	mvn -q -B dependency:copy -Dartifact=io.delta:delta-storage:$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
+
+demo: setup
+	$(BIN)/warmstart nightly --lake $(LAKE) --run-date $(RUN_DATE) --format online-retail \
+	  --events $(RETAIL)/online_retail_ii_2009_2010.csv.gz $(RETAIL)/online_retail.csv.gz
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf lake reports models spark-warehouse

@@ -1,0 +1,1 @@
+"""warmstart jobs: one entry point per arrow of the nightly flow (see DESIGN.md)."""

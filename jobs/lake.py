@@ -1,0 +1,108 @@
+"""Delta Lake reads and writes for the declared tables (features/tables.py): the only place jobs touch
+table storage. Every write is one Delta commit, so a job that dies leaves each table at its previous
+version.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from features.tables import Table
+
+
+def path_of(lake: str, table: Table) -> str:
+    return f"{lake}/{table.name}"
+
+
+def exists(spark: SparkSession, lake: str, table: Table) -> bool:
+    return DeltaTable.isDeltaTable(spark, path_of(lake, table))
+
+
+def version(spark: SparkSession, lake: str, table: Table) -> int | None:
+    """The table's latest Delta version, or None if it does not exist yet."""
+    if not exists(spark, lake, table):
+        return None
+    return DeltaTable.forPath(spark, path_of(lake, table)).history(1).select("version").first()[0]
+
+
+def ensure(spark: SparkSession, lake: str, table: Table) -> DeltaTable:
+    """Create the table empty with its declared schema, partitioning and properties if it is missing."""
+    builder = DeltaTable.createIfNotExists(spark).location(path_of(lake, table)).addColumns(table.schema)
+    if table.partition_by:
+        builder = builder.partitionedBy(table.partition_by)
+    for key, value in table.properties.items():
+        builder = builder.property(key, value)
+    return builder.execute()
+
+
+def read(spark: SparkSession, lake: str, table: Table, version: int | None = None) -> DataFrame:
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path_of(lake, table))
+
+
+def conform(df: DataFrame, table: Table) -> DataFrame:
+    """Select and cast ``df`` to the table's declared columns, in order."""
+    missing = [c for c in table.columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table.name}: frame lacks declared columns {missing}")
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in table.schema.fields])
+
+
+def merge_insert_new(spark: SparkSession, lake: str, table: Table, df: DataFrame,
+                     partition_values: list[Any] | None = None) -> dict[str, int]:
+    """MERGE ``df`` into ``table`` on its keys, inserting only rows whose key is new (re-delivered rows
+    are not duplicated). ``partition_values`` narrows the target scan to the partitions ``df`` touches.
+    Returns Delta's operation metrics (inserted rows)."""
+    target = ensure(spark, lake, table)
+    before = version(spark, lake, table)
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
+    if table.partition_by and partition_values:
+        literals = ", ".join(f"'{v}'" for v in partition_values)
+        cond = f"t.{table.partition_by} IN ({literals}) AND " + cond
+    (target.alias("t").merge(conform(df, table).alias("s"), cond)
+     .whenNotMatchedInsertAll().execute())
+    return _metrics_since(target, before)
+
+
+def merge_upsert(spark: SparkSession, lake: str, table: Table, df: DataFrame, changed: str | None = None) -> dict[str, int]:
+    """MERGE ``df`` into ``table`` on its keys: update matched rows (only when ``changed`` — a SQL
+    condition over t and s — holds, if given), insert new ones."""
+    target = ensure(spark, lake, table)
+    before = version(spark, lake, table)
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
+    merge = target.alias("t").merge(conform(df, table).alias("s"), cond)
+    merge = merge.whenMatchedUpdateAll(condition=changed) if changed else merge.whenMatchedUpdateAll()
+    merge.whenNotMatchedInsertAll().execute()
+    return _metrics_since(target, before)
+
+
+def replace_partition(spark: SparkSession, lake: str, table: Table, df: DataFrame, value: dt.date | str) -> int:
+    """Atomically replace one partition of ``table`` with ``df`` (idempotent per partition value).
+    Returns the new table version."""
+    if not table.partition_by:
+        raise ValueError(f"{table.name} is not partitioned")
+    ensure(spark, lake, table)
+    (conform(df, table).write.format("delta").mode("overwrite")
+     .option("replaceWhere", f"{table.partition_by} = '{value}'")
+     .save(path_of(lake, table)))
+    return version(spark, lake, table)
+
+
+def append(spark: SparkSession, lake: str, table: Table, df: DataFrame) -> int:
+    ensure(spark, lake, table)
+    conform(df, table).write.format("delta").mode("append").save(path_of(lake, table))
+    return version(spark, lake, table)
+
+
+def _metrics_since(target: DeltaTable, before: int | None) -> dict[str, int]:
+    """Operation metrics of the commit after ``before``; empty if the MERGE committed nothing."""
+    row = target.history(1).select("version", "operationMetrics").first()
+    if row is None or row[0] == before:
+        return {}
+    return {k: int(v) for k, v in (row[1] or {}).items() if str(v).isdigit()}

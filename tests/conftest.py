@@ -1,0 +1,50 @@
+"""Shared fixtures: one session-scoped Spark with Delta (local[2], few shuffle partitions, UI off,
+loopback) for the whole test run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+RETAIL = REPO.parent / "shared" / "data" / "online_retail"
+
+
+@pytest.fixture(scope="session")
+def config():
+    from jobs.runtime import load_config
+
+    return load_config(overrides={"spark.master": "local[2]", "spark.shuffle_partitions": 2,
+                                  "spark.driver_memory": "3g"})
+
+
+@pytest.fixture(scope="session")
+def spark(config):
+    from jobs.runtime import spark_session
+
+    session = spark_session(config, app_name="warmstart-tests")
+    session.conf.set("spark.sql.shuffle.partitions", "2")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def lake(tmp_path) -> str:
+    """A fresh, empty lake root per test."""
+    root = tmp_path / "lake"
+    root.mkdir()
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def retail_dir() -> Path:
+    if not RETAIL.is_dir():
+        pytest.skip(f"Online Retail data not found at {RETAIL}")
+    return RETAIL
