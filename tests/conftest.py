@@ -22,7 +22,7 @@ def config():
     from jobs.runtime import load_config
 
     return load_config(overrides={"spark.master": "local[2]", "spark.shuffle_partitions": 2,
-                                  "spark.driver_memory": "3g"})
+                                  "spark.driver_memory": "2g"})
 
 
 @pytest.fixture(scope="session")
