@@ -1,0 +1,134 @@
+"""The shared runtime: configuration layering, key=value overrides, the exit-code contract, lineage
+records and the Delta write helpers every job uses."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from features.tables import EVENTS, ITEMS, TABLES
+from jobs import cli, lake as lakeio, runtime
+
+
+def test_config_layers_defaults_file_env_and_overrides(tmp_path, monkeypatch):
+    user = tmp_path / "site.yaml"
+    user.write_text("spark:\n  shuffle_partitions: 64\n  conf:\n    spark.sql.ansi.enabled: true\n")
+    monkeypatch.setenv("WARMSTART_LAKE", "/data/lake")
+    cfg = runtime.load_config(str(user), runtime.parse_overrides(["spark.master=local[3]", "ingest.future_tolerance_days=2"]))
+    assert cfg.get("spark.shuffle_partitions") == 64          # from the file
+    assert cfg.get("spark.driver_memory") == "4g"             # default kept under a partial override
+    assert cfg.get("spark.conf") == {"spark.sql.ansi.enabled": True}
+    assert cfg.get("paths.lake") == "/data/lake"               # environment
+    assert cfg.get("spark.master") == "local[3]"               # key=value wins
+    assert cfg.get("ingest.future_tolerance_days") == 2        # YAML-typed
+
+
+def test_overrides_are_told_apart_from_paths_and_flags():
+    assert runtime.is_override("spark.master=local[2]")
+    assert runtime.is_override("train.lr=1e-3")
+    assert not runtime.is_override("--run-date=2024-01-01")
+    assert not runtime.is_override("/data/x=1.csv")
+    assert runtime.parse_overrides(["a.b=null", "a.c=[1, 2]", "a.d=text"]) == {"a.b": None, "a.c": [1, 2], "a.d": "text"}
+
+
+def test_missing_or_broken_config_file_is_a_usage_error(tmp_path):
+    with pytest.raises(runtime.UsageError, match="config file not found"):
+        runtime.load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(runtime.UsageError, match="mapping"):
+        runtime.load_config(str(bad))
+
+
+def _toy_job(argv, raise_=None):
+    parser = runtime.job_parser("toy", "a toy job")
+    parser.add_argument("--run-date", type=runtime.parse_date, required=True)
+
+    def run(args):
+        if raise_:
+            raise raise_
+        return {"run_date": args.run_date.isoformat(), "lake": args.lake, "n": args.config.get("toy.n")}
+
+    return runtime.run_job("toy", parser, lambda ns, common: runtime.dataclass_from(_ToyArgs, ns, common),
+                           run, argv, needs_spark=False)
+
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class _ToyArgs(runtime.JobArgs):
+    run_date: dt.date | None = None
+
+
+def test_job_contract_summary_json_and_exit_codes(tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    code = _toy_job(["--run-date", "2024-03-01", "--lake", str(tmp_path / "lk"), "--summary-json", str(out), "toy.n=7"])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert summary["status"] == "succeeded" and summary["n"] == 7 and summary["run_date"] == "2024-03-01"
+    assert summary["lake"] == str(tmp_path / "lk")
+
+    assert _toy_job(["--run-date", "yesterday"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a date" in err[0]
+
+    assert _toy_job(["--run-date", "2024-03-01"], raise_=runtime.GateFailed("gate x failed; report: r.html")) == 3
+    assert _toy_job(["--run-date", "2024-03-01"], raise_=RuntimeError("boom")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("warmstart toy: failed: RuntimeError: boom (traceback: ")
+
+
+def test_cli_unknown_command_is_one_line_exit_2(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_lineage_record_round_trips(tmp_path):
+    args = runtime.job_args("toy", str(tmp_path / "lake"), run_date=dt.date(2024, 3, 1))
+    path = runtime.record_lineage(args, run_date=dt.date(2024, 3, 1), inputs={"bronze/events": 3},
+                                  outputs={"features/x": 4}, summary={"rows": 10})
+    (record,) = runtime.read_lineage(args.lake)
+    assert path.endswith(f"{args.run_id}.json")
+    assert record["inputs"] == {"bronze/events": 3} and record["outputs"] == {"features/x": 4}
+    assert record["run_date"] == "2024-03-01" and record["config"]["spark"]["master"] == "local[*]"
+
+
+def test_every_table_declares_its_keys_and_partition():
+    for t in TABLES.values():
+        assert t.keys and set(t.keys) <= set(t.columns), t.name
+        assert t.partition_by is None or t.partition_by in t.columns, t.name
+        assert t.write in {"merge", "replace_partition", "append"}, t.name
+
+
+def _event(event_id, day, user="u1"):
+    ts = dt.datetime(2024, 1, day, 12)
+    return (event_id, user, "i1", "view", ts, ts.date(), 1, 2.5, "s1", "test", ts, "r1")
+
+
+def test_merge_insert_new_is_idempotent_and_replace_partition_is_atomic(spark, lake):
+    first = spark.createDataFrame([_event("e1", 1), _event("e2", 2)], EVENTS.schema)
+    metrics = lakeio.merge_insert_new(spark, lake, EVENTS, first, partition_values=["2024-01-01", "2024-01-02"])
+    assert metrics["numTargetRowsInserted"] == 2
+    again = spark.createDataFrame([_event("e2", 2), _event("e3", 3)], EVENTS.schema)
+    metrics = lakeio.merge_insert_new(spark, lake, EVENTS, again)
+    assert metrics["numTargetRowsInserted"] == 1
+    v = lakeio.version(spark, lake, EVENTS)
+    assert lakeio.merge_insert_new(spark, lake, EVENTS, again) == {}  # nothing new: no commit
+    assert lakeio.version(spark, lake, EVENTS) == v
+    assertDataFrameEqual(lakeio.read(spark, lake, EVENTS).select("event_id"),
+                         spark.createDataFrame([("e1",), ("e2",), ("e3",)], "event_id string"))
+
+
+def test_merge_upsert_updates_only_changed_rows(spark, lake):
+    row = ("i1", "Mug", "A mug", "kitchen", None, 3.0, dt.datetime(2024, 1, 1))
+    lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame([row], ITEMS.schema))
+    changed = "NOT (t.title <=> s.title AND t.price <=> s.price)"
+    assert lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame([row], ITEMS.schema), changed=changed).get(
+        "numTargetRowsUpdated", 0) == 0
+    newer = ("i1", "Mug", "A mug", "kitchen", None, 3.5, dt.datetime(2024, 1, 2))
+    assert lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame([newer], ITEMS.schema),
+                               changed=changed)["numTargetRowsUpdated"] == 1
+    assert lakeio.read(spark, lake, ITEMS).first()["price"] == 3.5
