@@ -120,6 +120,138 @@ USER_SEQUENCES = Table(
     write="replace_partition",
 )
 
+# --- features: the daily aggregate layer, the feature tables and the build log (jobs/build_features.py) ---
+
+# Feature windows: name suffix -> days ending at as_of_date (inclusive); None = all history up to as_of.
+FEATURE_WINDOWS: dict[str, int | None] = {"1d": 1, "7d": 7, "30d": 30, "90d": 90, "all": None}
+# Column-name stem per event type: count_views_7d, count_add_to_carts_30d, ...
+EVENT_COUNT_NAMES: dict[str, str] = {"view": "views", "click": "clicks", "add_to_cart": "add_to_carts",
+                                     "purchase": "purchases", "return": "returns"}
+MONEY = T.DecimalType(28, 4)   # daily sums are exact decimals so that re-summing days in any order is exact
+SKETCH = T.BinaryType()        # a DataSketches HLL sketch (Spark's hll_sketch_agg), mergeable across days
+
+
+def _per_type_counts(suffix: str = "") -> list[tuple[str, T.DataType, bool]]:
+    return [(f"count_{n}{suffix}", L, False) for n in EVENT_COUNT_NAMES.values()] + [(f"count_events{suffix}", L, False)]
+
+
+def _windowed(stem: str, dtype: T.DataType, nullable: bool = False) -> list[tuple[str, T.DataType, bool]]:
+    return [(f"{stem}_{w}", dtype, nullable) for w in FEATURE_WINDOWS]
+
+
+USER_DAILY = Table(
+    name="features/user_daily",
+    grain="one user per event_date: that day's counts, spend and mergeable sketches (the incremental layer)",
+    schema=_schema(
+        ("user_id", S, False),
+        ("event_date", DT, False),
+        *_per_type_counts(),
+        ("spend", MONEY, False),                  # purchases' price*quantity minus returns'
+        ("purchase_price_sum", MONEY, False),     # sum of unit prices of purchase events (for the average)
+        ("purchase_price_count", L, False),       # purchase events with a price
+        ("last_event_at", TS, False),
+        ("last_purchase_at", TS, True),
+        ("items_sketch", SKETCH, False),          # HLL of item_id
+        ("categories_sketch", SKETCH, True),      # HLL of the items' category (null: no known category)
+        ("category_counts", T.MapType(S, L), False),  # events per known category
+        ("ingested_through", TS, False),          # max(ingested_at) of the events summarised
+    ),
+    keys=("user_id",),
+    partition_by="event_date",
+    write="replace_partition",
+)
+
+ITEM_DAILY = Table(
+    name="features/item_daily",
+    grain="one item per event_date: that day's counts, prices and a mergeable sketch of its users",
+    schema=_schema(
+        ("item_id", S, False),
+        ("event_date", DT, False),
+        *_per_type_counts(),
+        ("users_sketch", SKETCH, False),          # HLL of user_id
+        ("price_sum", MONEY, False),              # over events with a price
+        ("price_count", L, False),
+        ("price_min", D, True),
+        ("price_max", D, True),
+        ("first_event_at", TS, False),
+        ("ingested_through", TS, False),
+    ),
+    keys=("item_id",),
+    partition_by="event_date",
+    write="replace_partition",
+)
+
+USER_FEATURES = Table(
+    name="features/user_features",
+    grain="one user (with any event before as_of_date + 1 day) per as_of_date",
+    schema=_schema(
+        ("user_id", S, False),
+        ("as_of_date", DT, False),
+        *[c for w in FEATURE_WINDOWS for c in _per_type_counts(f"_{w}")],
+        ("last_event_at", TS, False),
+        ("last_purchase_at", TS, True),
+        ("days_since_last_event", I, False),
+        ("days_since_last_purchase", I, True),    # null: never purchased
+        *_windowed("spend", D),                   # net of returns, shop currency
+        *_windowed("distinct_items", L),          # HLL estimate (exact below a few hundred)
+        *_windowed("distinct_categories", L),
+        ("avg_purchase_price", D, True),          # mean unit price of purchase events, all history
+        ("top_category", S, True),                # most frequent known category (ties: smallest name)
+        ("top_category_share", D, True),          # its share of the events with a known category
+        ("is_cold_start", T.BooleanType(), False),  # count_events_all < features.cold_start_min_events
+    ),
+    keys=("user_id",),
+    partition_by="as_of_date",
+    write="replace_partition",
+)
+
+ITEM_FEATURES = Table(
+    name="features/item_features",
+    grain="one item (with any event before as_of_date + 1 day, or in the catalogue by then) per as_of_date",
+    schema=_schema(
+        ("item_id", S, False),
+        ("as_of_date", DT, False),
+        *[c for w in FEATURE_WINDOWS for c in _per_type_counts(f"_{w}")],
+        *_windowed("distinct_users", L),          # HLL estimate
+        ("conversion_rate_30d", D, False),        # smoothed purchases/views, Beta prior (features.conversion_prior_*)
+        ("return_rate_all", D, True),             # returns / purchases; null: never purchased
+        ("popularity_rank_30d", I, False),        # 1 = most purchased in 30 days (ties: events, then item_id)
+        ("trend_7d_vs_30d", D, True),             # daily event rate over 7d / over 30d; null: no events in 30d
+        ("price_min", D, True),                   # over events with a price, all history
+        ("price_max", D, True),
+        ("price_mean", D, True),
+        ("catalog_price", D, True),               # bronze/items
+        ("first_seen_at", TS, True),              # first event; null: catalogue only
+        ("days_since_first_seen", I, True),
+        ("title", S, True),
+        ("description", S, True),
+        ("category", S, True),
+        ("brand", S, True),
+    ),
+    keys=("item_id",),
+    partition_by="as_of_date",
+    write="replace_partition",
+)
+
+FEATURE_BUILDS = Table(
+    name="features/builds",
+    grain="one build of the feature tables for one as_of_date (the late-event watermark lives here)",
+    schema=_schema(
+        ("as_of_date", DT, False),
+        ("run_id", S, False),
+        ("mode", S, False),                        # "full" | "incremental"
+        ("base_as_of_date", DT, True),             # the earlier build an incremental run extended
+        ("events_version", L, False),              # bronze/events Delta version read
+        ("ingested_through", TS, True),            # max(ingested_at) seen: the next run's late-event watermark
+        ("rebuilt_dates", T.ArrayType(DT, False), False),  # daily partitions (re)built by this run
+        ("late_dates", T.ArrayType(DT, False), False),     # of those, dates <= base that got late events
+        ("built_at", TS, False),
+    ),
+    keys=("run_id",),
+    partition_by=None,
+    write="append",
+)
+
 USER_CANDIDATES = Table(
     name="candidates/user_candidates",
     grain="one candidate item per user per run_date, ranked 1..K",
@@ -155,7 +287,8 @@ PUBLISHED = Table(
     write="append",
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, QUARANTINE, ITEMS, USER_SEQUENCES, USER_CANDIDATES, PUBLISHED)}
+TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, QUARANTINE, ITEMS, USER_SEQUENCES, USER_CANDIDATES, PUBLISHED,
+                                                  USER_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES, FEATURE_BUILDS)}
 
 
 def table(name: str) -> Table:

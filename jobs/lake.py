@@ -94,6 +94,17 @@ def replace_partition(spark: SparkSession, lake: str, table: Table, df: DataFram
     return version(spark, lake, table)
 
 
+def replace_where(spark: SparkSession, lake: str, table: Table, df: DataFrame, condition: str) -> int:
+    """Atomically replace the rows of ``table`` matching ``condition`` (a SQL predicate on the partition
+    column, e.g. ``event_date IN ('2024-01-01', '2024-01-03')``) with ``df``: several partitions in one
+    commit. Returns the new table version."""
+    ensure(spark, lake, table)
+    (conform(df, table).write.format("delta").mode("overwrite")
+     .option("replaceWhere", condition)
+     .save(path_of(lake, table)))
+    return version(spark, lake, table)
+
+
 def append(spark: SparkSession, lake: str, table: Table, df: DataFrame) -> int:
     ensure(spark, lake, table)
     conform(df, table).write.format("delta").mode("append").save(path_of(lake, table))
@@ -106,3 +117,28 @@ def _metrics_since(target: DeltaTable, before: int | None) -> dict[str, int]:
     if row is None or row[0] == before:
         return {}
     return {k: int(v) for k, v in (row[1] or {}).items() if str(v).isdigit()}
+
+
+# --- Spark-free reads (delta-rs), for Ray jobs that must not start a JVM (training, evaluation) ---
+
+def snapshot_files(lake: str, table: Table, version: int | None = None,
+                   partition_value: Any | None = None) -> tuple[int, list[str]]:
+    """The table's Delta version (latest if None) and the data-file URIs of that snapshot, narrowed to
+    one partition value if given. Raises FileNotFoundError if the table does not exist."""
+    from deltalake import DeltaTable as RsTable
+
+    if not RsTable.is_deltatable(path_of(lake, table)):
+        raise FileNotFoundError(f"no Delta table at {path_of(lake, table)}")
+    snap = RsTable(path_of(lake, table), version=version)
+    filters = [(table.partition_by, "=", str(partition_value))] if partition_value is not None else None
+    return snap.version(), snap.file_uris(partition_filters=filters)
+
+
+def read_pandas(lake: str, table: Table, version: int | None = None, columns: list[str] | None = None):
+    """(version, pandas DataFrame) of a small table (the item catalogue) without Spark."""
+    from deltalake import DeltaTable as RsTable
+
+    if not RsTable.is_deltatable(path_of(lake, table)):
+        raise FileNotFoundError(f"no Delta table at {path_of(lake, table)}")
+    snap = RsTable(path_of(lake, table), version=version)
+    return snap.version(), snap.to_pandas(columns=columns)

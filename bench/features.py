@@ -1,0 +1,306 @@
+"""Benchmark of the feature build (jobs/build_features.py), in one run on one generated event history:
+
+1. full build as of the last day D (``--full-refresh``: daily layer + features + sequences from all events),
+2. nightly incremental build for D on top of the build for D - 1 (one new day plus the daily layer),
+3. the same aggregations done by DuckDB straight from the same Parquet files (bronze/events' data files),
+   as the single-machine peer a user might pick instead: windowed counts/spend, approximate distinct
+   counts (DuckDB's HLL), last-event times, top category, item statistics and popularity, last-N sequences.
+
+Reports the three wall times and the ratios incremental/full and full/DuckDB, to
+bench/results/features.md and bench/results/features.json.
+
+    .venv/bin/python bench/features.py --events 10000000            # the issue's target size
+    .venv/bin/python bench/features.py --events 1000000 --threads 2  # what a shared 2-core machine manages
+
+Events come from features/synthetic.generate when it is there (the project's generator), else from a
+small numpy generator below with the same schema.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "results"
+EVENT_TYPES = np.array(["view", "click", "add_to_cart", "purchase", "return"])
+
+
+def _strings(codes: np.ndarray, values: np.ndarray) -> pa.Array:
+    """Strings picked by integer codes, without building millions of Python strings."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values)).cast(pa.string())
+
+
+def generate_numpy(out: Path, events: int, users: int, items: int, days: int, start: dt.date, seed: int) -> None:
+    """Write ``out/events/day=*.parquet`` and ``out/items.parquet`` (bronze columns, without the ingest
+    bookkeeping ones). Skewed users and items (Zipf-like), a category per item, baskets of purchases."""
+    rng = np.random.default_rng(seed)
+    (out / "events").mkdir(parents=True, exist_ok=True)
+    item_price = np.round(rng.lognormal(1.5, 0.8, items), 2)
+    item_ids = np.array([f"it{i:07d}" for i in range(items)])
+    categories = np.array([f"cat{i:03d}" for i in range(200)])
+    item_category = categories[rng.zipf(1.3, items) % len(categories)]
+    pq.write_table(pa.table({
+        "item_id": item_ids, "title": [f"item {i}" for i in range(items)], "description": [None] * items,
+        "category": item_category, "brand": [None] * items, "price": item_price,
+        "updated_at": pa.array([dt.datetime.combine(start, dt.time())] * items, pa.timestamp("us")),
+    }), out / "items.parquet")
+    user_ids = np.array([f"us{i:08d}" for i in range(users)])
+    user_weight = 1.0 / np.arange(1, users + 1) ** 0.7
+    user_weight /= user_weight.sum()
+    item_weight = 1.0 / np.arange(1, items + 1) ** 0.9
+    item_weight /= item_weight.sum()
+    per_day = rng.multinomial(events, np.ones(days) / days)
+    for day, n in enumerate(per_day):
+        date = start + dt.timedelta(days=day)
+        u = rng.choice(users, n, p=user_weight)
+        i = rng.choice(items, n, p=item_weight)
+        kind = rng.choice(5, n, p=[0.55, 0.2, 0.1, 0.12, 0.03])
+        seconds = rng.integers(0, 86400, n)
+        ts = np.datetime64(date.isoformat()) + seconds.astype("timedelta64[s]")
+        qty = np.where(kind == 4, -1, 1) * rng.integers(1, 4, n)
+        priced = kind >= 3
+        pq.write_table(pa.table({
+            "user_id": _strings(u, user_ids), "item_id": _strings(i, item_ids), "event_type": _strings(kind, EVENT_TYPES),
+            "event_ts": pa.array(ts.astype("datetime64[us]"), pa.timestamp("us")),
+            "quantity": pa.array(qty.astype(np.int32), mask=~priced),
+            "price": pa.array(item_price[i], mask=~priced),
+            "session_id": pa.array([None] * n, pa.string()),
+        }), out / "events" / f"day={date.isoformat()}.parquet")
+
+
+def generate(out: Path, events: int, users: int, items: int, days: int, start: dt.date, seed: int) -> str:
+    try:
+        from features import synthetic
+    except ImportError:
+        generate_numpy(out, events, users, items, days, start, seed)
+        return "bench/features.py numpy generator"
+    events_per_user_day = events / (users * days)
+    synthetic.generate(str(out), users=users, items=items, days=days, start_date=start, seed=seed, fmt="parquet")
+    return f"features.synthetic.generate (users={users}, items={items}, days={days}; {events_per_user_day:.2f} target events/user/day)"
+
+
+def load_bronze(spark, lake: str, source: Path, last_day: dt.date) -> int:
+    """Write the generated events into bronze/events (Delta, partitioned by event_date) the way ingest
+    does, in two commits: all days before the last one ingested earlier, the last day ingested at night."""
+    from pyspark.sql import functions as F
+
+    from features.tables import EVENTS, ITEMS
+    from jobs import lake as lake_io
+
+    events = spark.read.parquet(str(source / "events"))
+    events = events.drop(*[c for c in events.columns if c not in EVENTS.columns])
+    bronze = (events
+              .withColumn("event_date", F.to_date("event_ts"))
+              .withColumn("event_id", F.sha2(F.concat_ws("|", F.monotonically_increasing_id().cast("string"),
+                                                         "user_id", "item_id", "event_ts"), 256))
+              .withColumn("source", F.lit("bench")).withColumn("run_id", F.lit("bench")))
+    for batch, ingested in ((bronze.where(F.col("event_date") < F.lit(last_day)), "2000-01-01 00:00:00"),
+                            (bronze.where(F.col("event_date") >= F.lit(last_day)), "2000-01-02 00:00:00")):
+        lake_io.append(spark, lake, EVENTS, batch.withColumn("ingested_at", F.lit(ingested).cast("timestamp")))
+    items_path = source / "items.parquet" if (source / "items.parquet").exists() else source / "items"
+    items = spark.read.parquet(str(items_path))
+    lake_io.append(spark, lake, ITEMS, items.select(*[c for c in ITEMS.columns]))
+    return lake_io.read(spark, lake, EVENTS).count()
+
+
+def timed_build(spark, lake: str, config, as_of: dt.date, full_refresh: bool) -> tuple[float, dict]:
+    from jobs import build_features, runtime
+
+    common = runtime.job_args("features", lake, config, run_date=as_of)
+    args = build_features.BuildFeaturesArgs(**{f: getattr(common, f) for f in
+                                               ("job", "lake", "config", "run_id", "summary_json")},
+                                            run_date=as_of, full_refresh=full_refresh)
+    started = time.perf_counter()
+    summary = build_features.run(spark, args)
+    return time.perf_counter() - started, summary
+
+
+DUCKDB_SQL = """
+CREATE TEMP TABLE e AS
+SELECT e.user_id, e.item_id, e.event_type, e.event_ts, e.event_date, e.quantity, e.price, i.category,
+       CASE e.event_type WHEN 'purchase' THEN 1 WHEN 'return' THEN -1 ELSE 0 END
+         * CAST(e.price AS DECIMAL(18,4)) * abs(coalesce(e.quantity, 1)) AS amount
+FROM read_parquet('{events}', hive_partitioning = true) e
+LEFT JOIN read_parquet('{items}') i USING (item_id)
+WHERE e.event_ts < TIMESTAMP '{next_day}';
+
+COPY (
+  WITH per_user AS (
+    SELECT user_id, {user_windows},
+           max(event_ts) AS last_event_at,
+           max(event_ts) FILTER (WHERE event_type = 'purchase') AS last_purchase_at,
+           avg(price) FILTER (WHERE event_type = 'purchase') AS avg_purchase_price
+    FROM e GROUP BY user_id),
+  per_category AS (
+    SELECT user_id, category, count(*) AS n, sum(count(*)) OVER (PARTITION BY user_id) AS total,
+           row_number() OVER (PARTITION BY user_id ORDER BY count(*) DESC, category) AS r
+    FROM e WHERE category IS NOT NULL GROUP BY user_id, category)
+  SELECT p.*, c.category AS top_category, c.n / c.total AS top_category_share
+  FROM per_user p LEFT JOIN per_category c ON c.user_id = p.user_id AND c.r = 1
+) TO '{out}/user_features.parquet' (FORMAT parquet);
+
+COPY (
+  WITH per_item AS (
+    SELECT item_id, {item_windows},
+           min(price) AS price_min, max(price) AS price_max, avg(price) AS price_mean,
+           min(event_ts) AS first_seen_at
+    FROM e GROUP BY item_id)
+  SELECT *, row_number() OVER (ORDER BY count_purchases_30d DESC, count_events_30d DESC, item_id) AS popularity_rank_30d
+  FROM per_item
+) TO '{out}/item_features.parquet' (FORMAT parquet);
+
+COPY (
+  SELECT user_id, list(item_id ORDER BY event_ts, item_id, event_type) AS item_ids,
+         list(event_type ORDER BY event_ts, item_id, event_type) AS event_types,
+         list(event_ts ORDER BY event_ts, item_id, event_type) AS event_ts, count(*) AS sequence_length
+  FROM (SELECT user_id, item_id, event_type, event_ts,
+               row_number() OVER (PARTITION BY user_id ORDER BY event_ts DESC, item_id DESC, event_type DESC) AS r
+        FROM e) WHERE r <= {n} GROUP BY user_id
+) TO '{out}/user_sequences.parquet' (FORMAT parquet);
+"""
+
+
+def duckdb_sql(events_glob: str, items_path: str, as_of: dt.date, out: str, n: int) -> str:
+    windows = {"1d": 1, "7d": 7, "30d": 30, "90d": 90, "all": None}
+    kinds = {"view": "views", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases",
+             "return": "returns"}
+
+    def since(days):
+        return "TRUE" if days is None else f"event_date >= DATE '{(as_of - dt.timedelta(days=days - 1)).isoformat()}'"
+
+    user, item = [], []
+    for w, days in windows.items():
+        counts = [f"count(*) FILTER (WHERE {since(days)} AND event_type = '{k}') AS count_{name}_{w}" for k, name in kinds.items()]
+        counts.append(f"count(*) FILTER (WHERE {since(days)}) AS count_events_{w}")
+        user += counts + [f"coalesce(sum(amount) FILTER (WHERE {since(days)}), 0) AS spend_{w}",
+                          f"approx_count_distinct(item_id) FILTER (WHERE {since(days)}) AS distinct_items_{w}",
+                          f"approx_count_distinct(category) FILTER (WHERE {since(days)}) AS distinct_categories_{w}"]
+        item += counts + [f"approx_count_distinct(user_id) FILTER (WHERE {since(days)}) AS distinct_users_{w}"]
+    return DUCKDB_SQL.format(events=events_glob, items=items_path, next_day=(as_of + dt.timedelta(days=1)).isoformat(),
+                             user_windows=",\n           ".join(user), item_windows=",\n           ".join(item),
+                             out=out, n=n)
+
+
+def timed_duckdb(lake: str, items_path: str, as_of: dt.date, out: str, threads: int, n: int) -> float:
+    import duckdb
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    con.execute(f"SET memory_limit = '4GB'")
+    sql = duckdb_sql(f"{lake}/bronze/events/*/*.parquet", items_path, as_of, out, n)
+    started = time.perf_counter()
+    con.execute(sql)
+    elapsed = time.perf_counter() - started
+    con.close()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=None, help="default: events / 100")
+    parser.add_argument("--items", type=int, default=None, help="default: events / 500")
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--threads", type=int, default=2, help="Spark local[N] and DuckDB threads")
+    parser.add_argument("--driver-memory", default="2g")
+    parser.add_argument("--workdir", default=None, help="default: a temporary folder, removed at the end")
+    parser.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(argv)
+    users = ns.users or max(100, ns.events // 100)
+    items = ns.items or max(50, ns.events // 500)
+    start = dt.date(2024, 1, 1)
+    last = start + dt.timedelta(days=ns.days - 1)
+    work = Path(ns.workdir or tempfile.mkdtemp(prefix="bench-features-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+    from jobs import runtime
+
+    config = runtime.load_config(overrides={"spark.master": f"local[{ns.threads}]",
+                                            "spark.driver_memory": ns.driver_memory,
+                                            "spark.shuffle_partitions": max(4, ns.threads * 2)})
+    t0 = time.perf_counter()
+    generator = generate(work / "generated", ns.events, users, items, ns.days, start, ns.seed)
+    generate_s = time.perf_counter() - t0
+    spark = runtime.spark_session(config, app_name="bench-features")
+    lake = str(work / "lake")
+    t0 = time.perf_counter()
+    n_events = load_bronze(spark, lake, work / "generated", last)
+    load_s = time.perf_counter() - t0
+
+    # The nightly case: the build for D - 1 exists (a full build here), day D arrived later.
+    previous_s, _ = timed_build(spark, lake, config, last - dt.timedelta(days=1), full_refresh=True)
+    incremental_s, incremental = timed_build(spark, lake, config, last, full_refresh=False)
+    full_s, full = timed_build(spark, lake, config, last, full_refresh=True)
+    spark.stop()
+
+    items_path = str(work / "generated" / "items.parquet") if (work / "generated" / "items.parquet").exists() \
+        else str(work / "generated" / "items" / "*.parquet")
+    n = int(config.get("features.sequence_length", 50))
+    duckdb_s = timed_duckdb(lake, items_path, last, str(work / "duckdb"), ns.threads, n)
+
+    result = {
+        "events": n_events, "users": users, "items": items, "days": ns.days, "as_of_date": last.isoformat(),
+        "generator": generator, "threads": ns.threads, "spark_driver_memory": ns.driver_memory,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores visible, load average at end "
+                   f"{os.getloadavg()[0]:.1f}",
+        "generate_s": round(generate_s, 1), "load_bronze_s": round(load_s, 1),
+        "full_build_s": round(full_s, 1), "full_build_previous_day_s": round(previous_s, 1),
+        "incremental_build_s": round(incremental_s, 1), "duckdb_s": round(duckdb_s, 1),
+        "incremental_over_full": round(incremental_s / full_s, 3),
+        "full_over_duckdb": round(full_s / duckdb_s, 2),
+        "rows": {k: v for k, v in full.items() if k.startswith("rows_")},
+        "incremental_daily_partitions_rebuilt": incremental["daily_partitions_rebuilt"],
+        "aims": {"incremental_over_full": "<= 0.10", "full_over_duckdb": "<= 3"},
+    }
+    write_results(result)
+    if not ns.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def write_results(r: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "features.json").write_text(json.dumps(r, indent=2) + "\n")
+    verdict = lambda ok: "meets the aim" if ok else "misses the aim"  # noqa: E731
+    md = f"""# Feature build benchmark (bench/features.py)
+
+{r['events']:,} generated events over {r['days']} days ({r['users']:,} users, {r['items']:,} items;
+{r['generator']}), as of {r['as_of_date']}. Spark `local[{r['threads']}]` (driver {r['spark_driver_memory']})
+with Delta; DuckDB with {r['threads']} threads on the same Parquet files. Machine: {r['machine']}.
+
+| step | wall time (s) |
+|---|---|
+| full build (`--full-refresh`: daily layer, features, sequences) | {r['full_build_s']} |
+| nightly incremental build for one day on the {r['days']}-day history | {r['incremental_build_s']} |
+| DuckDB, the same aggregations from Parquet | {r['duckdb_s']} |
+
+| ratio | value | aim |
+|---|---|---|
+| incremental / full | {r['incremental_over_full']} | <= 0.10 ({verdict(r['incremental_over_full'] <= 0.10)}) |
+| full / DuckDB | {r['full_over_duckdb']} | <= 3 ({verdict(r['full_over_duckdb'] <= 3)}) |
+
+Rows written as of {r['as_of_date']}: {', '.join(f'{k[5:]} {v:,}' for k, v in r['rows'].items())}.
+Also measured: generating {r['generate_s']} s, loading bronze {r['load_bronze_s']} s, full build for the previous
+day {r['full_build_previous_day_s']} s.
+"""
+    (RESULTS / "features.md").write_text(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

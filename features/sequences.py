@@ -1,0 +1,78 @@
+"""``features/user_sequences``: one row per user with any event before as_of_date + 1 day, per
+as_of_date: the user's last N interactions (all event types), oldest first, as parallel arrays
+``item_ids``, ``event_types``, ``event_ts``. The training input of the model (training/ reads it).
+
+Order: event_ts, then item_id, then event_type. Online Retail's baskets put many items on one
+timestamp; ordering the ties by item_id makes the sequence (and which items the last-N cut keeps)
+deterministic and the same whether it is built in full or incrementally.
+
+Two builds give the same rows:
+- :func:`sequences_full` from all events up to as_of;
+- :func:`sequences_incremental` from an earlier as_of's sequences plus the events that were not in
+  them (the days after it, and late events for days up to it). Correct because every event that was
+  cut from the earlier sequence is older than all N it kept, so it cannot be among the last N of the
+  larger set either.
+
+Called by jobs/build_features.py. Pure: DataFrames and the as_of date in, DataFrame out.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from features.tables import USER_SEQUENCES
+
+_STEP = "struct<event_ts:timestamp,item_id:string,event_type:string>"
+
+
+def _step() -> Column:
+    # Field order is the sort order: array_sort compares structs field by field.
+    return F.struct("event_ts", "item_id", "event_type")
+
+
+def _last_n(steps: Column, n: int) -> Column:
+    return F.when(F.size(steps) > n, F.slice(steps, F.size(steps) - F.lit(n - 1), F.lit(n))).otherwise(steps)
+
+
+def _to_table(per_user: DataFrame, as_of: dt.date, n: int) -> DataFrame:
+    """``per_user`` has user_id and ``steps`` (an unsorted array of step structs)."""
+    steps = _last_n(F.array_sort("steps"), n)
+    return (per_user.withColumn("steps", steps)
+            .select("user_id", F.lit(as_of).alias("as_of_date"),
+                    F.transform("steps", lambda s: s["item_id"]).alias("item_ids"),
+                    F.transform("steps", lambda s: s["event_type"]).alias("event_types"),
+                    F.transform("steps", lambda s: s["event_ts"]).alias("event_ts"),
+                    F.size("steps").alias("sequence_length"))
+            .select(*[F.col(c) for c in USER_SEQUENCES.columns]))
+
+
+def point_in_time(events: DataFrame, as_of: dt.date) -> DataFrame:
+    """Events that happened before as_of_date + 1 day (UTC)."""
+    return events.where(F.col("event_ts") < F.lit(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())))
+
+
+def sequences_full(events: DataFrame, as_of: dt.date, n: int) -> DataFrame:
+    """Last ``n`` interactions per user from ``events`` (bronze/events rows, any dates)."""
+    newest_first = Window.partitionBy("user_id").orderBy(F.desc("event_ts"), F.desc("item_id"), F.desc("event_type"))
+    last = (point_in_time(events, as_of)
+            .withColumn("_rank", F.row_number().over(newest_first))
+            .where(F.col("_rank") <= n))
+    return _to_table(last.groupBy("user_id").agg(F.collect_list(_step()).alias("steps")), as_of, n)
+
+
+def sequences_incremental(previous: DataFrame, new_events: DataFrame, as_of: dt.date, n: int) -> DataFrame:
+    """``previous``: user_sequences rows of one earlier as_of_date. ``new_events``: bronze/events rows that
+    those sequences did not include (later days, late arrivals); events after as_of are ignored."""
+    earlier = previous.select(
+        "user_id",
+        F.transform(F.arrays_zip("event_ts", "item_ids", "event_types"),
+                    lambda z: F.struct(z["event_ts"].alias("event_ts"), z["item_ids"].alias("item_id"),
+                                       z["event_types"].alias("event_type"))).cast(f"array<{_STEP}>").alias("old"))
+    added = (point_in_time(new_events, as_of).groupBy("user_id")
+             .agg(F.collect_list(_step()).cast(f"array<{_STEP}>").alias("new")))
+    empty = F.array().cast(f"array<{_STEP}>")
+    merged = (earlier.join(added, "user_id", "full_outer")
+              .select("user_id", F.concat(F.coalesce("old", empty), F.coalesce("new", empty)).alias("steps")))
+    return _to_table(merged, as_of, n)

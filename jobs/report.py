@@ -1,0 +1,259 @@
+"""The run report: one offline HTML page per run date, ``reports/<run_date>/index.html``, linking the
+quality reports (``quality/``), the model report (``model/``) and the candidate reports
+(``candidates/``), with candidate statistics (user and catalogue coverage, score distribution,
+strategy mix, most recommended items) and their plots embedded as PNG. The nightly flow writes it
+after its last stage; Airflow's last task and engineers run it on its own:
+
+    warmstart report --run-date 2011-12-09 [--lake ./lake]
+    python jobs/report.py --lake ./lake --run-date 2011-12-09
+
+No Spark: the candidate partition, the catalogue and the published log are read with delta-rs.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.tables import ITEMS, PUBLISHED, USER_CANDIDATES, USER_SEQUENCES
+from jobs import runtime
+
+log = logging.getLogger("warmstart.report")
+
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+
+
+@dataclass(frozen=True)
+class ReportArgs(runtime.JobArgs):
+    run_date: dt.date | None = None
+
+
+def parser():
+    p = runtime.job_parser("report", "write the run report reports/<run_date>/index.html")
+    p.add_argument("--run-date", required=True, type=runtime.parse_date, help="the run date (YYYY-MM-DD)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading (delta-rs, one partition)
+
+
+def _delta(lake: str, table, partition: tuple[str, str] | None = None, columns: list[str] | None = None):
+    """(version, pandas frame) of a table, narrowed to one partition; (None, None) if it does not exist."""
+    from deltalake import DeltaTable
+
+    path = f"{lake}/{table.name}"
+    if not DeltaTable.is_deltatable(path):
+        return None, None
+    snap = DeltaTable(path)
+    filters = [(partition[0], "=", partition[1])] if partition else None
+    return snap.version(), snap.to_pandas(partitions=filters, columns=columns)
+
+
+def _reports_in(folder: Path, base: Path) -> list[dict[str, Any]]:
+    """The HTML reports of one kind with the JSON beside each (if any), as links relative to index.html."""
+    out = []
+    for html in sorted(folder.rglob("*.html")) if folder.is_dir() else []:
+        side = html.with_suffix(".json")
+        payload = {}
+        if side.is_file():
+            try:
+                payload = json.loads(side.read_text())
+            except json.JSONDecodeError:
+                payload = {}
+        out.append({"name": str(html.relative_to(folder).with_suffix("")), "href": str(html.relative_to(base)),
+                    "json": payload})
+    return out
+
+
+def _quality_row(entry: dict[str, Any]) -> dict[str, Any]:
+    data = entry["json"]
+    ok = data.get("success_critical", data.get("success"))
+    counts = data.get("counts") or {}
+    return {"name": data.get("table", entry["name"]), "href": entry["href"],
+            "status": "no result" if ok is None else ("passed" if ok else "FAILED"),
+            "ok": ok, "rows": counts.get("rows", data.get("rows")),
+            "failed_critical": counts.get("failed_critical", data.get("failed_critical")),
+            "failed_warning": counts.get("failed_warning", data.get("failed_warning")),
+            "expectations": counts.get("expectations", data.get("expectations"))}
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidate statistics (pure: frames in, plain values out)
+
+
+def candidate_stats(cands: pd.DataFrame, users_with_history: int | None, catalogue_size: int | None,
+                    top_n: int = 20, titles: pd.Series | None = None) -> dict[str, Any]:
+    """Coverage, score distribution and strategy mix of one run's candidate rows."""
+    users = cands["user_id"].nunique()
+    items = cands["item_id"].nunique()
+    per_user = cands.groupby("user_id").size()
+    strategy_users = cands.groupby("strategy")["user_id"].nunique().sort_values(ascending=False)
+    score = cands["score"].astype("float64")
+    top = (cands.groupby("item_id").size().sort_values(ascending=False).head(top_n)
+           .rename("times_recommended").reset_index())
+    top["share_of_users"] = top["times_recommended"] / max(users, 1)
+    if titles is not None:
+        top["title"] = top["item_id"].map(titles).fillna("")
+    return {
+        "rows": int(len(cands)),
+        "users": int(users),
+        "k_max": int(cands["rank"].max()) if len(cands) else 0,
+        "candidates_per_user_min": int(per_user.min()) if users else 0,
+        "candidates_per_user_mean": float(per_user.mean()) if users else 0.0,
+        "distinct_items": int(items),
+        "users_with_history": users_with_history,
+        "user_coverage": (users / users_with_history) if users_with_history else None,
+        "catalogue_size": catalogue_size,
+        "catalogue_coverage": (items / catalogue_size) if catalogue_size else None,
+        "strategy_users": {str(k): int(v) for k, v in strategy_users.items()},
+        "strategy_rows": {str(k): int(v) for k, v in cands["strategy"].value_counts().items()},
+        "model_versions": sorted(str(v) for v in cands["model_version"].dropna().unique()),
+        "score_quantiles": {f"p{int(q * 100)}": float(score.quantile(q)) for q in (0.0, 0.1, 0.5, 0.9, 1.0)}
+        if len(score) else {},
+        "top_items": top.to_dict("records"),
+    }
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def candidate_plots(cands: pd.DataFrame, stats: dict[str, Any]) -> list[dict[str, str]]:
+    """PNG plots (base64) of the score distribution per strategy, the strategy mix and score by rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for strategy, group in cands.groupby("strategy"):
+        ax.hist(group["score"].astype("float64"), bins=40, alpha=0.6, label=f"{strategy} ({len(group):,})")
+    ax.set_xlabel("score (user . item)")
+    ax.set_ylabel("candidate rows")
+    ax.set_title("Score distribution by strategy")
+    ax.legend()
+    plots.append({"id": "plot-score-distribution", "title": "Score distribution", "png": _png(fig)})
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    mix = stats["strategy_users"]
+    ax.barh(list(mix), list(mix.values()), color=["#3b6ea5", "#d9822b", "#6aa84f", "#999999"][:len(mix)])
+    for y, v in enumerate(mix.values()):
+        ax.text(v, y, f" {v:,}", va="center")
+    ax.set_xlabel("users")
+    ax.set_title("Strategy mix (users per strategy)")
+    plots.append({"id": "plot-strategy-mix", "title": "Strategy mix", "png": _png(fig)})
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    by_rank = cands.groupby(["strategy", "rank"])["score"].mean().unstack(0)
+    for strategy in by_rank.columns:
+        ax.plot(by_rank.index, by_rank[strategy], marker=".", label=str(strategy))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("mean score")
+    ax.set_title("Mean score by rank")
+    ax.legend()
+    plots.append({"id": "plot-score-by-rank", "title": "Score by rank", "png": _png(fig)})
+    return plots
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _model_section(args: runtime.JobArgs, version: str | None) -> dict[str, Any] | None:
+    name = args.config.get("train.name", "warmstart-seqrec")
+    root = Path(args.models_root) / name
+    if version is None and (root / "LATEST").is_file():
+        version = (root / "LATEST").read_text().strip()
+    if not version or not (root / version / "metrics.json").is_file():
+        return None
+    metrics = json.loads((root / version / "metrics.json").read_text())
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"name": name, "version": version, "path": str(root / version), "metrics": flat}
+
+
+def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | None = None) -> str:
+    """Write ``reports/<run_date>/index.html``; returns its path. ``nightly`` is the nightly flow's
+    summary (stage table); without it the ``nightly.json`` beside the report is used if present."""
+    import jinja2
+
+    d = run_date.isoformat()
+    base = Path(args.reports_root) / d
+    base.mkdir(parents=True, exist_ok=True)
+    if nightly is None and (base / "nightly.json").is_file():
+        nightly = json.loads((base / "nightly.json").read_text())
+
+    quality = [_quality_row(e) for e in _reports_in(base / "quality", base)]
+    model_reports = _reports_in(base / "model", base)
+    candidate_reports = _reports_in(base / "candidates", base)
+
+    cand_version, cands = _delta(args.lake, USER_CANDIDATES, ("run_date", d))
+    stats, plots = None, []
+    if cands is not None and len(cands):
+        _, seqs = _delta(args.lake, USER_SEQUENCES, ("as_of_date", d), columns=["user_id"])
+        _, items = _delta(args.lake, ITEMS, columns=["item_id", "title"])
+        titles = items.set_index("item_id")["title"] if items is not None else None
+        stats = candidate_stats(cands, int(seqs["user_id"].nunique()) if seqs is not None else None,
+                                int(len(items)) if items is not None else None,
+                                int(args.config.get("nightly.report_top_items", 20)), titles)
+        plots = candidate_plots(cands, stats)
+    _, published = _delta(args.lake, PUBLISHED)
+    published_rows = []
+    if published is not None and len(published):
+        mine = published[published["run_date"].astype(str) == d].sort_values("published_at", ascending=False)
+        published_rows = mine.astype(str).to_dict("records")
+
+    model_version = ((nightly or {}).get("model") or {}).get("version") or ((stats or {}).get("model_versions") or [None])[-1]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["num"] = _num
+    html = env.get_template("run_report.html.j2").render(
+        run_date=d, generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        lake=args.lake, nightly=nightly, quality=quality, model=_model_section(args, model_version),
+        model_reports=model_reports, candidate_reports=candidate_reports, stats=stats, plots=plots,
+        candidates_version=cand_version, published=published_rows, code_version=runtime.code_version())
+    out = base / "index.html"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(html)
+    tmp.replace(out)
+    return str(out)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def run(args: ReportArgs) -> dict[str, Any]:
+    path = write(args, args.run_date)
+    return {"run_date": args.run_date.isoformat(), "path": path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return runtime.run_job("report", parser(), lambda ns, common: runtime.dataclass_from(ReportArgs, ns, common),
+                           run, argv, needs_spark=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""jobs/train.py end to end with Ray Train on tiny hand-made data: a 2-worker CPU TorchTrainer run, the
+registry it writes, the rerun that changes nothing, a worker killed mid-training that resumes from its
+checkpoint, the LATEST promotion rule, and bad input."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.tables import ITEMS, USER_SEQUENCES
+from jobs import lake as lakeio
+from jobs import runtime
+
+AS_OF = dt.date(2024, 3, 1)
+
+TINY = {"train.model.dim": 32, "train.model.num_layers": 2, "train.model.num_heads": 2,
+        "train.model.max_seq_len": 20, "train.model.dropout": 0.0, "train.loop.batch_size": 32,
+        "train.loop.epochs": 3, "train.loop.patience": 3, "train.loop.lr": 0.005, "train.cpus_per_worker": 0.5}
+
+
+def _py(value):
+    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
+
+
+def write_inputs(spark, lake: str, seqs, items) -> None:
+    seq_rows = [tuple(_py(r[c]) for c in USER_SEQUENCES.columns) for r in seqs.to_dict("records")]
+    lakeio.replace_partition(spark, lake, USER_SEQUENCES,
+                             spark.createDataFrame(seq_rows, USER_SEQUENCES.schema), AS_OF)
+    item_rows = [tuple(_py(r[c]) for c in ITEMS.columns) for r in items.to_dict("records")]
+    lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame(item_rows, ITEMS.schema))
+
+
+def train_args(lake: str, config, tmp_path: Path, workers: int = 2, force: bool = False, **overrides):
+    from jobs.train import TrainArgs
+
+    cfg = config.with_overrides({**TINY, "paths.models": str(tmp_path / "models"),
+                                 "paths.reports": str(tmp_path / "reports"), **overrides})
+    common = runtime.job_args("train", lake, cfg, AS_OF)
+    return TrainArgs(**{f.name: getattr(common, f.name) for f in dataclasses.fields(runtime.JobArgs)},
+                     run_date=AS_OF, workers=workers, force=force)
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(Path("/tmp") / f"ray-wt-{tmp_path_factory.getbasetemp().name[-8:]}"),
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from training.synthetic_sequences import generate
+
+    return generate(users=120, categories=6, items_per_category=8, baskets_per_user=5, as_of=AS_OF, max_len=20)
+
+
+@pytest.mark.slow
+def test_two_worker_run_registers_model_and_rerun_changes_nothing(spark, lake, tmp_path, config, ray_local, synthetic):
+    from jobs.train import run
+    from training.registry import latest_version, load_model
+
+    seqs, items, _ = synthetic
+    write_inputs(spark, lake, seqs, items)
+    args = train_args(lake, config, tmp_path)
+    first = run(args)
+    assert first["reused"] is False and first["promoted"] is True
+    assert first["workers"] == 2 and first["epochs_run"] == 3
+    assert first["catalogue_size"] == 48
+    # every user has 5 baskets: one for validation, one for test, three to train on
+    assert first["val_users"] == 120
+    folder = Path(first["path"])
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "item_vocab.json", "lineage.json",
+                                                         "metrics.json", "model.safetensors"]
+    lineage = json.loads((folder / "lineage.json").read_text())
+    assert lineage["inputs"] == {"features/user_sequences": lakeio.version(spark, lake, USER_SEQUENCES),
+                                 "bronze/items": lakeio.version(spark, lake, ITEMS)}
+    assert lineage["code_version"] == runtime.code_version()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+    assert metrics["val_ndcg@10"] == max(h["val_ndcg@10"] for h in metrics["history"])
+    assert latest_version(str(tmp_path / "models"), "warmstart-seqrec") == first["version"]
+    model = load_model(str(tmp_path / "models"))
+    assert model.item_ids == sorted(items["item_id"])
+    assert model.dim == 32 and model.max_seq_len == 20
+
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
+    second = run(train_args(lake, config, tmp_path))
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
+    assert second["reused"] is True and second["version"] == first["version"]
+    assert after == before
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint(spark, lake, tmp_path, config, ray_local, synthetic):
+    from jobs.train import run
+
+    seqs, items, _ = synthetic
+    write_inputs(spark, lake, seqs, items)
+    marker = tmp_path / "killed.txt"
+    summary = run(train_args(lake, config, tmp_path, **{"train.loop.chaos_kill_at_epoch": 2,
+                                                        "train.loop.chaos_marker": str(marker)}))
+    # the last rank SIGKILLed itself at the start of epoch 2; the group restarted from epoch 1's checkpoint
+    assert "killed rank 1" in marker.read_text()
+    assert summary["resumed_from_epoch"] == 2
+    assert summary["epochs_run"] == 3
+    metrics = json.loads((Path(summary["path"]) / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+
+
+def test_missing_sequences_is_a_usage_error(lake, tmp_path, config):
+    from jobs.train import run
+
+    with pytest.raises(runtime.UsageError, match="features/user_sequences does not exist"):
+        run(train_args(lake, config, tmp_path))
+
+
+def test_bad_model_config_is_a_usage_error(spark, lake, tmp_path, config, synthetic):
+    from jobs.train import model_and_loop_configs
+
+    cfg = config.with_overrides({"train.model.dim": 30, "train.model.num_heads": 4})
+    with pytest.raises(runtime.UsageError, match="divisible"):
+        model_and_loop_configs(cfg, 10)
+
+
+def test_cli_missing_partition_exits_2(spark, lake, tmp_path, synthetic, capsys):
+    from jobs.train import main
+
+    seqs, items, _ = synthetic
+    write_inputs(spark, lake, seqs, items)
+    rc = main(["--lake", lake, "--run-date", "2030-01-01", f"paths.models={tmp_path / 'm'}"])
+    assert rc == 2
+    assert "no rows for as_of_date 2030-01-01" in capsys.readouterr().err

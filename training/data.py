@@ -1,0 +1,140 @@
+"""Training and evaluation examples from ``features/user_sequences`` rows (one user per as_of_date, the
+last N interactions oldest first): the temporal leave-last-out split, token encoding, and the Ray Data
+pipeline that streams the examples to the Ray Train workers in shards.
+
+Split of one user's sequence (``split_sequence``), with *baskets*: the events that share one timestamp
+(an Online Retail invoice puts all its lines on one timestamp):
+- test: the last basket that holds a target-type event (``purchase`` by default); its target is the set
+  of its target-type items; its input is every event strictly before it.
+- validation: the last such basket before the test one, the same way.
+- train: the events before the validation basket (next-item targets at every position).
+So no example sees its own basket or anything later. Called by training.train_loop (via the Ray Data
+pipeline), jobs/train.py, jobs/evaluate.py and bench/train.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from training.model import EVENT_TYPES, FIRST_ITEM, PAD, UNK
+
+
+@dataclass(frozen=True)
+class Split:
+    train_items: list[str]
+    train_types: list[str]
+    val_items: list[str]                 # validation input
+    val_types: list[str]
+    val_targets: list[str]               # validation basket (distinct, target-type items)
+    test_items: list[str]                # test input
+    test_types: list[str]
+    test_targets: list[str]              # test basket
+    purchases: int                       # target-type events in the whole sequence
+
+
+def _baskets(event_ts: Sequence[Any]) -> list[tuple[int, int]]:
+    """[start, end) index ranges of runs of equal timestamps (the sequence is time-ordered)."""
+    out, start = [], 0
+    for i in range(1, len(event_ts) + 1):
+        if i == len(event_ts) or event_ts[i] != event_ts[start]:
+            out.append((start, i))
+            start = i
+    return out
+
+
+def split_sequence(item_ids: Sequence[str], event_types: Sequence[str], event_ts: Sequence[Any],
+                   target_event_types: Iterable[str] = ("purchase",)) -> Split:
+    targets_ok = set(target_event_types)
+    items, types = list(item_ids), list(event_types)
+    held: list[tuple[int, list[str]]] = []   # (basket start, its target items), newest first, up to 2
+    for start, end in reversed(_baskets(list(event_ts))):
+        basket = list(dict.fromkeys(items[j] for j in range(start, end) if types[j] in targets_ok))
+        if basket:
+            held.append((start, basket))
+            if len(held) == 2:
+                break
+    test_start, test_targets = held[0] if held else (len(items), [])
+    val_start, val_targets = held[1] if len(held) > 1 else (test_start, [])
+    return Split(train_items=items[:val_start], train_types=types[:val_start],
+                 val_items=items[:val_start] if val_targets else [], val_types=types[:val_start] if val_targets else [],
+                 val_targets=val_targets,
+                 test_items=items[:test_start], test_types=types[:test_start], test_targets=test_targets,
+                 purchases=sum(t in targets_ok for t in types))
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """How rows become padded arrays; travels to Ray Data tasks."""
+
+    item_index: dict[str, int]                         # item id -> catalogue index (0..V-1)
+    max_seq_len: int = 50                              # T
+    max_targets: int = 100                             # validation basket cap (padding width)
+    target_event_types: tuple[str, ...] = ("purchase",)
+    event_types: tuple[str, ...] = EVENT_TYPES
+    type_index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.type_index:
+            object.__setattr__(self, "type_index", {t: i + 1 for i, t in enumerate(self.event_types)})
+
+
+def encode(items: Sequence[str], types: Sequence[str], width: int, spec: ExampleSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Last ``width`` events -> right-padded token and type arrays (width,)."""
+    items, types = list(items)[-width:], list(types)[-width:]
+    tok = np.full(width, PAD, dtype=np.int64)
+    typ = np.zeros(width, dtype=np.int64)
+    tok[:len(items)] = [spec.item_index.get(i, UNK - FIRST_ITEM) + FIRST_ITEM for i in items]
+    typ[:len(types)] = [spec.type_index.get(t, 0) for t in types]
+    return tok, typ
+
+
+def examples_batch(batch: dict[str, Any], spec: ExampleSpec) -> dict[str, np.ndarray]:
+    """A batch of user_sequences rows -> padded training + validation arrays (Ray Data map_batches).
+    train_tokens / train_types (B, T+1): positions 0..T-1 predict 1..T. val_* (B, T): the validation
+    input; val_targets (B, max_targets) catalogue indices padded with -1."""
+    T, M = spec.max_seq_len, spec.max_targets
+    rows = len(batch["user_id"])
+    out = {"train_tokens": np.zeros((rows, T + 1), np.int64), "train_types": np.zeros((rows, T + 1), np.int64),
+           "train_len": np.zeros(rows, np.int64), "val_tokens": np.zeros((rows, T), np.int64),
+           "val_types": np.zeros((rows, T), np.int64), "val_targets": np.full((rows, M), -1, np.int64),
+           "has_val": np.zeros(rows, np.int64)}
+    for r in range(rows):
+        s = split_sequence(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.target_event_types)
+        out["train_tokens"][r], out["train_types"][r] = encode(s.train_items, s.train_types, T + 1, spec)
+        out["train_len"][r] = min(len(s.train_items), T + 1)
+        known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
+        if s.val_items and known:
+            out["val_tokens"][r], out["val_types"][r] = encode(s.val_items, s.val_types, T, spec)
+            out["val_targets"][r, :len(known)] = known
+            out["has_val"][r] = 1
+    return out
+
+
+def item_counts_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """user_sequences rows -> (item_id, count) within the batch (summed later for vocabulary + popularity)."""
+    ids, counts = np.unique(np.concatenate([np.asarray(x, dtype=object) for x in batch["item_ids"]])
+                            if len(batch["item_ids"]) else np.array([], dtype=object), return_counts=True)
+    return {"item_id": ids.astype(str), "count": counts.astype(np.int64)}
+
+
+def build_vocabulary(catalogue_ids: Iterable[str], sequence_ids: Iterable[str]) -> list[str]:
+    """Sorted union of the catalogue's and the sequences' item ids: the model's index order."""
+    return sorted(set(map(str, catalogue_ids)) | set(map(str, sequence_ids)))
+
+
+def ray_sequences(files: list[str], columns: Sequence[str] = ("user_id", "item_ids", "event_types", "event_ts")):
+    """The Ray Dataset of user_sequences rows read from Delta data files (a snapshot's file list)."""
+    import ray.data
+
+    return ray.data.read_parquet(files, columns=list(columns))
+
+
+def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256):
+    """(train, val) Ray Datasets of padded arrays, computed in parallel tasks; never gathered."""
+    examples = sequences.map_batches(examples_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
+                                     batch_format="numpy")
+    train = examples.filter(lambda r: r["train_len"] >= 2).select_columns(["train_tokens", "train_types"])
+    val = examples.filter(lambda r: r["has_val"] == 1).select_columns(["val_tokens", "val_types", "val_targets"])
+    return train, val

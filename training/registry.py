@@ -1,0 +1,200 @@
+"""The model registry: ``<models_root>/<name>/<version>/`` folders and the ``LATEST`` pointer, and
+:func:`load_model`, the one way scoring, evaluation and online services get a trained model.
+
+A version folder holds (all plain files, no pickle):
+- ``model.safetensors``  the model's state dict (frozen mode includes the cached text embeddings)
+- ``config.json``        ``{"model": SeqRecConfig, "train": TrainConfig}``
+- ``item_vocab.json``    the catalogue item ids, in the model's index order
+- ``metrics.json``       validation metrics (and per-epoch history) from training
+- ``lineage.json``       Delta versions trained on, code version, run id, configuration
+
+``LATEST`` (next to the versions) holds the version string that ``version="latest"`` resolves to;
+:func:`promote` moves it only when the new version's validation NDCG@10 is not worse than the current
+one's by more than a margin (or when forced). Called by jobs/train.py, jobs/evaluate.py, scoring.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.model import FIRST_ITEM, UNK, SeqRec, SeqRecConfig, encode_texts, item_text
+
+DEFAULT_NAME = "warmstart-seqrec"
+FILES = ("model.safetensors", "config.json", "item_vocab.json", "metrics.json", "lineage.json")
+
+
+class RegistryError(Exception):
+    """A missing or incomplete model version."""
+
+
+def version_dir(models_root: str, name: str, version: str) -> Path:
+    return Path(models_root) / name / version
+
+
+def latest_version(models_root: str, name: str = DEFAULT_NAME) -> str | None:
+    pointer = Path(models_root) / name / "LATEST"
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def list_versions(models_root: str, name: str = DEFAULT_NAME) -> list[str]:
+    root = Path(models_root) / name
+    return sorted(p.name for p in root.iterdir() if (p / "model.safetensors").is_file()) if root.is_dir() else []
+
+
+def save_version(models_root: str, name: str, version: str, model: SeqRec, item_ids: Sequence[str],
+                 train_config: dict, metrics: dict, lineage: dict) -> Path:
+    """Write a complete version folder atomically (a temp folder renamed into place)."""
+    final = version_dir(models_root, name, version)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"name": name, "version": version})
+    _dump(tmp / "config.json", {"model": model.cfg.to_dict(), "train": train_config})
+    _dump(tmp / "item_vocab.json", list(item_ids))
+    _dump(tmp / "metrics.json", metrics)
+    _dump(tmp / "lineage.json", lineage)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def promote(models_root: str, name: str, version: str, margin: float, force: bool = False) -> tuple[bool, str]:
+    """Point LATEST at ``version`` unless its validation NDCG@10 is worse than the current LATEST's by
+    more than ``margin`` (absolute). Returns (moved, reason)."""
+    current = latest_version(models_root, name)
+    new_ndcg = _read(version_dir(models_root, name, version) / "metrics.json").get("val_ndcg@10")
+    reason = "forced" if force else "no previous version"
+    if current and current != version and not force:
+        cur_ndcg = _read(version_dir(models_root, name, current) / "metrics.json").get("val_ndcg@10")
+        if cur_ndcg is not None and new_ndcg is not None and new_ndcg < cur_ndcg - margin:
+            return False, f"val_ndcg@10 {new_ndcg:.4f} < LATEST {current}'s {cur_ndcg:.4f} - margin {margin}"
+        reason = f"val_ndcg@10 {new_ndcg} vs LATEST {current}'s {cur_ndcg} within margin {margin}"
+    elif current == version:
+        reason = "already LATEST"
+    pointer = Path(models_root) / name / "LATEST"
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(version + "\n")
+    os.replace(tmp, pointer)
+    return True, reason
+
+
+@dataclass
+class LoadedModel:
+    """A registered model ready to embed users and items (CPU, eval mode, no Spark needed)."""
+
+    name: str
+    version: str
+    item_ids: list[str]
+    model: SeqRec
+    config: dict
+    metrics: dict
+    lineage: dict
+    path: str
+
+    def __post_init__(self):
+        self._index = {item: i for i, item in enumerate(self.item_ids)}
+
+    @property
+    def dim(self) -> int:
+        return self.model.cfg.dim
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.cfg.max_seq_len
+
+    @torch.no_grad()
+    def catalogue_embeddings(self) -> np.ndarray:
+        """(V, dim) float32: every vocabulary item, in ``item_ids`` order."""
+        return self.model.item_vectors().float().numpy()
+
+    @torch.no_grad()
+    def item_embeddings(self, items: pd.DataFrame) -> np.ndarray:
+        """Rows of ``items`` (bronze/items columns) -> (n, dim) float32 in the same order. Items outside
+        the vocabulary get a text-only vector (the encoder runs on their title / category / description)."""
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        if len(items) == 0:
+            return out
+        ids = items["item_id"].astype(str).tolist()
+        known = np.array([i in self._index for i in ids])
+        if known.any():
+            idx = torch.tensor([self._index[i] for i, k in zip(ids, known) if k])
+            out[known] = self.model.item_vectors(idx).float().numpy()
+        if (~known).any():
+            unknown = items.loc[~known]
+            texts = [item_text(*(r.get(c) for c in ("title", "category", "description")))
+                     for r in unknown.to_dict("records")]
+            cfg = self.model.cfg
+            text = (encode_texts(texts, cfg.encoder_path, cfg.text_max_tokens) if cfg.use_text
+                    else torch.zeros(len(texts), cfg.text_dim))
+            out[~known] = self.model.text_only_vectors(text).float().numpy()
+        return out
+
+    def encode_sequences(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Oldest-first sequences -> right-padded (n, max_seq_len) token and type tensors (last N kept)."""
+        n, T = len(item_ids), self.max_seq_len
+        type_index = {t: i + 1 for i, t in enumerate(self.model.cfg.event_types)}
+        tokens = torch.zeros(n, T, dtype=torch.long)
+        types = torch.zeros(n, T, dtype=torch.long)
+        for row, (items, kinds) in enumerate(zip(item_ids, event_types)):
+            items, kinds = list(items)[-T:], list(kinds)[-T:]
+            tokens[row, :len(items)] = torch.tensor([self._index.get(i, UNK - FIRST_ITEM) + FIRST_ITEM
+                                                     for i in items], dtype=torch.long)
+            types[row, :len(kinds)] = torch.tensor([type_index.get(k, 0) for k in kinds], dtype=torch.long)
+        return tokens, types
+
+    @torch.no_grad()
+    def user_embeddings(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
+                        batch_size: int = 512) -> np.ndarray:
+        """Sequences (oldest first, as in features/user_sequences) -> (n, dim) float32. Unknown items
+        use the learned UNK vector; an empty sequence gives the UNK-only user vector."""
+        if len(item_ids) != len(event_types):
+            raise ValueError("item_ids and event_types must have the same length")
+        out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
+        for start in range(0, len(item_ids), batch_size):
+            tokens, types = self.encode_sequences(item_ids[start:start + batch_size],
+                                                  event_types[start:start + batch_size])
+            empty = tokens[:, 0] == 0
+            tokens[empty, 0] = UNK
+            out[start:start + len(tokens)] = self.model.user_vectors(tokens, types).float().numpy()
+        return out
+
+
+def load_model(models_root: str, name: str = DEFAULT_NAME, version: str = "latest") -> LoadedModel:
+    """Load a registered model version (``"latest"`` follows the LATEST pointer)."""
+    if version == "latest":
+        resolved = latest_version(models_root, name)
+        if resolved is None:
+            raise RegistryError(f"no LATEST model for {name!r} under {models_root}; run `warmstart train` first")
+        version = resolved
+    folder = version_dir(models_root, name, version)
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    if missing:
+        raise RegistryError(f"model {name}/{version} under {models_root} is missing {', '.join(missing)}")
+    config = _read(folder / "config.json")
+    cfg = SeqRecConfig.from_dict(config["model"])
+    model = SeqRec(cfg)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.eval()
+    return LoadedModel(name=name, version=version, item_ids=[str(i) for i in _read(folder / "item_vocab.json")],
+                       model=model, config=config, metrics=_read(folder / "metrics.json"),
+                       lineage=_read(folder / "lineage.json"), path=str(folder))
+
+
+def _dump(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())

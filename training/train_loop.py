@@ -1,0 +1,234 @@
+"""The Ray Train side of training: the per-worker function (:func:`train_worker`), safetensors
+checkpoints (model + optimizer, never pickle), and the ``TorchTrainer`` assembly (:func:`build_trainer`).
+
+Each worker: rebuilds the typed configs from a plain dict, builds :class:`training.model.SeqRec`,
+resumes from ``ray.train.get_checkpoint()`` if there is one (a restarted worker group after a crash,
+``FailureConfig``), trains on its shard of the ``train`` dataset, scores its shard of ``val`` against the
+full catalogue, all-reduces the metric sums and reports them every epoch (every rank calls
+``ray.train.report``; rank 0 attaches the checkpoint). Early stopping on validation NDCG@10.
+Called by jobs/train.py and bench/train.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from training import metrics as M
+from training.model import SeqRec, SeqRecConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30                    # upper bound; early stopping usually ends sooner
+    batch_size: int = 64                # sequences per worker per step
+    lr: float = 2e-3                    # AdamW; small transformer, short schedule
+    weight_decay: float = 0.01
+    patience: int = 3                   # epochs without a better validation NDCG@10 before stopping
+    min_delta: float = 1e-4             # "better" means at least this much higher
+    eval_batch_size: int = 256          # validation users scored per matmul against the catalogue
+    seed: int = 0
+    grad_clip: float = 1.0
+    chaos_kill_at_epoch: int | None = None   # tests only: rank 1 SIGKILLs itself once at this epoch
+    chaos_marker: str | None = None          # file that marks the kill as done (so it happens once)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be >= 1")
+        if self.chaos_kill_at_epoch is not None and not self.chaos_marker:
+            raise ValueError("chaos_kill_at_epoch needs chaos_marker")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors for tensors, JSON for everything else
+
+
+def save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in list(load_file(str(folder / "optimizer.safetensors")).items()) + list(meta["scalars"].items()):
+        pid, key = flat.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def write_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     best_state: dict[str, torch.Tensor], trainer_state: dict) -> None:
+    save_file(_state(model), str(folder / "model.safetensors"))
+    save_file(best_state, str(folder / "best_model.safetensors"))
+    save_optimizer(opt, folder)
+    (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+
+
+def read_trainer_state(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker
+
+
+def _all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+@torch.no_grad()
+def validate(model: SeqRec, batches, device, autocast) -> dict[str, float]:
+    """Full-catalogue ranking of this worker's validation users; returns metric *sums*."""
+    model.eval()
+    with autocast():
+        items = model.item_vectors().float()                                         # (V, d)
+    sums: dict[str, float] = {}
+    for b in batches:
+        with autocast():
+            users = model.user_vectors(b["val_tokens"].to(device), b["val_types"].to(device)).float()  # (B, d)
+        scores = (users @ items.T).cpu().numpy()                                      # (B, V)
+        targets = [row[row >= 0] for row in b["val_targets"].cpu().numpy()]
+        for k, v in M.metric_sums(scores, targets).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return sums
+
+
+def train_worker(loop_config: dict) -> None:
+    """Ray Train worker function. ``loop_config``: {"model": SeqRecConfig dict, "train": TrainConfig
+    dict, "text_embeddings": (V, text_dim) float32 array or None, "item_counts": (V,) or None}."""
+    import ray.train
+    import ray.train.torch as rt
+
+    cfg = SeqRecConfig.from_dict(loop_config["model"])
+    tcfg = TrainConfig.from_dict(loop_config["train"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(tcfg.seed + rank)
+    device = rt.get_device()
+    use_bf16 = device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    text = loop_config.get("text_embeddings")
+    model = SeqRec(cfg, torch.as_tensor(np.asarray(text)) if text is not None else None)
+    if loop_config.get("item_counts") is not None:
+        model.set_sampling_distribution(torch.as_tensor(np.asarray(loop_config["item_counts"])))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    best_state = _state(model)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            folder = Path(folder)
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+            best_state = load_file(str(folder / "best_model.safetensors"))
+            load_optimizer(opt, folder)
+            state = read_trainer_state(folder)
+        state["resumed_from_epoch"] = state["epoch"]
+    model = rt.prepare_model(model)       # DDP on >1 worker, moved to the device
+    inner: SeqRec = model.module if hasattr(model, "module") else model
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    while state["epoch"] < tcfg.epochs:
+        epoch = state["epoch"]
+        if (tcfg.chaos_kill_at_epoch == epoch and rank == ctx.get_world_size() - 1
+                and not os.path.exists(tcfg.chaos_marker)):
+            Path(tcfg.chaos_marker).write_text(f"killed rank {rank} pid {os.getpid()} at epoch {epoch}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        model.train()
+        loss_sum, steps, seqs = 0.0, 0, 0
+        for batch in train_shard.iter_torch_batches(batch_size=tcfg.batch_size, dtypes=torch.long, device=device,
+                                                   local_shuffle_buffer_size=4 * tcfg.batch_size,
+                                                   local_shuffle_seed=tcfg.seed + epoch):
+            with autocast():
+                loss = model(batch["train_tokens"], batch["train_types"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
+            opt.step()
+            loss_sum += float(loss.detach())
+            steps += 1
+            seqs += batch["train_tokens"].shape[0]
+        sums = validate(inner, val_shard.iter_torch_batches(batch_size=tcfg.eval_batch_size, dtypes=torch.long),
+                        device, autocast)
+        sums.update({"loss_sum": loss_sum, "steps": float(steps), "sequences": float(seqs)})
+        sums = _all_reduce_sums(sums)
+        val = M.finalize({k: v for k, v in sums.items() if k not in ("loss_sum", "steps", "sequences")})
+        metrics = {"epoch": epoch, "train_loss": sums["loss_sum"] / max(sums["steps"], 1.0),
+                   "train_sequences": int(sums["sequences"]), **{f"val_{k}": v for k, v in val.items()}}
+        if metrics["val_ndcg@10"] > state["best_ndcg"] + tcfg.min_delta:
+            state.update(best_ndcg=metrics["val_ndcg@10"], best_epoch=epoch, bad_epochs=0)
+            best_state = _state(inner)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append(metrics)
+        stop = state["bad_epochs"] >= tcfg.patience or state["epoch"] >= tcfg.epochs
+        metrics.update(best_val_ndcg10=state["best_ndcg"], best_epoch=state["best_epoch"], stopping=stop)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                write_checkpoint(Path(tmp), inner, opt, best_state, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        if stop:
+            break
+
+
+def build_trainer(loop_config: dict, datasets: dict, *, num_workers: int, use_gpu: bool, storage_path: str,
+                  name: str, max_failures: int, cpus_per_worker: float = 1.0):
+    """The ``TorchTrainer`` for :func:`train_worker` (the driver side does nothing else)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+    )
+
+
+def config_dicts(model_cfg: SeqRecConfig, train_cfg: TrainConfig) -> dict:
+    return {"model": model_cfg.to_dict(), "train": asdict(train_cfg)}
