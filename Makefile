@@ -19,8 +19,21 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup jars demo test test-fast clean airflow-env
-setup: $(VENV)/.installed jars
+.PHONY: setup jars demo test test-fast clean airflow-env chromium
+setup: $(VENV)/.installed jars chromium airflow-env
+
+# Airflow has its own virtualenv: its Spark provider pulls pyspark-client, which would break .venv's pyspark.
+AIRFLOW_VENV := .venv-airflow
+airflow-env: $(AIRFLOW_VENV)/.installed
+$(AIRFLOW_VENV)/.installed: infra/airflow/requirements.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q -r infra/airflow/requirements.txt
+	touch $@
+
+# Headless Chromium renders the quality reports in tests (offline). CI runs as root; elsewhere install it yourself.
+chromium:
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

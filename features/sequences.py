@@ -39,12 +39,16 @@ def _last_n(steps: Column, n: int) -> Column:
 def _to_table(per_user: DataFrame, as_of: dt.date, n: int) -> DataFrame:
     """``per_user`` has user_id and ``steps`` (an unsorted array of step structs)."""
     steps = _last_n(F.array_sort("steps"), n)
+
+    def field(name: str) -> Column:
+        # array_compact drops nothing here (no field is null) but types the array as holding no nulls,
+        # as the table declares; arrays_zip in the incremental path makes every field nullable.
+        return F.array_compact(F.transform("steps", lambda s: s[name]))
+
     return (per_user.withColumn("steps", steps)
             .select("user_id", F.lit(as_of).alias("as_of_date"),
-                    F.transform("steps", lambda s: s["item_id"]).alias("item_ids"),
-                    F.transform("steps", lambda s: s["event_type"]).alias("event_types"),
-                    F.transform("steps", lambda s: s["event_ts"]).alias("event_ts"),
-                    F.size("steps").alias("sequence_length"))
+                    field("item_id").alias("item_ids"), field("event_type").alias("event_types"),
+                    field("event_ts").alias("event_ts"), F.size("steps").alias("sequence_length"))
             .select(*[F.col(c) for c in USER_SEQUENCES.columns]))
 
 

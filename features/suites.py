@@ -49,8 +49,8 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "quarantine_rate_max": 0.05,
     "non_product_item_pattern": r"^(POST|DOT|M|C2|D|S|B|CRUK|PADS|BANK CHARGES|AMAZONFEE|ADJUST\d*|TEST\d*|DCGS\w*|gift_\d+_\d+)$",
     "product_item_pattern": None,
-    "max_sequence_length": 50,
-    "max_rank": 1000,
+    "max_sequence_length": None,   # null: no upper bound (jobs/validate.py fills in features.sequence_length)
+    "max_rank": None,              # null: no upper bound (jobs/validate.py fills in score.k)
 }
 
 

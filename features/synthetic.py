@@ -109,7 +109,7 @@ def generate(out_dir: str | Path, *, users: int, items: int, days: int, start_da
     ``events``: stop at exactly this many event rows (else ``users * days * sessions_per_user_day``
     sessions). Existing ``events/`` and ``items/`` folders are replaced, so a rerun with the same
     arguments leaves identical files."""
-    _check(users=users, items=items, days=days, bad_rate=bad_rate, fmt=fmt, categories=categories,
+    check_params(users=users, items=items, days=days, bad_rate=bad_rate, fmt=fmt, categories=categories,
            events=events, chunk_events=chunk_events)
     start = dt.date.fromisoformat(start_date) if isinstance(start_date, str) else start_date
     out = Path(out_dir)
@@ -176,8 +176,9 @@ def generate(out_dir: str | Path, *, users: int, items: int, days: int, start_da
     }
 
 
-def _check(*, users: int, items: int, days: int, bad_rate: float, fmt: str, categories: int,
+def check_params(*, users: int, items: int, days: int, bad_rate: float, fmt: str, categories: int,
            events: int | None, chunk_events: int) -> None:
+    """Raise ValueError on arguments :func:`generate` cannot honour."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if users < 1 or items < 1 or days < 1 or categories < 1 or chunk_events < 1:
@@ -223,14 +224,12 @@ class _World:
         weight = rank.astype(np.float64) ** -zipf_exponent
         w_sorted = weight[order]
         cum = np.cumsum(w_sorted)
-        cat_total = np.add.reduceat(w_sorted, first[first < items]) if items else np.array([])
-        totals = np.zeros(categories)
-        present = np.unique(cat_sorted)
-        totals[present] = cat_total
-        before = np.concatenate([[0.0], cum])[first[cat_sorted]]
+        totals = np.bincount(item_category, weights=weight, minlength=categories)
+        before = np.concatenate([[0.0], cum])[first[cat_sorted]]          # weight of earlier categories
         within = (cum - before) / totals[cat_sorted]
         cat_cdf = cat_sorted + np.minimum(within, 1.0)
-        cat_cdf[np.r_[np.diff(cat_sorted) != 0, True]] = cat_sorted[np.r_[np.diff(cat_sorted) != 0, True]] + 1.0
+        last = np.r_[np.diff(cat_sorted) != 0, True]                      # close each category at c + 1
+        cat_cdf[last] = cat_sorted[last] + 1.0
         base_price = np.exp(rng.normal(1.5, 0.4, size=categories))     # each category its price level
         item_price = np.round(base_price[item_category] * np.exp(rng.normal(0, 0.35, size=items)), 2) + 0.0
         n_tastes = rng.integers(1, 4, size=users)

@@ -82,15 +82,19 @@ def merge_upsert(spark: SparkSession, lake: str, table: Table, df: DataFrame, ch
     return _metrics_since(target, before)
 
 
-def replace_partition(spark: SparkSession, lake: str, table: Table, df: DataFrame, value: dt.date | str) -> int:
+def replace_partition(spark: SparkSession, lake: str, table: Table, df: DataFrame, value: dt.date | str,
+                      user_metadata: str | None = None) -> int:
     """Atomically replace one partition of ``table`` with ``df`` (idempotent per partition value).
+    ``user_metadata`` (text, e.g. JSON) is stored with the commit (``DESCRIBE HISTORY``'s userMetadata).
     Returns the new table version."""
     if not table.partition_by:
         raise ValueError(f"{table.name} is not partitioned")
     ensure(spark, lake, table)
-    (conform(df, table).write.format("delta").mode("overwrite")
-     .option("replaceWhere", f"{table.partition_by} = '{value}'")
-     .save(path_of(lake, table)))
+    writer = (conform(df, table).write.format("delta").mode("overwrite")
+              .option("replaceWhere", f"{table.partition_by} = '{value}'"))
+    if user_metadata is not None:
+        writer = writer.option("userMetadata", user_metadata)
+    writer.save(path_of(lake, table))
     return version(spark, lake, table)
 
 

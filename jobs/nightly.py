@@ -22,6 +22,7 @@ when no model was trained within ``nightly.train_every_days`` of the run date (o
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import importlib.util
@@ -72,6 +73,9 @@ def parser():
     p.add_argument("--format", help="input format passed to ingest (auto|parquet|csv|jsonl|online-retail)")
     p.add_argument("--train", choices=("auto", "always", "never"), default="auto",
                    help="auto: train when due (nightly.train_every_days, or no model yet)")
+    p.add_argument("--check-train-due", action="store_true",
+                   help="only say whether training is due for --run-date: exit 0 due, 99 not due (Airflow "
+                        "skips the train task on 99); runs nothing")
     return p
 
 
@@ -113,14 +117,13 @@ class Progress:
 
 # Which summary keys make a stage's headline "rows" (the first present ones are shown).
 HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
-    "ingest": ("events_read", "events_inserted", "events_duplicates", "events_quarantined", "items_upserted",
-               "items_inserted", "items_updated"),
-    "build_features": ("user_features_rows", "item_features_rows", "user_sequences_rows", "users", "items"),
-    "validate": ("rows", "expectations", "failed_critical", "failed_warning"),
+    "ingest": ("records_read", "events_inserted", "duplicates", "quarantined", "items_inserted", "items_updated"),
+    "build_features": ("rows_user_features", "rows_item_features", "rows_user_sequences", "daily_partitions_rebuilt"),
+    "validate": ("verdict", "rows", "critical_failed", "warning_failed"),
     "train": ("version", "promoted", "val_ndcg@10", "val_recall@10", "epochs_run"),
-    "evaluate": ("model_version", "users", "ndcg@10", "recall@10"),
-    "score": ("users", "rows", "model_users", "fallback_users", "table_version"),
-    "publish": ("users", "rows", "table_version", "published"),
+    "evaluate": ("users_evaluated", "model_ndcg@10", "model_recall@10", "best_baseline", "lift_ndcg10_vs_best_baseline"),
+    "score": ("active_users", "users_model", "users_popular_fallback", "rows_written", "user_candidates_version"),
+    "publish": ("published", "users", "rows", "coverage", "table_version"),
     "report": ("path",),
 }
 
@@ -197,6 +200,9 @@ class Flow:
         # Every stage gets the nightly run's effective configuration (defaults, --config, overrides).
         self.config_file = self.tmp / "config.yaml"
         self.config_file.write_text(yaml.safe_dump(args.config.to_dict(), sort_keys=True))
+        self.log_dir = (self.tmp / "logs" if runtime.is_remote(args.reports_root)
+                        else Path(args.reports_root) / self.run_date / "logs")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def common_argv(self) -> list[str]:
         return ["--lake", self.args.lake, "--config", str(self.config_file)]
@@ -219,8 +225,12 @@ class Flow:
         summary_path = self.tmp / f"{len(self.results):02d}-{module}.json"
         started = self.progress.begin(name)
         job = importlib.import_module(f"jobs.{module}")
+        # The stage's own printed summary goes to its log (the JSON summary carries the same); the
+        # console keeps one progress line per stage. Its stderr (errors, logging) stays on the console.
+        stage_log = self.log_dir / f"{len(self.results) + 1:02d}-{name.replace(' ', '_').replace('/', '_')}.out"
         try:
-            code = job.main([*argv, *self.common_argv(), "--summary-json", str(summary_path)])
+            with open(stage_log, "w") as out, contextlib.redirect_stdout(out):
+                code = job.main([*argv, *self.common_argv(), "--summary-json", str(summary_path)])
         except KeyboardInterrupt:
             code = 130
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() and code == 0 else {}
@@ -232,9 +242,9 @@ class Flow:
         if code == 130:
             raise KeyboardInterrupt()
         if code == 3:
-            raise runtime.GateFailed(f"{name}: critical data-quality gate failed; the flow stopped here "
-                                     f"(report under {self.args.reports_root}/{self.run_date}/); "
-                                     "what came after it did not run")
+            where = gate_report(self.args, self.run_date, name) or f"{self.args.reports_root}/{self.run_date}/"
+            raise runtime.GateFailed(f"{name}: critical gate failed, so the flow stopped before the stages "
+                                     f"after it; report: {where}")
         if code == 2:
             raise runtime.UsageError(f"{name} rejected its arguments (exit 2); see the line above")
         if code != 0:
@@ -307,6 +317,9 @@ def run(spark, args: NightlyArgs) -> dict[str, Any]:
     except runtime.WarmstartError as exc:
         status, error = ("gate failed" if isinstance(exc, runtime.GateFailed) else "failed"), str(exc)
         raise
+    except Exception as exc:   # a bug in the flow itself: still leave a record saying so
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -316,7 +329,8 @@ def run(spark, args: NightlyArgs) -> dict[str, Any]:
         if status != "interrupted":
             summary["reports"]["run_report"] = write_run_report(flow, summary)
             runtime.write_json(str(summary_file), summary)
-        runtime.record_lineage(args, run_date=args.run_date, inputs={}, outputs={}, summary=summary, status=status)
+        runtime.record_lineage(args, run_date=args.run_date, inputs=summary["stage_run_ids"],
+                               outputs={"summary": str(summary_file)}, summary=summary, status=status)
         print_final(summary)
     return flat_summary(summary, str(summary_file))
 
@@ -353,18 +367,21 @@ def final_summary(args: NightlyArgs, flow: Flow, status: str, error: str | None)
     evaluate = by_name.get("evaluate", StageResult("evaluate", "skipped")).summary
     score = by_name.get("score", StageResult("score", "skipped")).summary
     publish = by_name.get("publish", StageResult("publish", "skipped")).summary
-    gates = {r.name.removeprefix("gate "): {"status": r.status, "report": r.summary.get("report_html"),
-                                             "failed_critical": r.summary.get("failed_critical"),
-                                             "failed_warning": r.summary.get("failed_warning")}
+    gates = {r.name.removeprefix("gate "): {"status": r.status, "report": gate_report(args, flow.run_date, r.name),
+                                             "rows": r.summary.get("rows"),
+                                             "critical_failed": r.summary.get("critical_failed"),
+                                             "warning_failed": r.summary.get("warning_failed"),
+                                             "failed_checks": r.summary.get("failed_checks")}
              for r in flow.results if r.name.startswith("gate ")}
-    model = {"version": train.get("version") or score.get("model_version") or _latest_model(args),
+    model = {"version": train.get("version") or str(score.get("model", "")).rpartition("/")[2] or _latest_model(args),
              "trained_tonight": bool(train) and not train.get("reused", False),
              "metrics": {k: v for k, v in {**train, **evaluate}.items()
-                         if k.startswith(("val_", "ndcg", "recall", "mrr", "coverage")) and isinstance(v, (int, float))}}
+                         if ("@" in k or k.startswith("lift_")) and isinstance(v, (int, float)) and not isinstance(v, bool)}}
     reports_dir = Path(args.reports_root) / flow.run_date
     reports = {"quality": sorted(str(p) for p in (reports_dir / "quality").glob("*.html")),
                "model": sorted(str(p) for p in (reports_dir / "model").glob("*.html")),
-               "candidates": sorted(str(p) for p in (reports_dir / "candidates").glob("*.html"))}
+               "candidates": sorted(str(p) for p in (reports_dir / "candidates").glob("*.html")),
+               "stage_logs": str(flow.log_dir)}
     counts = {k: v for k, v in {**ingest, **features}.items() if isinstance(v, int) and not isinstance(v, bool)}
     return {
         "status": status,
@@ -383,6 +400,17 @@ def final_summary(args: NightlyArgs, flow: Flow, status: str, error: str | None)
     }
 
 
+def gate_report(args: runtime.JobArgs, run_date: str, stage: str) -> str | None:
+    """The HTML report of a gating stage (written on failure too), if it is there: the validate job's
+    ``quality/<table>.html`` for ``gate <table>``, publish's ``candidates/gate.html``."""
+    base = Path(args.reports_root) / run_date
+    if stage == "publish":
+        path = base / "candidates" / "gate.html"
+    else:
+        path = base / "quality" / (stage.removeprefix("gate ").replace("/", "_") + ".html")
+    return str(path) if path.is_file() else None
+
+
 def _latest_model(args: NightlyArgs) -> str | None:
     pointer = Path(args.models_root) / args.config.get("train.name", "warmstart-seqrec") / "LATEST"
     return pointer.read_text().strip() if pointer.is_file() else None
@@ -399,7 +427,7 @@ def flat_summary(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
     flat["gates_passed"] = f"{sum(g['status'] == 'succeeded' for g in gates)}/{len(summary['gates'])}"
     flat["model_version"] = model.get("version")
     flat["model_trained_tonight"] = model.get("trained_tonight")
-    flat.update({f"model_{k}": v for k, v in sorted(model["metrics"].items())})
+    flat.update(dict(sorted(model["metrics"].items())))   # val_ndcg@10 (training), model_/baseline ndcg@10 (evaluation)
     flat.update({f"published_{k}": published[k] for k in ("users", "rows", "table_version") if k in published})
     flat["run_report"] = summary["reports"].get("run_report")
     flat["summary_file"] = summary_file
@@ -430,7 +458,27 @@ def to_args(ns, common: runtime.JobArgs) -> NightlyArgs:
     return runtime.dataclass_from(NightlyArgs, ns, common, events=tuple(ns.events), items=tuple(ns.items))
 
 
+def check_train_due(argv: list[str]) -> int:
+    """``--check-train-due``: 0 when training is due, 99 (Airflow's skip code) when not; no Spark."""
+    overrides = [a for a in argv if runtime.is_override(a)]
+    try:
+        ns = parser().parse_args([a for a in argv if not runtime.is_override(a)])
+        cfg = runtime.load_config(ns.config, runtime.parse_overrides(overrides))
+    except runtime.WarmstartError as exc:
+        print(f"warmstart nightly: {exc}", file=sys.stderr)
+        return exc.exit_code
+    lake = runtime.normalise_root(ns.lake or os.environ.get("WARMSTART_LAKE") or cfg.get("paths.lake") or "./lake")
+    common = runtime.JobArgs(job="nightly", lake=lake, config=cfg, run_id="check")
+    due, why = training_due(common.models_root, cfg.get("train.name", "warmstart-seqrec"), ns.run_date,
+                            int(cfg.get("nightly.train_every_days", 7)), ns.train)
+    print(f"training {'is due' if due else 'is not due'} for {ns.run_date}: {why}")
+    return 0 if due else 99
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--check-train-due" in argv:
+        return check_train_due(argv)
     return runtime.run_job("nightly", parser(), to_args, run, argv)
 
 

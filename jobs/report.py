@@ -75,15 +75,16 @@ def _reports_in(folder: Path, base: Path) -> list[dict[str, Any]]:
 
 
 def _quality_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """One gate's line from the validate job's JSON (counts per severity and outcome)."""
     data = entry["json"]
-    ok = data.get("success_critical", data.get("success"))
+    ok = data.get("success_critical")
     counts = data.get("counts") or {}
+    crit, warn = counts.get("critical") or {}, counts.get("warning") or {}
     return {"name": data.get("table", entry["name"]), "href": entry["href"],
-            "status": "no result" if ok is None else ("passed" if ok else "FAILED"),
-            "ok": ok, "rows": counts.get("rows", data.get("rows")),
-            "failed_critical": counts.get("failed_critical", data.get("failed_critical")),
-            "failed_warning": counts.get("failed_warning", data.get("failed_warning")),
-            "expectations": counts.get("expectations", data.get("expectations"))}
+            "status": "no result" if ok is None else ("passed" if ok else "FAILED"), "ok": ok,
+            "rows": data.get("rows"), "checks": sum(crit.values()) + sum(warn.values()) if counts else None,
+            "failed_critical": crit.get("failed"), "failed_warning": warn.get("failed"),
+            "failures": ", ".join(f.get("check", "?") for f in data.get("failures") or [])}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +201,8 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
     quality = [_quality_row(e) for e in _reports_in(base / "quality", base)]
     model_reports = _reports_in(base / "model", base)
     candidate_reports = _reports_in(base / "candidates", base)
+    evaluation = _read_json(base / "model" / "metrics.json")
+    publish_gate = (_read_json(base / "candidates" / "gate.json") or {}).get("gate")
 
     cand_version, cands = _delta(args.lake, USER_CANDIDATES, ("run_date", d))
     stats, plots = None, []
@@ -218,19 +221,40 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
         published_rows = mine.astype(str).to_dict("records")
 
     model_version = ((nightly or {}).get("model") or {}).get("version") or ((stats or {}).get("model_versions") or [None])[-1]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("jobs", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["num"] = _num
     html = env.get_template("run_report.html.j2").render(
         run_date=d, generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         lake=args.lake, nightly=nightly, quality=quality, model=_model_section(args, model_version),
         model_reports=model_reports, candidate_reports=candidate_reports, stats=stats, plots=plots,
+        evaluation=_evaluation_rows(evaluation), publish_gate=publish_gate,
         candidates_version=cand_version, published=published_rows, code_version=runtime.code_version())
     out = base / "index.html"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(html)
     tmp.replace(out)
     return str(out)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+EVALUATION_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "coverage@20")
+
+
+def _evaluation_rows(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The evaluate job's model-vs-baselines table (``model/metrics.json`` ``results``)."""
+    results = (evaluation or {}).get("results")
+    if not isinstance(results, dict) or not results:
+        return None
+    metrics = [m for m in EVALUATION_METRICS if any(m in r for r in results.values())]
+    return {"metrics": metrics, "users": evaluation.get("users_evaluated", evaluation.get("users")),
+            "rows": [{"method": name, "values": [r.get(m) for m in metrics]} for name, r in results.items()]}
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -139,7 +139,10 @@ def parse_overrides(tokens: Iterable[str]) -> dict[str, Any]:
 
 def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Defaults, then the --config file, then WARMSTART_LAKE, then key=value overrides."""
-    data = yaml.safe_load(DEFAULTS_FILE.read_text()) or {}
+    # importlib.resources also reads it out of the --py-files zip on a Spark cluster (infra/spark).
+    from importlib import resources
+
+    data = yaml.safe_load(resources.files("jobs").joinpath(DEFAULTS_FILE.name).read_text()) or {}
     if path:
         p = Path(path)
         if not p.is_file():
@@ -271,6 +274,8 @@ def spark_session(cfg: Config, app_name: str | None = None):
     submitted = _submitted_conf()
     under_submit = bool(submitted)
     if not under_submit:
+        # Python workers (pandas UDFs) must run this interpreter, not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(s.get("master", "local[*]"))
         builder = builder.config("spark.driver.memory", s.get("driver_memory", "4g"))
     jars = _jars(cfg)
@@ -300,8 +305,11 @@ def _submitted_conf() -> dict[str, str]:
     spark-submit runs the driver's Python with PYSPARK_GATEWAY_PORT set."""
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         return {}
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
 
+    # Connect to spark-submit's JVM first: before that SparkConf() is an empty Python dict, and the
+    # --jars / spark.jars that put Delta on the cluster's classpath would go unseen.
+    SparkContext._ensure_initialized()
     return {"spark.master": "submitted", **dict(SparkConf().getAll())}
 
 

@@ -31,7 +31,12 @@ def parser():
 
 
 def _versions(mapping: dict[str, Any]) -> str:
-    return ", ".join(f"{k}@{v}" for k, v in sorted(mapping.items())) or "-"
+    """``table@version`` for the Delta tables (and model versions) in a lineage mapping; other entries
+    (input file lists, formats) stay in the record."""
+    parts = [f"{k}@{v}" for k, v in sorted(mapping.items())
+             if "/" in k and isinstance(v, (int, str)) and not isinstance(v, bool)]
+    parts += [f"{k}: {len(v)}" for k, v in sorted(mapping.items()) if isinstance(v, list)]   # ingest's input files
+    return ", ".join(parts) or "-"
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
@@ -83,7 +88,7 @@ def collect(lake: str, runs: int = 10, run_date: dt.date | None = None) -> dict[
         "lineage": [{"job": job, "status": r.get("status"), "run_id": r.get("run_id"), "inputs": r.get("inputs") or {},
                      "outputs": r.get("outputs") or {}, "recorded_at": r.get("recorded_at")}
                     for job, r in latest_per_job.items() if job != "nightly"],
-        "gates": {t: {"status": r.get("status"), "success_critical": (r.get("summary") or {}).get("success_critical"),
+        "gates": {t: {"status": r.get("status"), "verdict": (r.get("summary") or {}).get("verdict"),
                       "report": (r.get("summary") or {}).get("report_html"), "run_id": r.get("run_id")}
                   for t, r in sorted(gates.items())},
         "nightly": [{"run_date": r.get("run_date"), "status": r.get("status"), "recorded_at": r.get("recorded_at"),
@@ -111,8 +116,8 @@ def render(status: dict[str, Any]) -> str:
                     ["job", "status", "read", "wrote"])
     lines += ["", f"gates of {status['focus_run_date']}:"]
     if status["gates"]:
-        lines += _table([[t, g["status"], g["success_critical"], g["report"]] for t, g in status["gates"].items()],
-                        ["table", "status", "critical passed", "report"])
+        lines += _table([[t, g["verdict"], g["report"]] for t, g in status["gates"].items()],
+                        ["table", "verdict", "report"])
     else:
         lines.append("  none recorded")
     lines += ["", "published candidate sets (newest first; online services load the first):"]
@@ -133,7 +138,7 @@ def run(args: StatusArgs) -> dict[str, Any]:
     current = status["published"][0] if status["published"] else {}
     return {"run_dates": len(status["run_dates"]), "latest_run_date": status["focus_run_date"],
             "latest_nightly_status": status["nightly"][0]["status"] if status["nightly"] else None,
-            "gates_passed": sum(g["status"] == "succeeded" for g in status["gates"].values()),
+            "gates_passed": sum(g["verdict"] == "passed" for g in status["gates"].values()),
             "gates": len(status["gates"]),
             "published_run_date": current.get("run_date"), "published_table_version": current.get("table_version"),
             "published_users": current.get("users")}

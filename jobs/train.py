@@ -104,6 +104,10 @@ def start_ray(args: TrainArgs) -> bool:
     """Connect to ``--ray-address`` or start a small in-process Ray. Returns whether we started it."""
     import ray
 
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    DataContext.get_current().print_on_execution_start = False
     if ray.is_initialized():
         return False
     cfg = args.config
@@ -122,9 +126,11 @@ def vocabulary(sequences, items) -> tuple[list[str], np.ndarray]:
     """Vocabulary (catalogue ∪ sequence items, sorted) and each item's count in the sequences."""
     from training.data import build_vocabulary, item_counts_batch
 
-    counts_ds = sequences.select_columns(["item_ids"]).map_batches(item_counts_batch, batch_format="numpy")
-    counts = counts_ds.groupby("item_id").sum("count").to_pandas()   # one row per item: catalogue-sized
-    counts.columns = ["item_id", "count"]
+    # Per-block (item, count) pairs come back to the driver: at most catalogue-size rows per block,
+    # summed here (Ray Data's hash groupby costs far more than it saves at this size).
+    per_block = sequences.select_columns(["item_ids"]).map_batches(item_counts_batch, batch_format="numpy",
+                                                                   batch_size=None).to_pandas()
+    counts = per_block.groupby("item_id", as_index=False)["count"].sum()
     vocab = build_vocabulary(items["item_id"].astype(str), counts["item_id"].astype(str))
     per_item = dict(zip(counts["item_id"].astype(str), counts["count"].astype(np.int64)))
     return vocab, np.array([per_item.get(i, 0) for i in vocab], dtype=np.int64)
@@ -182,7 +188,9 @@ def run(args: TrainArgs) -> dict[str, Any]:
     started_ray = start_ray(args)
     try:
         sequences = ray_sequences(inputs["files"])
+        t0 = time.time()
         vocab, counts = vocabulary(sequences, inputs["items"])
+        log.info("vocabulary: %d items in %.1fs", len(vocab), time.time() - t0)
         model_cfg, loop_cfg = model_and_loop_configs(cfg, len(vocab))
         text, text_key = text_embeddings(args, name, vocab, inputs["items"], model_cfg)
         spec = ExampleSpec(item_index={item: i for i, item in enumerate(vocab)}, max_seq_len=model_cfg.max_seq_len,
@@ -218,7 +226,8 @@ def run(args: TrainArgs) -> dict[str, Any]:
                    "code_version": runtime.code_version(), "config": cfg.get("train"), "text_cache_key": text_key,
                    "ray_checkpoint": result.checkpoint.path, "catalogue_size": len(vocab)}
         registry.save_version(args.models_root, name, version, model, vocab,
-                              train_config=config_dicts(model_cfg, loop_cfg)["train"], metrics=metrics, lineage=lineage)
+                              train_config={**config_dicts(model_cfg, loop_cfg)["train"],
+                                            "target_event_types": list(spec.target_event_types)}, metrics=metrics, lineage=lineage)
         moved, reason = registry.promote(args.models_root, name, version, margin, force=args.force)
     finally:
         if started_ray:

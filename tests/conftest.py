@@ -31,6 +31,9 @@ def spark(config):
 
     session = spark_session(config, app_name="warmstart-tests")
     session.conf.set("spark.sql.shuffle.partitions", "2")
+    # Delta rebuilds a table snapshot's state in 50 tasks by default; on tiny test tables that is pure
+    # overhead (each task generates code for the log's wide schema), so every table read pays it.
+    session.conf.set("spark.databricks.delta.snapshotPartitions", "2")
     yield session
     session.stop()
 

@@ -128,13 +128,17 @@ def ray_sequences(files: list[str], columns: Sequence[str] = ("user_id", "item_i
     """The Ray Dataset of user_sequences rows read from Delta data files (a snapshot's file list)."""
     import ray.data
 
-    return ray.data.read_parquet(files, columns=list(columns))
+    # One block per file: the inputs are a few files per partition, and every extra block is a task.
+    return ray.data.read_parquet(files, columns=list(columns), override_num_blocks=max(1, len(files)))
 
 
 def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256):
     """(train, val) Ray Datasets of padded arrays, computed in parallel tasks; never gathered."""
     examples = sequences.map_batches(examples_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
                                      batch_format="numpy")
-    train = examples.filter(lambda r: r["train_len"] >= 2).select_columns(["train_tokens", "train_types"])
-    val = examples.filter(lambda r: r["has_val"] == 1).select_columns(["val_tokens", "val_types", "val_targets"])
+    # Materialised once (blocks stay distributed in the object store): every epoch re-reads them
+    # instead of re-running the read + split pipeline.
+    examples = examples.materialize()
+    train = examples.filter(expr="train_len >= 2").select_columns(["train_tokens", "train_types"]).materialize()
+    val = examples.filter(expr="has_val == 1").select_columns(["val_tokens", "val_types", "val_targets"]).materialize()
     return train, val

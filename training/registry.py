@@ -81,7 +81,7 @@ def promote(models_root: str, name: str, version: str, margin: float, force: boo
             return False, f"val_ndcg@10 {new_ndcg:.4f} < LATEST {current}'s {cur_ndcg:.4f} - margin {margin}"
         reason = f"val_ndcg@10 {new_ndcg} vs LATEST {current}'s {cur_ndcg} within margin {margin}"
     elif current == version:
-        reason = "already LATEST"
+        return True, "already LATEST"
     pointer = Path(models_root) / name / "LATEST"
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(version + "\n")

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,7 @@ def train_worker(loop_config: dict) -> None:
             Path(tcfg.chaos_marker).write_text(f"killed rank {rank} pid {os.getpid()} at epoch {epoch}\n")
             os.kill(os.getpid(), signal.SIGKILL)
         model.train()
+        epoch_started = time.time()
         loss_sum, steps, seqs = 0.0, 0, 0
         for batch in train_shard.iter_torch_batches(batch_size=tcfg.batch_size, dtypes=torch.long, device=device,
                                                    local_shuffle_buffer_size=4 * tcfg.batch_size,
@@ -186,13 +188,16 @@ def train_worker(loop_config: dict) -> None:
             loss_sum += float(loss.detach())
             steps += 1
             seqs += batch["train_tokens"].shape[0]
+        train_seconds = time.time() - epoch_started
         sums = validate(inner, val_shard.iter_torch_batches(batch_size=tcfg.eval_batch_size, dtypes=torch.long),
                         device, autocast)
         sums.update({"loss_sum": loss_sum, "steps": float(steps), "sequences": float(seqs)})
         sums = _all_reduce_sums(sums)
         val = M.finalize({k: v for k, v in sums.items() if k not in ("loss_sum", "steps", "sequences")})
         metrics = {"epoch": epoch, "train_loss": sums["loss_sum"] / max(sums["steps"], 1.0),
-                   "train_sequences": int(sums["sequences"]), **{f"val_{k}": v for k, v in val.items()}}
+                   "train_sequences": int(sums["sequences"]), "epoch_seconds": round(time.time() - epoch_started, 2),
+                   "epoch_train_seconds": round(train_seconds, 3),
+                   **{f"val_{k}": v for k, v in val.items()}}
         if metrics["val_ndcg@10"] > state["best_ndcg"] + tcfg.min_delta:
             state.update(best_ndcg=metrics["val_ndcg@10"], best_epoch=epoch, bad_epochs=0)
             best_state = _state(inner)
@@ -232,3 +237,26 @@ def build_trainer(loop_config: dict, datasets: dict, *, num_workers: int, use_gp
 
 def config_dicts(model_cfg: SeqRecConfig, train_cfg: TrainConfig) -> dict:
     return {"model": model_cfg.to_dict(), "train": asdict(train_cfg)}
+
+
+def train_in_process(model: SeqRec, tokens: torch.Tensor, types: torch.Tensor, *, epochs: int, batch_size: int,
+                     lr: float, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
+    """The same optimisation without Ray (one plain PyTorch process): for tests and the Ray-overhead
+    benchmark. ``tokens``, ``types`` (n, T+1) as in the ``train`` dataset. Returns the mean loss per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(tokens.shape[0], generator=gen)
+        total, steps = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss = model(tokens[idx], types[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        losses.append(total / max(steps, 1))
+    return losses

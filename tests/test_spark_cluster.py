@@ -1,0 +1,171 @@
+"""A real Spark standalone cluster on loopback (one master, two one-core workers, started with
+``spark-class`` from .venv's pyspark): spark-submit the ingest and feature jobs to it with the Delta jars
+as ``--jars``, the package zip as ``--py-files`` and infra/spark/spark-defaults.conf, and check that the
+tables equal the local-mode result of the same jobs. The cluster is always stopped."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+D = "2024-01-31"
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def _wait(predicate, what: str, timeout: float = 120.0, procs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{what}: a cluster process exited with {p.returncode}")
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _master_state(ui_port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
+        return json.load(r)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in reversed(procs):   # workers (and their executors) first, then the master
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    """spark://127.0.0.1:PORT with two workers of 1 core / 1 GB each."""
+    work = tmp_path_factory.mktemp("standalone")
+    home = _spark_home()
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "256m",
+           "SPARK_LOG_DIR": str(work / "logs"), "SPARK_WORKER_CORES": "1", "SPARK_WORKER_MEMORY": "1g",
+           "PYSPARK_PYTHON": sys.executable}
+    port, ui = _free_port(), _free_port()
+    spark_class = str(home / "bin" / "spark-class")
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+             "--webui-port", str(ui)],
+            env=env, stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        _wait(lambda: _master_state(ui).get("status") == "ALIVE", "the master", procs=procs)
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
+                 "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(_free_port()),
+                 "--work-dir", str(work / f"worker{i}")],
+                env=env, stdout=open(work / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        _wait(lambda: len([w for w in _master_state(ui)["workers"] if w["state"] == "ALIVE"]) == 2,
+              "two workers to register", procs=procs)
+        yield {"master": f"spark://127.0.0.1:{port}", "ui": ui, "env": env, "work": work}
+    finally:
+        _stop(procs)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(REPO / "infra" / "spark"))
+    try:
+        import build_package
+    finally:
+        sys.path.pop(0)
+    return build_package.build(tmp_path_factory.mktemp("pkg") / "warmstart-py.zip")
+
+
+@pytest.fixture(scope="module")
+def drop(tmp_path_factory) -> Path:
+    from features.synthetic import generate
+
+    out = tmp_path_factory.mktemp("drop")
+    generate(out, users=40, items=200, days=6, start_date="2024-01-26", seed=7, bad_rate=0.02)
+    return out
+
+
+def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> subprocess.CompletedProcess:
+    home = _spark_home()
+    jars = ",".join(sorted(str(p) for p in (REPO / ".jars").glob("*.jar")))
+    cmd = [str(home / "bin" / "spark-submit"), "--master", cluster["master"], "--deploy-mode", "client",
+           "--properties-file", str(REPO / "infra" / "spark" / "spark-defaults.conf"),
+           # the tiny cluster's sizes and this machine's paths win over the file's cluster values
+           "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}",
+           "--conf", "spark.driver.memory=1g", "--conf", "spark.executor.memory=512m",
+           "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memoryOverhead=384m",
+           "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.driver.host=127.0.0.1",
+           "--conf", "spark.driver.bindAddress=127.0.0.1",
+           "--jars", jars, "--py-files", str(package),
+           str(REPO / "jobs" / f"{job}.py"), *args]
+    with open(log, "w") as out:
+        result = subprocess.run(cmd, env=cluster["env"], stdout=out, stderr=subprocess.STDOUT, timeout=540)
+    assert result.returncode == 0, f"spark-submit {job} exited {result.returncode}:\n{log.read_text()[-3000:]}"
+    return result
+
+
+VOLATILE = {"bronze/events": ["ingested_at", "run_id"], "bronze/events_quarantine": ["run_id", "quarantined_at"],
+            "bronze/items": []}
+FEATURE_TABLES = ("features/user_features", "features/item_features", "features/user_sequences")
+
+
+def test_ingest_and_features_on_a_standalone_cluster_match_local_mode(spark, standalone, package, drop, tmp_path):
+    from pyspark.sql import functions as F
+    from pyspark.testing import assertDataFrameEqual
+
+    from jobs import build_features, ingest
+
+    ingest_args = ["--run-date", D, "--events", str(drop / "events"), "--items", str(drop / "items")]
+    cluster_lake, local_lake = tmp_path / "cluster" / "lake", tmp_path / "local" / "lake"
+    _submit(standalone, package, "ingest", [*ingest_args, "--lake", str(cluster_lake)], tmp_path / "ingest.log")
+    _submit(standalone, package, "build_features", ["--run-date", D, "--lake", str(cluster_lake)],
+            tmp_path / "features.log")
+    # the jobs really ran on the cluster: the master lists both applications as finished
+    apps = _master_state(standalone["ui"])["completedapps"]
+    assert sorted((a["name"], a["state"]) for a in apps) == [("warmstart-build_features", "FINISHED"),
+                                                            ("warmstart-ingest", "FINISHED")], apps
+
+    assert ingest.main([*ingest_args, "--lake", str(local_lake)]) == 0
+    assert build_features.main(["--run-date", D, "--lake", str(local_lake)]) == 0
+
+    def read(lake: Path, table: str, drop_cols=()):
+        return spark.read.format("delta").load(f"{lake}/{table}").drop(*drop_cols)
+
+    for table, volatile in VOLATILE.items():
+        local = read(local_lake, table, volatile)
+        assert local.count() > 0, table
+        assertDataFrameEqual(read(cluster_lake, table, volatile), local)
+    for table in FEATURE_TABLES:
+        local = read(local_lake, table).where(F.col("as_of_date") == D)
+        assert local.count() > 0, table
+        assertDataFrameEqual(read(cluster_lake, table).where(F.col("as_of_date") == D), local)

@@ -1,0 +1,102 @@
+"""scoring.topk: the blocked top-K against a brute-force reference (full score matrix + lexsort on
+(-score, item index)), on random data with and without ties, with exclusions, across block sizes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scoring.topk import brute_force, topk
+
+
+def _exact_floats(rng, shape, levels=50):
+    """Multiples of 1/8 in [-levels/8, levels/8]: dot products over d <= 16 are exact in float32, so the
+    blocked matmul and the reference agree to the bit and ties are real ties."""
+    return (rng.integers(-levels, levels + 1, shape) / 8).astype(np.float32)
+
+
+def _ids(result, i):
+    return result.indices[i, :result.counts[i]].tolist()
+
+
+@pytest.mark.parametrize("n,m,d,k,levels,block_bytes", [
+    (300, 2000, 8, 100, 50, 1 << 20),      # grouped path; a few ties among 2000 items
+    (200, 3000, 8, 50, 3, 1 << 18),        # heavy ties (values in {-3/8..3/8}): tie rows take the exact path
+    (97, 1000, 16, 10, 50, 4096),          # tiny blocks (one user per block), k small
+    (40, 70, 4, 100, 50, 1 << 20),         # catalogue smaller than k: every item, in order
+    (50, 1601, 8, 100, 50, 1 << 20),       # m not a multiple of the group size: padding must never win
+])
+def test_topk_equals_brute_force_including_ties(n, m, d, k, levels, block_bytes):
+    rng = np.random.default_rng(n * m + k)
+    users, items = _exact_floats(rng, (n, d), levels), _exact_floats(rng, (m, d), levels)
+    result = topk(users, items, k, block_bytes=block_bytes)
+    reference = brute_force(users, items, k)
+    assert all(_ids(result, i) == reference[i] for i in range(n))
+    full = users @ items.T
+    for i in range(n):
+        np.testing.assert_array_equal(result.scores[i, :result.counts[i]], full[i, reference[i]])
+
+
+def test_ties_at_the_cut_keep_the_smallest_item_indices():
+    # 40 identical items score the same for every user: the top 10 must be the first ten of them.
+    items = np.zeros((200, 4), dtype=np.float32)
+    items[:, 0] = -1.0
+    items[50:90] = [1.0, 0.0, 0.0, 0.0]
+    users = np.array([[1.0, 0.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]], dtype=np.float32)
+    result = topk(users, items, 10)
+    assert _ids(result, 0) == list(range(50, 60))
+    assert _ids(result, 1) == list(range(50, 60))
+    assert result.scores[0].tolist() == [1.0] * 10
+
+
+def test_duplicated_items_are_ordered_by_index_on_the_grouped_path():
+    # Gaussian vectors, each item present twice (index j and j + 5000): every pair ties exactly.
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((5000, 16)).astype(np.float32)
+    items = np.concatenate([base, base])
+    users = rng.standard_normal((64, 16)).astype(np.float32)
+    result = topk(users, items, 100)
+    for i in range(64):
+        ids = _ids(result, i)
+        assert len(ids) == 100
+        pairs = [(ids[j], ids[j + 1]) for j in range(0, 100, 2)]
+        assert all(b == a + 5000 for a, b in pairs)          # twin right after its lower-index copy
+        assert (np.diff(result.scores[i]) <= 0).all()
+
+
+def test_exclusions_are_never_returned_and_shorten_lists_only_when_needed():
+    rng = np.random.default_rng(3)
+    users, items = _exact_floats(rng, (30, 8)), _exact_floats(rng, (120, 8))
+    excluded = [set(rng.choice(120, size=rng.integers(0, 40), replace=False).tolist()) for _ in range(30)]
+    excluded[0] = set(range(115))           # only 5 eligible items left for user 0
+    excluded[1] = set(range(120))           # nothing left for user 1
+    indptr = np.concatenate([[0], np.cumsum([len(e) for e in excluded])])
+    flat = np.concatenate([sorted(e) for e in excluded]).astype(np.int64)
+    result = topk(users, items, 20, exclude_indptr=indptr, exclude_indices=flat, block_bytes=4096)
+    reference = brute_force(users, items, 20, excluded)
+    assert [_ids(result, i) for i in range(30)] == reference
+    assert result.counts[0] == 5 and _ids(result, 0) == [j for j in reference[0]] and set(reference[0]) <= set(range(115, 120))
+    assert result.counts[1] == 0 and (result.indices[1] == -1).all()
+    assert all(result.counts[i] == 20 for i in range(2, 30))
+
+
+def test_gaussian_scores_match_a_float64_reference():
+    rng = np.random.default_rng(11)
+    users = rng.standard_normal((500, 64)).astype(np.float32)
+    items = rng.standard_normal((20000, 64)).astype(np.float32)
+    result = topk(users, items, 100)
+    full = users.astype(np.float64) @ items.astype(np.float64).T
+    for i in range(0, 500, 7):
+        ref = np.argsort(-full[i], kind="stable")[:100]
+        # float32 vs float64 may swap neighbours closer than 1e-4; everything else must agree exactly.
+        np.testing.assert_allclose(result.scores[i], full[i, ref], rtol=0, atol=1e-4)
+        assert set(_ids(result, i)) ^ set(ref.tolist()) <= {j for j in range(20000)
+                                                             if abs(full[i, j] - full[i, ref[-1]]) < 1e-4}
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="must be"):
+        topk(np.zeros((2, 3)), np.zeros((4, 5)), 2)
+    with pytest.raises(ValueError, match="k must be"):
+        topk(np.zeros((2, 3)), np.zeros((4, 3)), 0)
+    with pytest.raises(ValueError, match="n \\+ 1"):
+        topk(np.zeros((2, 3)), np.zeros((4, 3)), 2, exclude_indptr=np.array([0, 1]), exclude_indices=np.array([1]))

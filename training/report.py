@@ -1,0 +1,61 @@
+"""The model report, ``reports/<run_date>/model/index.html`` (+ ``metrics.json`` written by the job):
+a metrics table of the model against the baselines, training curves and a bar chart, readable offline
+(inline CSS, plots embedded as base64 PNG). Pure: takes the evaluation dict, returns HTML text.
+Called by jobs/evaluate.py.
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import jinja2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRIC_COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "coverage@20")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def training_curves_png(history: list[dict]) -> str | None:
+    if not history:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    a.set_title("training loss (cross-entropy)")
+    a.set_xlabel("epoch")
+    for key in ("val_ndcg@10", "val_recall@10"):
+        b.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    b.set_title("validation (full ranking)")
+    b.set_xlabel("epoch")
+    b.legend()
+    return _png(fig)
+
+
+def comparison_png(results: dict[str, dict]) -> str:
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    width = 0.8 / 3
+    for j, key in enumerate(("ndcg@10", "recall@10", "mrr")):
+        ax.bar([i + j * width for i in range(len(names))], [results[n][key] for n in names], width, label=key)
+    ax.set_xticks([i + width for i in range(len(names))], names)
+    ax.set_title("model vs baselines (test baskets, full catalogue ranking)")
+    ax.legend()
+    return _png(fig)
+
+
+def render(evaluation: dict) -> str:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("training", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]))
+    return env.get_template("model_report.html").render(
+        ev=evaluation, columns=METRIC_COLUMNS,
+        curves=training_curves_png(evaluation.get("training_history", [])),
+        comparison=comparison_png(evaluation["results"]))
