@@ -148,6 +148,7 @@ def main() -> int:
     ap.add_argument("--driver-memory", default="2g")
     ap.add_argument("--no-peer", action="store_true", help="skip the plain-GX-on-Spark peer")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed after)")
+    ap.add_argument("--reuse", action="store_true", help="with --work: keep its ingested bronze tables")
     a = ap.parse_args()
 
     from features import quality, synthetic
@@ -171,15 +172,20 @@ def main() -> int:
                      "run_date": run_date.isoformat(), "master": a.master, "driver_memory": a.driver_memory,
                      "cpu_count": os.cpu_count(), "platform": platform.platform()}
     try:
-        _, figures["generate_s"] = _timed(synthetic.generate, work / "gen", users=users, items=items, days=a.days,
-                                          start_date=start, seed=0, events=a.events, fmt="parquet")
-        figures["ingest_s"] = _job(ingest, common + ["--run-date", run_date.isoformat(), "--format", "parquet",
-                                                     "--events", str(work / "gen" / "events"),
-                                                     "--items", str(work / "gen" / "items")])
+        if a.reuse and (work / "lake" / "bronze" / "events" / "_delta_log").is_dir():
+            figures["generate_s"] = figures["ingest_s"] = None      # a kept --work folder: bronze is there
+        else:
+            _, figures["generate_s"] = _timed(synthetic.generate, work / "gen", users=users, items=items,
+                                              days=a.days, start_date=start, seed=0, events=a.events, fmt="parquet")
+            figures["ingest_s"] = _job(ingest, common + ["--run-date", run_date.isoformat(), "--format", "parquet",
+                                                         "--events", str(work / "gen" / "events"),
+                                                         "--items", str(work / "gen" / "items")])
         figures["build_full_prev_s"] = _job(build_features, common + ["--run-date", prev_date.isoformat(),
                                                                       "--full-refresh"])
         figures["build_incremental_s"] = _job(build_features, common + ["--run-date", run_date.isoformat()])
 
+        # GX's import is paid once per process (the nightly flow imports it once): measured apart.
+        _, figures["gx_import_s"] = _timed(__import__, "great_expectations")
         qcfg = cfg.section("quality")
         qcfg["max_sequence_length"] = cfg.get("features.sequence_length")
         per_table = {}
@@ -194,11 +200,6 @@ def main() -> int:
                    "spark_jobs": jobs, "checks": len(result.results),
                    "failed": [f"{f['check']} ({f['severity']})" for f in result.failures],
                    "timings": result.timings}
-            if not a.no_peer:
-                peer, p_seconds, p_jobs = _jobs_in(spark, lambda: native_gx(spark, current, name, run_date,
-                                                                             previous, qcfg))
-                row.update({"native_gx_s": round(p_seconds, 3), "native_gx_spark_jobs": p_jobs,
-                            "native_gx_expectations": peer["expectations"], "native_gx_failed": peer["failed"]})
             per_table[name] = row
             print(name, json.dumps(row, default=str), flush=True)
         figures["tables"] = per_table
@@ -206,7 +207,19 @@ def main() -> int:
         figures["validate_total_s"] = round(total, 3)
         figures["ratio_validate_to_incremental_build"] = round(total / figures["build_incremental_s"], 3)
         figures["ratio_validate_to_full_build"] = round(total / figures["build_full_prev_s"], 3)
+        write_results(figures)     # the required figures first; the peer below can take long
         if not a.no_peer:
+            for name in FEATURE_TABLES:
+                t = declared_table(name)
+                df = lake.read(spark, lake_root, t)
+                current = df.where(f"{t.partition_by} = DATE'{run_date}'")
+                previous = df.where(f"{t.partition_by} = DATE'{prev_date}'")
+                peer, p_seconds, p_jobs = _jobs_in(spark, lambda: native_gx(spark, current, name, run_date,
+                                                                             previous, qcfg))
+                per_table[name].update({"native_gx_s": round(p_seconds, 3), "native_gx_spark_jobs": p_jobs,
+                                        "native_gx_expectations": peer["expectations"],
+                                        "native_gx_failed": peer["failed"]})
+                print(name, "plain GX", json.dumps(per_table[name], default=str), flush=True)
             peer_total = sum(r["native_gx_s"] for r in per_table.values())
             figures["native_gx_total_s"] = round(peer_total, 3)
             figures["ratio_native_gx_to_incremental_build"] = round(peer_total / figures["build_incremental_s"], 3)
@@ -221,7 +234,7 @@ def main() -> int:
 def write_results(f: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps(f, indent=2, default=str))
-    peer = "native_gx_total_s" in f
+    peer = "native_gx_total_s" in f and "speedup_vs_native_gx" in f
     lines = [
         "# Data-quality gates: validation cost vs the feature build",
         "",
@@ -231,9 +244,10 @@ def write_results(f: dict) -> None:
         "",
         "| step | seconds |",
         "|---|---:|",
-        f"| ingest | {f['ingest_s']:.1f} |",
+        f"| ingest | {f['ingest_s'] or float('nan'):.1f} |",
         f"| feature build as of D-1, full refresh | {f['build_full_prev_s']:.1f} |",
         f"| feature build as of D, incremental (the nightly) | {f['build_incremental_s']:.1f} |",
+        f"| import great_expectations (once per process, not in the ratios) | {f['gx_import_s']:.1f} |",
         f"| validate the 3 feature tables (one pass each + GX on statistics) | {f['validate_total_s']:.1f} |",
     ]
     if peer:

@@ -57,7 +57,6 @@ CANDIDATE_COLUMNS = ("source", "record_number", "record", "malformed", "user_id"
                      "event_ts_raw", "event_ts", "quantity_raw", "quantity", "price_raw", "price", "session_id",
                      "hash_fields", "item_title")
 RECORD_MAX_CHARS = 4096        # quarantine keeps at most this much of a raw record
-REPLACEMENT_CHAR = "\ufffd"    # what Spark's UTF-8 text reader puts where bytes were not UTF-8
 
 # Online Retail has no category; a keyword heuristic over Description gives one (first match in this
 # order wins; word-boundary matches, so RING does not match STRING). Non-product stock codes (POST, DOT,
@@ -108,7 +107,8 @@ def data_lines(numbered: DataFrame, has_header: bool) -> DataFrame:
 
 
 def _text_problem(value: Column, max_chars: int) -> Column:
-    return (F.when(value.contains(REPLACEMENT_CHAR), F.lit("bytes that are not UTF-8"))
+    # Spark's text reader keeps a line's bytes as they are: invalid UTF-8 is detected here, not decoded
+    return (F.when(~F.is_valid_utf8(value), F.lit("bytes that are not UTF-8"))
             .when(F.length(value) > max_chars, F.lit(f"line longer than {max_chars} characters")))
 
 
@@ -327,7 +327,7 @@ def quarantine_rows(rejected: DataFrame, *, run_date: dt.date, run_id: str, quar
     """Rejected validated rows (events or items) -> bronze/events_quarantine rows."""
     return rejected.select(
         F.lit(run_date).alias("run_date"), F.lit(run_id).alias("run_id"), "source", "record_number",
-        F.substring(F.col("record"), 1, RECORD_MAX_CHARS).alias("record"), "reason", "detail",
+        F.substring(F.make_valid_utf8(F.col("record")), 1, RECORD_MAX_CHARS).alias("record"), "reason", "detail",
         F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"),
     ).select(*QUARANTINE.columns)
 

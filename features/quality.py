@@ -225,9 +225,11 @@ def _bounds(check: Check, cfg: Mapping[str, Any], stats: dict[str, Any], prev: d
     if check.kind in ROW_KINDS:
         detail = "offending rows"
         if check.kind == "between":
+            lo, hi = _param(check, "min_value", cfg), _param(check, "max_value", cfg)
+            allowed = " and ".join(([f"{'>' if check.params.get('strict_min') else '>='} {lo}"] if lo is not None else [])
+                                   + ([f"<= {hi}"] if hi is not None else []))
             detail = (f"offending rows; column range [{stats.get(name + '__min')}, {stats.get(name + '__max')}], "
-                      f"allowed [{_param(check, 'min_value', cfg)}, {_param(check, 'max_value', cfg)}]"
-                      + (" exclusive of min" if check.params.get("strict_min") else ""))
+                      f"allowed {allowed}")
         elif check.kind == "unique":
             detail = "rows minus distinct keys"
         return stats[name], 0, 0, detail
@@ -323,6 +325,7 @@ def validate_table(spark: SparkSession, df: DataFrame, table_name: str, run_date
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     cached = df.persist(StorageLevel.MEMORY_AND_DISK) if cfg["cache_partition"] else df
+    timings["plan_and_cache_s"] = time.perf_counter() - t_all    # persist plans the scan (Delta snapshot, file skipping)
     try:
         results: dict[str, CheckResult] = {}
         todo: list[tuple[Check, str]] = []
@@ -382,8 +385,10 @@ def validate_table(spark: SparkSession, df: DataFrame, table_name: str, run_date
             results[check.name] = result
         timings["samples_s"] = time.perf_counter() - t
     finally:
+        t = time.perf_counter()
         if cfg["cache_partition"]:
             cached.unpersist()
+        timings["unpersist_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_all
         spark_jobs = len(sc.statusTracker().getJobIdsForGroup(group))
         sc.setLocalProperty("spark.jobGroup.id", None)

@@ -28,8 +28,6 @@ from jobs import runtime
 
 log = logging.getLogger("warmstart.report")
 
-TEMPLATE_DIR = Path(__file__).with_name("templates")
-
 
 @dataclass(frozen=True)
 class ReportArgs(runtime.JobArgs):

@@ -38,7 +38,7 @@ def write_sequences(spark, lake: str) -> None:
     lakeio.replace_partition(spark, lake, USER_SEQUENCES, spark.createDataFrame(rows, USER_SEQUENCES.schema), AS_OF)
 
 
-def save_model(models_root: str) -> None:
+def save_model(models_root: str, sequences_version: int) -> None:
     from training.model import SeqRec, SeqRecConfig
     from training.registry import promote, save_version
 
@@ -46,7 +46,7 @@ def save_model(models_root: str) -> None:
     model = SeqRec(SeqRecConfig(num_items=5, dim=8, num_heads=2, max_seq_len=4, use_text=False))
     save_version(models_root, "warmstart-seqrec", "v1", model, ["A", "B", "C", "D", "E"],
                  {"target_event_types": ["purchase"]}, {"val_ndcg@10": 0.1, "history": []},
-                 {"run_date": str(AS_OF), "inputs": {"features/user_sequences": 0}})
+                 {"run_date": str(AS_OF), "inputs": {"features/user_sequences": sequences_version}})
     promote(models_root, "warmstart-seqrec", "v1", margin=0.0)
 
 
@@ -65,7 +65,7 @@ def test_evaluate_protocol_baselines_report_and_rerun(spark, lake, tmp_path, con
     from jobs.evaluate import run
 
     write_sequences(spark, lake)
-    save_model(str(tmp_path / "models"))
+    save_model(str(tmp_path / "models"), lakeio.version(spark, lake, USER_SEQUENCES))
     summary = run(spark, eval_args(lake, config, tmp_path, "popularity,repeat,cooccurrence,als", mask_seen=True))
     out = tmp_path / "reports" / str(AS_OF) / "model"
     ev = json.loads((out / "metrics.json").read_text())
@@ -103,7 +103,7 @@ def test_unknown_baseline_and_missing_model_are_usage_errors(spark, lake, tmp_pa
     write_sequences(spark, lake)
     with pytest.raises(runtime.UsageError, match="no LATEST model"):
         run(spark, eval_args(lake, config, tmp_path, "popularity"))
-    save_model(str(tmp_path / "models"))
+    save_model(str(tmp_path / "models"), lakeio.version(spark, lake, USER_SEQUENCES))
     with pytest.raises(runtime.UsageError, match="unknown baseline.*bogus"):
         run(spark, eval_args(lake, config, tmp_path, "popularity,bogus"))
     with pytest.raises(runtime.UsageError, match="missing"):

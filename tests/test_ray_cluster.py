@@ -60,8 +60,10 @@ def start_ray_head(log: Path) -> tuple[subprocess.Popen, str]:
            "--num-cpus", "2", "--num-gpus", "0", "--object-store-memory", str(300 * 1024 * 1024),
            "--temp-dir", str(temp), "--disable-usage-stats",
            "--ray-client-server-port", str(_free_port()), "--min-worker-port", "0", "--max-worker-port", "0"]
-    proc = subprocess.Popen(cmd, env=_venv_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    # Ray's OOM killer judges the whole machine's memory, which other test processes (Spark JVMs) share:
+    # off for this small test head, else it kills the job's actors when the machine is busy.
+    env = {**_venv_env(), "RAY_memory_monitor_refresh_ms": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

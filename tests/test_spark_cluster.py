@@ -129,7 +129,8 @@ def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> sub
            "--jars", jars, "--py-files", str(package),
            str(REPO / "jobs" / f"{job}.py"), *args]
     with open(log, "w") as out:
-        result = subprocess.run(cmd, env=cluster["env"], stdout=out, stderr=subprocess.STDOUT, timeout=540)
+        result = subprocess.run(cmd, env={**cluster["env"], "WARMSTART_SPARK_LOG_LEVEL": "WARN"}, stdout=out,
+                                stderr=subprocess.STDOUT, timeout=900)
     assert result.returncode == 0, f"spark-submit {job} exited {result.returncode}:\n{log.read_text()[-3000:]}"
     return result
 
