@@ -306,6 +306,8 @@ def _sessions(rng: np.random.Generator, world: _World, f: Funnel, n_sessions: in
     rows = np.concatenate([np.flatnonzero(s) for s in stages])
     types = np.concatenate([np.full(np.count_nonzero(s), i, np.int8) for i, s in enumerate(stages)])
     ts = np.concatenate([v_ts[s] + o[s] for s, o in zip(stages, offsets)])
+    inside = ts < start_us + span_us          # a return 1-14 days on, or a long session, may fall past the span
+    rows, types, ts = rows[inside], types[inside], ts[inside]
     order = np.lexsort((types, rows))
     rows, types, ts = rows[order], types[order], ts[order] // 1_000_000 * 1_000_000   # whole seconds
     has_qty = types >= 2

@@ -151,13 +151,15 @@ def test_each_reason_code_conservation_and_rerun(spark, lake, config, tmp_path):
 
 def _retail_sample(retail_dir: Path, tmp: Path) -> tuple[Path, Path]:
     """The first 150 rows of online_retail.csv.gz (2010-12-01, inside the overlap week), one June row
-    (summer time) and one cancellation; from the 2009-2010 file its first 100 rows plus every row of
-    the same 2010-12-01 invoices (the overlap, with the other header spelling)."""
+    (summer time) and five rows with no customer id; from the 2009-2010 file its first 100 rows plus
+    every row of the same 2010-12-01 invoices (the overlap, with the other header spelling)."""
     with gzip.open(retail_dir / "online_retail.csv.gz", "rt", encoding="utf-8") as f:
         lines_a = f.read().splitlines()
     head_a, rows_a = lines_a[0], lines_a[1:151]
     june = next(line for line in lines_a if ",2011-06-15 1" in line and line.endswith("United Kingdom") and ",," not in line)
     rows_a.append(june)
+    no_customer = [line for line in lines_a[151:20000] if not next(csv.reader([line]))[6].strip()]
+    rows_a.extend(no_customer[:5])       # rows with no CustomerID: quarantined as missing_user_id
     invoices = {line.split(",", 1)[0] for line in rows_a[:150]}
     with gzip.open(retail_dir / "online_retail_ii_2009_2010.csv.gz", "rt", encoding="utf-8") as f:
         lines_b = f.read().splitlines()
@@ -188,7 +190,7 @@ def _expected_retail_counts(files: list[Path]) -> tuple[int, int, int, int]:
 def test_online_retail_sample_mapping_overlap_and_rerun(spark, lake, config, tmp_path, retail_dir):
     a, b = _retail_sample(retail_dir, tmp_path)
     read, distinct, duplicates, missing = _expected_retail_counts([a, b])
-    assert duplicates > 100        # the sample really holds the overlap
+    assert duplicates > 100 and missing == 5     # the sample really holds the overlap and the dirt
 
     first, _ = _twice(spark, lake, config, dt.date(2011, 12, 9), events=[b, a], fmt="online-retail")
     assert first["records_read"] == read
@@ -202,7 +204,7 @@ def test_online_retail_sample_mapping_overlap_and_rerun(spark, lake, config, tmp
     # 2010-12-01 08:26 in London is GMT: the same instant in UTC
     assertDataFrameEqual(row, spark.createDataFrame(
         [("17850", "85123A", "purchase", dt.datetime(2010, 12, 1, 8, 26), 6, 2.55, "536365")], events.select(cols).schema))
-    june = next(csv.reader([a.read_text().splitlines()[-1]]))
+    june = next(csv.reader([a.read_text().splitlines()[151]]))
     june_row = events.where((F.col("session_id") == june[0]) & (F.col("item_id") == june[1])).select("event_ts", "user_id").first()
     local = dt.datetime.fromisoformat(june[4])
     assert june_row.event_ts == local - dt.timedelta(hours=1)          # BST = UTC+1

@@ -153,7 +153,7 @@ def test_ingest_and_features_on_a_standalone_cluster_match_local_mode(spark, sta
             tmp_path / "features.log")
     # the jobs really ran on the cluster: the master lists both applications as finished
     apps = _master_state(standalone["ui"])["completedapps"]
-    assert sorted((a["name"], a["state"]) for a in apps) == [("warmstart-build_features", "FINISHED"),
+    assert sorted((a["name"], a["state"]) for a in apps) == [("warmstart-features", "FINISHED"),
                                                             ("warmstart-ingest", "FINISHED")], apps
 
     assert ingest.main([*ingest_args, "--lake", str(local_lake)]) == 0
