@@ -4,11 +4,12 @@ as_of_date + 1 day and every catalogue item (``bronze/items``) whose row was upd
 Built from ``features/item_daily`` (features/daily.py) plus the catalogue's current attributes. Windows
 as in features/user_features.py.
 
-- ``conversion_rate_30d`` = (purchases_30d + a) / (views_30d + a + b): the posterior mean of a Beta(a, b)
-  prior (``features.conversion_prior_purchases`` = a, ``features.conversion_prior_views`` = b; defaults
-  1 and 49, a 2% prior worth 50 views), so an item with 1 view and 1 purchase does not rank above one
-  with 500 views and 100 purchases. Sources without view events (Online Retail) get purchase-driven
-  values above the prior; the feature is only comparable between items of one source.
+- ``conversion_rate_30d`` = (purchases_30d + a) / (max(views_30d, purchases_30d) + a + b): the posterior
+  mean of a Beta(a, b) prior (``features.conversion_prior_purchases`` = a, ``features.conversion_prior_views``
+  = b; defaults 1 and 49, a 2% prior worth 50 views), so an item with 1 view and 1 purchase does not rank
+  above one with 500 views and 100 purchases. A purchase counts as a view when views are fewer (a feed
+  without view events, such as Online Retail, or views lost upstream), so the rate stays in [0, 1];
+  on such a source it only grows with purchases and is comparable between items of one source only.
 - ``popularity_rank_30d``: 1 = most purchases in 30 days; ties by events in 30 days, then item_id.
 - ``trend_7d_vs_30d``: daily event rate over 7 days / over 30 days (1 = steady, > 1 = rising).
 
@@ -57,7 +58,8 @@ def item_features(item_daily: DataFrame, items: DataFrame, as_of: dt.date,
     return (with_attrs
             .withColumn("as_of_date", F.lit(as_of))
             .withColumn("conversion_rate_30d",
-                        (F.col("count_purchases_30d") + F.lit(a)) / (F.col("count_views_30d") + F.lit(a + b)))
+                        (F.col("count_purchases_30d") + F.lit(a))
+                        / (F.greatest("count_views_30d", "count_purchases_30d") + F.lit(a + b)))
             .withColumn("return_rate_all", F.when(F.col("count_purchases_all") > 0,
                                                   F.col("count_returns_all") / F.col("count_purchases_all")))
             .withColumn("popularity_rank_30d", F.row_number().over(popularity))

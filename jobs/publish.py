@@ -100,7 +100,7 @@ def run(spark: SparkSession, args: PublishArgs) -> dict:
     }
     folder = f"{args.reports_root}/{d.isoformat()}/candidates"
     runtime.write_json(f"{folder}/gate.json", {**report, "histogram": frames["histogram"]})
-    _write_text(f"{folder}/gate.html", gate.render_html(report, gate.plots(frames["histogram"], frames["mix"])))
+    runtime.write_text(f"{folder}/gate.html", gate.render_html(report, gate.plots(frames["histogram"], frames["mix"])))
 
     summary = {"run_date": d.isoformat(), "table_version": version, "model_version": meta.get("model_version"),
                "gate_passed": result.passed, "failed_checks": result.failed, "users": stats["users"],
@@ -124,21 +124,6 @@ def _already_published(spark: SparkSession, lake_root: str, run_date: dt.date, v
         return False
     return lake.read(spark, lake_root, PUBLISHED).where(
         (F.col("run_date") == F.lit(run_date)) & (F.col("table_version") == version)).limit(1).count() > 0
-
-
-def _write_text(path: str, text: str) -> None:
-    from pathlib import Path
-
-    if runtime.is_remote(path):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(inner) as out:
-            out.write(text.encode())
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -319,7 +319,12 @@ def _submitted_conf() -> dict[str, str]:
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
     """Write JSON to a local or remote (pyarrow filesystem) path."""
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str)
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def write_text(path: str, text: str) -> None:
+    """Write text to a local path (through a temp file and a rename: never half a file) or a remote
+    (pyarrow filesystem) path."""
     if is_remote(path):
         from pyarrow import fs
 
@@ -329,8 +334,8 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
             out.write(text.encode())
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 

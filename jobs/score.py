@@ -88,6 +88,9 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
     events_version = lake.version(spark, args.lake, EVENTS)
     items = lake.read(spark, args.lake, ITEMS, items_version)
     events = lake.read(spark, args.lake, EVENTS, events_version)
+    not_recommended = list(cfg.get("score.exclude_categories") or [])
+    if not_recommended:        # postage, fees, manual adjustments: in the catalogue, never a recommendation
+        items = items.where(F.col("category").isNull() | ~F.col("category").isin(not_recommended))
 
     name = cfg.get("score.model_name", "warmstart-seqrec")
     model = load_model(args.models_root, name, args.model_version)

@@ -135,7 +135,7 @@ def run(spark: SparkSession, args: ValidateArgs) -> dict[str, Any]:
                                     config=quality_config(args.config))
 
     html_path, json_path = report_paths(args)
-    _write_text(html_path, result.report_html)
+    runtime.write_text(html_path, result.report_html)
     runtime.write_json(json_path, {**result.report_json, "report_html": html_path, "run_id": args.run_id})
     summary = {
         "table": t.name,
@@ -160,23 +160,6 @@ def run(spark: SparkSession, args: ValidateArgs) -> dict[str, Any]:
         raise runtime.GateFailed(f"critical data-quality checks failed on {t.name} for {args.run_date}: "
                                  f"{failed}; report: {html_path}")
     return summary
-
-
-def _write_text(path: str, text: str) -> None:
-    if runtime.is_remote(path):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(inner) as out:
-            out.write(text.encode())
-        return
-    from pathlib import Path
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def parser():

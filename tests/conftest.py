@@ -51,3 +51,16 @@ def retail_dir() -> Path:
     if not RETAIL.is_dir():
         pytest.skip(f"Online Retail data not found at {RETAIL}")
     return RETAIL
+
+
+@pytest.fixture(scope="module")
+def interpreted_sql(spark):
+    """For a module of tiny inputs: interpreting expressions costs less CPU than generating and
+    compiling code for each of a job's many small queries (results do not depend on it)."""
+    settings = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+    saved = {k: spark.conf.get(k, None) for k in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    yield
+    for key, value in saved.items():
+        spark.conf.unset(key) if value is None else spark.conf.set(key, value)

@@ -60,16 +60,8 @@ def night(date: dt.date) -> dt.datetime:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def interpreted(spark):
-    """Tiny inputs: interpreting expressions costs less CPU than generating and compiling code for each
-    of the job's many small queries (the job's results do not depend on it)."""
-    settings = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
-    saved = {k: spark.conf.get(k, None) for k in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    yield
-    for key, value in saved.items():
-        spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+def _interpreted(interpreted_sql):
+    """Tiny inputs: see conftest.interpreted_sql."""
 
 
 @pytest.fixture(scope="module")

@@ -200,6 +200,15 @@ def test_only_catalogue_items_are_candidates_and_new_items_are_scored(spark, tin
     # u4 has no sequence: fallback even with the cold-start rule off; the global list is the whole catalogue.
     assert [i for i, _, _ in lists["u4"]] == ["i02", "i05", "i01", "i06", "i03", "i04", "i07", "i08", "new1"]
 
+    # a category that is never recommended (Online Retail's postage and fees: non_product) leaves both
+    # the model lists and the popular fallback
+    score.run(spark, _args(tiny_lake, config, k=20, **{"score.fallback_for_cold_start": False,
+                                                        "score.exclude_categories": ["garden"]}))
+    lists = _lists(_rows(spark, tiny_lake["lake"]))
+    garden = {"i01", "i02", "i03", "i04"}
+    assert all(sorted(i for i, _, _ in lists[u]) == sorted(set(CATALOGUE) - garden) for u in ("u1", "u5"))
+    assert [i for i, _, _ in lists["u4"]] == ["i05", "i06", "i07", "i08", "new1"]
+
 
 def test_missing_inputs_are_usage_errors(spark, tiny_lake, config, tmp_path):
     with pytest.raises(runtime.UsageError, match="no as_of_date=2024-03-11 partition"):
