@@ -10,7 +10,7 @@ Reports the three wall times and the ratios incremental/full and full/DuckDB, to
 bench/results/features.md and bench/results/features.json.
 
     .venv/bin/python bench/features.py --events 10000000            # the target size
-    .venv/bin/python bench/features.py --events 1000000 --threads 2  # what a shared 2-core machine manages
+    .venv/bin/python bench/features.py --events 1000000 --threads 2  # a quick run on a 2-core machine
 
 Events come from features/synthetic.generate when it is there (the project's generator), else from a
 small numpy generator below with the same schema.

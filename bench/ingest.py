@@ -37,7 +37,7 @@ def main() -> int:
     p.add_argument("--users", type=int, default=200_000)
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--days", type=int, default=30)
-    p.add_argument("--master", default="local[2]", help="Spark master (the shared machine has 2 cores)")
+    p.add_argument("--master", default="local[2]", help="Spark master (this machine has 2 cores)")
     p.add_argument("--driver-memory", default="2g")
     p.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed after)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
@@ -104,7 +104,7 @@ def _run(a, work: Path) -> int:
         "ingest_vs_spark_copy": round(ingest_s / spark_copy_s, 2),
         "ingest_vs_duckdb_copy": round(ingest_s / duck_s, 2),
         "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, load average "
-                                 f"{os.getloadavg()[0]:.1f} at the end (shared with other jobs)",
+                                 f"{os.getloadavg()[0]:.1f} at the end",
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "ingest_summary": {k: summary[k] for k in ("records_read", "events_inserted", "duplicates", "quarantined")},
     }

@@ -12,7 +12,7 @@ Reports validation time / build time (aim <= 0.25), the one-pass runner against 
 (time and Spark jobs), to bench/results/quality.md and bench/results/quality.json.
 
     .venv/bin/python bench/quality.py --events 10000000      # the issue's size (a real multi-core box)
-    .venv/bin/python bench/quality.py --events 300000        # what a shared 2-core machine manages
+    .venv/bin/python bench/quality.py --events 300000        # a quick run on a 2-core machine
 """
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ def write_results(f: dict) -> None:
         lines.append(line)
     lines += ["", "Spark jobs: jobs Spark ran inside the validation call (AQE runs each shuffle stage as a job, so one "
               "aggregate with an exact distinct count is 2-3 jobs); a failed row-level check adds one or two "
-              "jobs for its sample values. Timings were taken on a machine shared with other work."]
+              "jobs for its sample values. A load average near the CPU count means the timings are noisy."]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
 
 

@@ -194,7 +194,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                    "note": "shared machine: other helpers' Spark/Ray jobs were running; figures are noisy"},
+                    "note": "figures are noisy when the load average is near or above the CPU count"},
         "sgemm_gflops": rate / 1e9, "dim": D, "k": K, "rows": rows, "reader": reader_result,
         "wall_s": round(time.time() - started, 1),
     }

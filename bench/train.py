@@ -102,7 +102,7 @@ def main() -> int:
     out = {"sequences_per_epoch": n, "catalogue": len(vocab), "epochs": a.epochs, "batch_size_global": a.batch_size,
            "model": {"dim": 64, "layers": 2, "heads": 2, "max_seq_len": seq_len, "text": "off (id tower only)"},
            "rows": rows, "plain_over_ray_ratio": overhead, "ray_fit_wall_s_incl_startup": wall,
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at end (shared)",
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at end",
            "gpu": "not measured: no GPU lent to this session" if not a.gpu else "see rows"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(out, indent=2))
