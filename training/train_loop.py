@@ -40,6 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     chaos_kill_at_epoch: int | None = None   # tests only: rank 1 SIGKILLs itself once at this epoch
     chaos_marker: str | None = None          # file that marks the kill as done (so it happens once)
+    chaos_delay_s: float = 15.0               # tests only: seconds the doomed rank lives on (see the kill)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -172,6 +173,9 @@ def train_worker(loop_config: dict) -> None:
         if (tcfg.chaos_kill_at_epoch == epoch and rank == ctx.get_world_size() - 1
                 and not os.path.exists(tcfg.chaos_marker)):
             Path(tcfg.chaos_marker).write_text(f"killed rank {rank} pid {os.getpid()} at epoch {epoch}\n")
+            # The controller registers the previous epoch's checkpoint when it next polls the workers; a
+            # kill before that restarts from scratch (seen in CI on a busy machine). Die mid-epoch instead.
+            time.sleep(tcfg.chaos_delay_s)
             os.kill(os.getpid(), signal.SIGKILL)
         model.train()
         epoch_started = time.time()
