@@ -188,12 +188,17 @@ def main() -> int:
         _, figures["gx_import_s"] = _timed(__import__, "great_expectations")
         qcfg = cfg.section("quality")
         qcfg["max_sequence_length"] = cfg.get("features.sequence_length")
-        per_table = {}
-        for name in FEATURE_TABLES:
+
+        def partitions(name):
+            """The run date's and the previous date's partition of a feature table."""
             t = declared_table(name)
             df = lake.read(spark, lake_root, t)
-            current = df.where(f"{t.partition_by} = DATE'{run_date}'")
-            previous = df.where(f"{t.partition_by} = DATE'{prev_date}'")
+            return (df.where(f"{t.partition_by} = DATE'{run_date}'"),
+                    df.where(f"{t.partition_by} = DATE'{prev_date}'"))
+
+        per_table = {}
+        for name in FEATURE_TABLES:
+            current, previous = partitions(name)
             result, seconds, jobs = _jobs_in(spark, lambda: quality.validate_table(
                 spark, current, name, run_date, previous, {}, config=qcfg))
             row = {"rows": result.rows, "previous_rows": result.previous_rows, "validate_s": round(seconds, 3),
@@ -210,10 +215,7 @@ def main() -> int:
         write_results(figures)     # the required figures first; the peer below can take long
         if not a.no_peer:
             for name in FEATURE_TABLES:
-                t = declared_table(name)
-                df = lake.read(spark, lake_root, t)
-                current = df.where(f"{t.partition_by} = DATE'{run_date}'")
-                previous = df.where(f"{t.partition_by} = DATE'{prev_date}'")
+                current, previous = partitions(name)
                 peer, p_seconds, p_jobs = _jobs_in(spark, lambda: native_gx(spark, current, name, run_date,
                                                                              previous, qcfg))
                 per_table[name].update({"native_gx_s": round(p_seconds, 3), "native_gx_spark_jobs": p_jobs,

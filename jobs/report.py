@@ -228,11 +228,9 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
         model_reports=model_reports, candidate_reports=candidate_reports, stats=stats, plots=plots,
         evaluation=_evaluation_rows(evaluation), publish_gate=publish_gate,
         candidates_version=cand_version, published=published_rows, code_version=runtime.code_version())
-    out = base / "index.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(html)
-    tmp.replace(out)
-    return str(out)
+    out = str(base / "index.html")
+    runtime.write_text(out, html)
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -174,9 +174,7 @@ EXPECTED_SEQUENCES_N3 = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _interpreted(interpreted_sql):
-    """Tiny inputs: see conftest.interpreted_sql."""
+pytestmark = pytest.mark.usefixtures("interpreted_sql")    # tiny inputs: see conftest
 
 
 @pytest.fixture(scope="module")

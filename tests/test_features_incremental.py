@@ -59,9 +59,7 @@ def night(date: dt.date) -> dt.datetime:
     return dt.datetime.combine(date + dt.timedelta(days=1), dt.time(1, 0))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _interpreted(interpreted_sql):
-    """Tiny inputs: see conftest.interpreted_sql."""
+pytestmark = pytest.mark.usefixtures("interpreted_sql")    # tiny inputs: see conftest
 
 
 @pytest.fixture(scope="module")

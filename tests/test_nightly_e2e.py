@@ -58,7 +58,7 @@ def flow(tmp_path_factory):
         proc.wait(timeout=60)
     killed_at = first_out[-1]
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=2400)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=1500)
     (root / "run2.out").write_text(second.stdout)
     (root / "run2.err").write_text(second.stderr)
     return {"root": root, "lake": lake, "drop": drop, "generated": generated, "first_rc": proc.returncode,

@@ -130,7 +130,7 @@ def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> sub
            str(REPO / "jobs" / f"{job}.py"), *args]
     with open(log, "w") as out:
         result = subprocess.run(cmd, env={**cluster["env"], "WARMSTART_SPARK_LOG_LEVEL": "WARN"}, stdout=out,
-                                stderr=subprocess.STDOUT, timeout=900)
+                                stderr=subprocess.STDOUT, timeout=540)
     assert result.returncode == 0, f"spark-submit {job} exited {result.returncode}:\n{log.read_text()[-3000:]}"
     return result
 
