@@ -1,5 +1,5 @@
 """Data-quality suites as code: one list of :class:`Check` per declared table (``features/tables.py``),
-keyed by the table's name. ``features/quality.py`` turns a suite into one Spark aggregate pass plus a
+keyed by the table's name. ``features/quality.py`` turns a suite into a few Spark aggregates plus a
 Great Expectations suite; ``jobs/validate.py`` runs it for one partition.
 
 A check says *what* must hold (kind + columns + parameters) and how bad a failure is (``severity``):
@@ -9,7 +9,7 @@ an operator can promote a warning to a failure (or relax a band) without touchin
 
     warmstart validate --table bronze/events --run-date 2011-12-09 quality.severity.bronze_events.price_positive=critical
 
-Kinds (what one check measures in the aggregate pass, and the range GX expects it in):
+Kinds (what one check measures in the aggregates, and the range GX expects it in):
 - ``not_null``      rows where ``column`` is null                            expect 0
 - ``unique``        rows minus distinct ``columns`` (the table's keys)        expect 0
 - ``in_set``        non-null rows whose ``column`` is not in ``values``       expect 0

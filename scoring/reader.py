@@ -13,9 +13,10 @@ Layout (CSR, like a sparse matrix; about 8 bytes per candidate plus ~150 bytes p
 - ``strategy_codes`` (U,) int8 into ``strategy_vocab``
 - a dict user_id -> i for O(1) lookups.
 
-Loading reads the columns dictionary-encoded (the Parquet files already are), so item and user ids are
-never materialised per row. ``jobs/score.py`` writes each user's rows contiguously and in rank order;
-the reader checks that in one vectorised pass and sorts only if it does not hold.
+Loading streams the partition in batches into arrays allocated once, reading the string columns
+dictionary-encoded (the Parquet files already are), so item and user ids are never materialised per
+row. ``jobs/score.py`` writes each user's rows contiguously and in rank order; the reader checks that in
+one vectorised pass and sorts only if it does not hold.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import pyarrow.dataset as pads
 
 PUBLISHED = "candidates/published"
 USER_CANDIDATES = "candidates/user_candidates"
+BATCH_ROWS = 1 << 20                     # rows per batch while loading
 
 
 class NothingPublished(LookupError):
@@ -119,64 +121,136 @@ def load_latest(lake: str, storage_options: dict[str, str] | None = None) -> Can
 
 def load_run(lake: str, run_date: dt.date, table_version: int, model_version: str | None = None,
              published_at: Any = None, storage_options: dict[str, str] | None = None) -> CandidateSets:
-    """One run_date partition of user_candidates at one table version, as :class:`CandidateSets`."""
+    """One run_date partition of user_candidates at one table version, as :class:`CandidateSets`.
+
+    Streams the partition batch by batch into arrays allocated once for the whole partition (its row
+    count comes from the Parquet footers): peak memory is the result plus one batch plus the ranks
+    (4 bytes per row, dropped once checked), not a whole Arrow table beside its numpy copy."""
     from deltalake import DeltaTable
 
     table = DeltaTable(f"{lake.rstrip('/')}/{USER_CANDIDATES}", version=table_version, storage_options=storage_options)
     dataset = table.to_pyarrow_dataset(
         partitions=[("run_date", "=", run_date.isoformat())],
         parquet_read_options=pads.ParquetReadOptions(dictionary_columns={"user_id", "item_id", "strategy"}))
-    data = dataset.to_table(columns=["user_id", "rank", "item_id", "score", "strategy"])
-    users_vocab, user_codes = _codes(data.column("user_id"))
-    item_vocab, item_codes = _codes(data.column("item_id"))
-    strategy_vocab, strategy_row_codes = _codes(data.column("strategy"))
-    ranks = _numpy(data.column("rank"), np.int32)
-    scores = _numpy(data.column("score"), np.float32)
-    del data
+    total = dataset.count_rows()
+    item_codes = np.empty(total, dtype=np.int32)
+    scores = np.empty(total, dtype=np.float32)
+    ranks = np.empty(total, dtype=np.int32)
+    items, strategies = _Vocabulary(), _Vocabulary()
+    run_users, run_lengths, run_strategies = [], [], []     # per batch: its maximal runs of one user
+    row = 0
+    for batch in dataset.to_batches(columns=["user_id", "rank", "item_id", "score", "strategy"], batch_size=BATCH_ROWS,
+                                    batch_readahead=2, fragment_readahead=1):
+        n = batch.num_rows
+        if n == 0:
+            continue
+        if row + n > total:
+            raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: more rows than its files declare")
+        users = _dictionary(batch.column("user_id"))
+        user_rows = users.indices.to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.concatenate([[True], user_rows[1:] != user_rows[:-1]]))
+        run_users.append(users.dictionary.take(pa.array(user_rows[starts])).cast(pa.string()))
+        run_lengths.append(np.diff(np.append(starts, n)))
+        run_strategies.append(strategies.codes(_dictionary(batch.column("strategy")))[starts])
+        item_codes[row:row + n] = items.codes(_dictionary(batch.column("item_id")))
+        scores[row:row + n] = batch.column("score").to_numpy(zero_copy_only=False)
+        ranks[row:row + n] = batch.column("rank").to_numpy(zero_copy_only=False)
+        row += n
+    if row != total:
+        raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: read {row} rows of {total}")
 
-    starts = _user_starts(user_codes, ranks, len(users_vocab))
-    if starts is None:                       # not stored grouped and ranked: sort once
-        order = np.lexsort((ranks, user_codes))
-        user_codes, item_codes, scores = user_codes[order], item_codes[order], scores[order]
-        strategy_row_codes = strategy_row_codes[order]
-        starts = _user_starts(user_codes, ranks[order], len(users_vocab))
-        if starts is None:
+    # One code per distinct user; consecutive runs of one user (split by a batch border) merge.
+    run_ids = pa.concat_arrays(run_users).to_numpy(zero_copy_only=False) if run_users else np.array([], dtype=object)
+    user_index: dict[str, int] = {}
+    run_codes = np.fromiter((user_index.setdefault(u, len(user_index)) for u in run_ids), dtype=np.int32,
+                            count=len(run_ids))
+    lengths = np.concatenate(run_lengths) if run_lengths else np.zeros(0, dtype=np.int64)
+    run_strategy = np.concatenate(run_strategies) if run_strategies else np.zeros(0, dtype=np.int32)
+    row_starts = np.append(0, np.cumsum(lengths)).astype(np.int64)
+    first = _changes(run_codes)
+    if not (len(first) == len(user_index) and _ranks_count_up(ranks, row_starts[first])):
+        # Runs of one user stored out of order (a writer that emits row groups out of order, several
+        # runs appended): order the runs by (user, first rank), a sort of ~one entry per user, not per row.
+        order = np.lexsort((ranks[row_starts[:-1]], run_codes))
+        rows = _rows_of_runs(row_starts[:-1][order], lengths[order], total)
+        item_codes = item_codes[rows]             # one array at a time: one copy alive beside the rest
+        scores = scores[rows]
+        ranks = ranks[rows]
+        del rows
+        run_codes, run_strategy, lengths = run_codes[order], run_strategy[order], lengths[order]
+        row_starts = np.append(0, np.cumsum(lengths)).astype(np.int64)
+        first = _changes(run_codes)
+    if not _ranks_count_up(ranks, row_starts[first]):
+        # Ranks out of order inside a run: sort every row by (user, rank).
+        rows = np.lexsort((ranks, np.repeat(run_codes, lengths)))
+        run_codes, run_strategy = np.repeat(run_codes, lengths)[rows], np.repeat(run_strategy, lengths)[rows]
+        item_codes, scores, ranks = item_codes[rows], scores[rows], ranks[rows]
+        del rows
+        row_starts = np.arange(total + 1, dtype=np.int64)
+        first = _changes(run_codes)
+        if not _ranks_count_up(ranks, row_starts[first]):
             raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: ranks are not 1..n per user")
-    offsets = np.append(starts, len(user_codes)).astype(np.int64)
+    del ranks
+    user_codes, strategy_codes = run_codes[first], run_strategy[first]
+    in_first_seen_order = np.array_equal(user_codes, np.arange(len(user_codes)))
+    user_vocab = np.empty(len(user_index), dtype=object)
+    user_vocab[:] = list(user_index)          # dicts keep insertion order: code i is the i-th key
     return CandidateSets(
         run_date=run_date, table_version=table_version, model_version=model_version, published_at=published_at,
-        user_ids=users_vocab[user_codes[starts]], offsets=offsets, item_codes=item_codes, scores=scores,
-        item_vocab=item_vocab, strategy_codes=strategy_row_codes[starts].astype(np.int8),
-        strategy_vocab=strategy_vocab)
+        user_ids=user_vocab[user_codes], offsets=np.append(row_starts[first], total).astype(np.int64),
+        item_codes=item_codes, scores=scores, item_vocab=items.values(), strategy_codes=strategy_codes.astype(np.int8),
+        strategy_vocab=strategies.values(), _index=user_index if in_first_seen_order else {})
 
 
-def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(vocabulary as an object array, int32 codes per row) of a string column read dictionary-encoded."""
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
-    column = column.unify_dictionaries()
-    if column.num_chunks == 0:
-        return np.array([], dtype=object), np.array([], dtype=np.int32)
-    vocab = column.chunk(0).dictionary.to_numpy(zero_copy_only=False).astype(object)
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-                            for c in column.chunks])
-    return vocab, codes
+def _changes(codes: np.ndarray) -> np.ndarray:
+    """Positions where a new value starts in ``codes`` (0 included when not empty)."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
 
 
-def _numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
-    if column.num_chunks == 0:
-        return np.array([], dtype=dtype)
-    return np.concatenate([c.to_numpy(zero_copy_only=False) for c in column.chunks]).astype(dtype, copy=False)
+def _rows_of_runs(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """Row indices that read the runs (start, length) one after another."""
+    new_starts = np.append(0, np.cumsum(lengths)[:-1])
+    rows = np.repeat(starts - new_starts, lengths)
+    step = 1 << 24
+    for lo in range(0, total, step):          # + arange, in slices to keep one temporary small
+        hi = min(total, lo + step)
+        rows[lo:hi] += np.arange(lo, hi)
+    return rows
 
 
-def _user_starts(user_codes: np.ndarray, ranks: np.ndarray, vocab_size: int) -> np.ndarray | None:
-    """Start row of each user if every user's rows are contiguous with ranks 1, 2, ..., else None."""
-    n = len(user_codes)
-    if n == 0:
-        return np.array([], dtype=np.int64)
-    starts = np.flatnonzero(np.concatenate([[True], user_codes[1:] != user_codes[:-1]]))
-    if len(starts) != np.count_nonzero(np.bincount(user_codes, minlength=vocab_size)):
-        return None                          # some user appears in two runs of rows
-    lengths = np.diff(np.append(starts, n))
-    expected_rank = np.arange(n, dtype=np.int64) - np.repeat(starts, lengths) + 1
-    return starts if np.array_equal(ranks, expected_rank) else None
+class _Vocabulary:
+    """The distinct strings seen across batches, each with a stable int32 code (in order of first sight)."""
+
+    def __init__(self):
+        self._values = pa.array([], pa.string())
+
+    def codes(self, column: pa.DictionaryArray) -> np.ndarray:
+        """The int32 code of every row of ``column``, adding the strings not seen before."""
+        dictionary = column.dictionary.cast(pa.string())
+        mapped = pc.index_in(dictionary, value_set=self._values)
+        if mapped.null_count:
+            new = pc.unique(dictionary.filter(pc.is_null(mapped)))
+            self._values = pa.concat_arrays([self._values, new])
+            mapped = pc.index_in(dictionary, value_set=self._values)
+        lookup = mapped.to_numpy(zero_copy_only=False).astype(np.int32)
+        return lookup[column.indices.to_numpy(zero_copy_only=False)]
+
+    def values(self) -> np.ndarray:
+        return self._values.to_numpy(zero_copy_only=False).astype(object)
+
+
+def _dictionary(column: pa.Array) -> pa.DictionaryArray:
+    return column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+
+
+def _ranks_count_up(ranks: np.ndarray, starts: np.ndarray) -> bool:
+    """Whether the ranks read 1, 2, 3, ... from each user's start row (rows already grouped by user)."""
+    if len(ranks) == 0:
+        return True
+    if not (ranks[starts] == 1).all():
+        return False
+    steps = np.diff(ranks)                     # +1 inside a user's rows; anything at a border
+    steps[starts[1:] - 1] = 1
+    return bool((steps == 1).all())

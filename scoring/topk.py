@@ -1,37 +1,43 @@
-"""Exact top-K by dot product, in blocks: the scoring core that ``jobs/score.py`` runs on every Spark
+"""Exact top-K by dot product, tile by tile: the scoring core that ``jobs/score.py`` runs on every Spark
 executor (inside ``mapInArrow``) and that ``bench/score.py`` measures.
 
 ``topk(users (n, d), items (m, d), k)`` returns, per user, the indices and scores of the K items with
 the highest dot product, ordered by score descending then item index ascending. Callers put the item
 matrix in ``item_id`` order, so the tie-break is "score desc, item_id asc" — deterministic, and the
-same on every machine and for every block size.
+same on every machine, for every tile size and thread count.
 
 How it stays fast and exact without the full (n, m) score matrix:
-- users are taken ``block_users`` at a time (sized so the (B, m) block of scores fits ``block_bytes``);
-  only that block ever exists;
-- columns are grouped ``group`` at a time; the maximum of each group is cheap to get (one vectorised
-  pass). Let t be the K-th largest group maximum: K groups hold an element >= t, so every element
-  below t has at least K elements strictly above it and cannot be in the top K. torch.topk therefore
-  runs over the group maxima (m / group values per row) and then over the few groups that can hold a
-  winner, instead of over all m scores;
-- ``torch.topk`` is not stable, so ties are settled explicitly: we keep ``K + margin`` groups and take
-  the top ``K + 1`` of their elements; if the last kept group maximum still equals t, or the (K+1)-th
-  candidate equals the K-th (a tie that may run past the cut), that row is redone exactly with a
-  stable sort of its whole row. The K winners are then ordered by a lexsort on (-score, item index).
+- users are split into blocks; each of ``threads`` threads takes whole blocks (matmul and selection on
+  the same core, no synchronisation inside a block);
+- a block's scores are computed one tile at a time (``block_bytes``: users x ``tile_items`` items, one
+  single-threaded sgemm into a reused buffer small enough to stay in that core's cache);
+- while the tile is still in cache, a compiled pass (numba, GIL released) offers each score to its
+  user's candidate buffer. A score enters only when it beats the user's *bar*, the K-th best score
+  kept so far; the test runs 16 scores at a time (SIMD), and after the first tiles almost no chunk
+  holds a score above the bar. So the scores are read once, from cache, and never written to memory;
+- a full buffer (``buffer_factor`` x K) is shrunk to its K best by an in-place selection, which raises
+  the bar. A candidate is one uint64 key (order-preserving score bits, inverted, then the item index),
+  so "the K best" is "the K smallest keys", ties included, and the final order is a sort of K keys;
+- ties: items are visited in increasing index order and a score must be strictly above the bar to
+  enter, so among equal scores the lower item index wins, across tiles and at the K-th place;
+- excluded items (a user's past purchases) are skipped where they would enter (each user's exclusion
+  list is walked once, in item order); a user whose eligible items are fewer than K gets a shorter
+  list (``counts``). NaN scores never enter; -0.0 ties with 0.0.
 
-Excluded items (a user's past purchases) are scored -inf before the selection; a user whose eligible
-items are fewer than K gets a shorter list (``counts``).
-
-Pure: numpy / torch in, numpy out. No Spark, no I/O.
+Pure: numpy / torch / numba in, numpy out. No Spark, no I/O. The numba functions are compiled once and
+cached on disk beside this file (``cache=True``), so Spark's Python workers load them.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
 NEG_INF = float("-inf")
+_CHUNK = 16                                       # scores tested against the bar at once (SIMD)
 
 
 @dataclass(frozen=True)
@@ -45,11 +51,14 @@ class TopK:
 
 def topk(users: np.ndarray, items: np.ndarray, k: int, *,
          exclude_indptr: np.ndarray | None = None, exclude_indices: np.ndarray | None = None,
-         block_bytes: int = 32 << 20, group: int = 16, margin: int = 4) -> TopK:
+         block_bytes: int = 2 << 20, tile_items: int = 4096, buffer_factor: int = 2,
+         threads: int | None = None) -> TopK:
     """Top ``k`` items per user by dot product (see the module docstring).
 
     ``exclude_indptr`` / ``exclude_indices``: CSR lists of item indices to exclude per user
-    (user i excludes ``exclude_indices[exclude_indptr[i]:exclude_indptr[i+1]]``)."""
+    (user i excludes ``exclude_indices[exclude_indptr[i]:exclude_indptr[i+1]]``), in any order.
+    ``block_bytes`` / ``tile_items``: size of one score tile (bytes) and its width (items).
+    ``threads``: default ``torch.get_num_threads()``."""
     users = np.ascontiguousarray(users, dtype=np.float32)
     items = np.ascontiguousarray(items, dtype=np.float32)
     if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
@@ -61,79 +70,193 @@ def topk(users: np.ndarray, items: np.ndarray, k: int, *,
         raise ValueError("give both exclude_indptr and exclude_indices, or neither")
     if exclude_indptr is not None and len(exclude_indptr) != n + 1:
         raise ValueError(f"exclude_indptr has {len(exclude_indptr)} entries for {n} users (want n + 1)")
+    if m >= 1 << 32:
+        raise ValueError(f"{m} items: item indices must fit in 32 bits")
+    if exclude_indptr is None:
+        indptr, excluded = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    else:
+        indptr = np.asarray(exclude_indptr, dtype=np.int64)
+        excluded = _sorted_per_user(indptr, np.asarray(exclude_indices, dtype=np.int64))
 
     out_idx = np.full((n, k), -1, dtype=np.int64)
     out_score = np.full((n, k), NEG_INF, dtype=np.float32)
-    counts = np.zeros(n, dtype=np.int32)
-    if n == 0 or m == 0:
-        return TopK(out_idx, out_score, counts)
+    if n and m:
+        width = int(max(1, min(m, tile_items)))
+        block = int(max(1, min(n, block_bytes // (4 * width))))
+        capacity = max(k * buffer_factor, k + 16)
+        item_rows = torch.from_numpy(items)
+        # Each item tile as its own contiguous (d, width) matrix: sgemm runs ~30% faster on it than on a
+        # transposed (width, d) view.
+        item_tiles = [item_rows[first:first + width].T.contiguous() for first in range(0, m, width)]
+        cursor = indptr[:-1].copy()                 # per user: next exclusion not yet passed
 
-    groups = -(-m // group)
-    padded = groups * group
-    item_t = torch.zeros((items.shape[1], padded), dtype=torch.float32)  # (d, m_pad), padding scored -inf
-    item_t[:, :m] = torch.from_numpy(items).T
-    block = int(max(1, min(n, block_bytes // (4 * padded))))
-    scores_buf = torch.empty((block, padded), dtype=torch.float32)
-    kk = min(k, m)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        b = stop - start
-        scores = scores_buf[:b]                                          # (B, m_pad)
-        torch.matmul(torch.from_numpy(users[start:stop]), item_t, out=scores)
-        if padded > m:
-            scores[:, m:] = NEG_INF
-        if exclude_indptr is not None:
-            lo, hi = int(exclude_indptr[start]), int(exclude_indptr[stop])
-            if hi > lo:
-                rows = np.repeat(np.arange(b), np.diff(exclude_indptr[start:stop + 1]))
-                cols = np.asarray(exclude_indices[lo:hi], dtype=np.int64)
-                scores[torch.from_numpy(rows), torch.from_numpy(cols)] = NEG_INF
-        idx, val = _select_block(scores, kk, group, margin)
-        out_idx[start:stop, :kk] = idx
-        out_score[start:stop, :kk] = val
-    valid = np.isfinite(out_score)
-    out_idx[~valid] = -1
-    counts[:] = valid.sum(axis=1)
+        def run(blocks: range) -> None:
+            buffer = torch.empty(block * width, dtype=torch.float32)
+            kept = np.empty((block, capacity), dtype=np.uint64)
+            for start in blocks:
+                stop = min(n, start + block)
+                sizes = np.zeros(stop - start, dtype=np.int64)
+                bars = np.full(stop - start, NEG_INF, dtype=np.float32)
+                user_rows = torch.from_numpy(users[start:stop])
+                for t, item_tile in enumerate(item_tiles):
+                    first = t * width
+                    tile = buffer[:(stop - start) * item_tile.shape[1]].view(stop - start, item_tile.shape[1])
+                    torch.matmul(user_rows, item_tile, out=tile)
+                    _scan_tile(tile.numpy(), first, kept, sizes, bars, k,
+                               cursor[start:stop], indptr[start + 1:stop + 1], excluded)
+                _finish(kept, sizes, k, out_score[start:stop], out_idx[start:stop])
+
+        workers = max(1, min(threads or torch.get_num_threads(), -(-n // block)))
+        starts = range(0, n, block)
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)                    # one core per block: the threads are ours
+        try:
+            if workers == 1:
+                run(starts)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(run, [starts[w::workers] for w in range(workers)]))
+        finally:
+            torch.set_num_threads(saved)
+    counts = (out_idx >= 0).sum(axis=1).astype(np.int32)
     return TopK(out_idx, out_score, counts)
 
 
-def _select_block(scores: torch.Tensor, k: int, group: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of each row of ``scores`` (B, G*group), ties by column index ascending."""
-    b, padded = scores.shape
-    groups = padded // group
-    keep = k + margin
-    if groups <= keep:
-        return _exact_rows(scores, k)
-    group_max = scores.view(b, groups, group).amax(dim=2)               # (B, G)
-    top_groups_val, top_groups = torch.topk(group_max, keep, dim=1, sorted=True)
-    # A tie reaching the last kept group could hide an equal element in a group we did not keep.
-    unsure = top_groups_val[:, keep - 1] >= top_groups_val[:, k - 1]
-    cols = (top_groups.unsqueeze(2) * group + torch.arange(group)).reshape(b, keep * group)
-    cand = torch.gather(scores, 1, cols)                                 # (B, keep*group)
-    cand_val, cand_pos = torch.topk(cand, k + 1, dim=1, sorted=True)
-    # An equal score just past the cut might belong to a lower item index than one inside it.
-    unsure |= cand_val[:, k] == cand_val[:, k - 1]
-    val = cand_val[:, :k].numpy()
-    idx = torch.gather(cols, 1, cand_pos[:, :k]).numpy()
-    order = np.lexsort((idx, -val), axis=1)                              # score desc, then item index
-    idx = np.take_along_axis(idx, order, axis=1)
-    val = np.take_along_axis(val, order, axis=1)
-    if bool(unsure.any()):
-        rows = torch.nonzero(unsure).flatten()
-        idx[rows.numpy()], val[rows.numpy()] = _exact_rows(scores[rows], k)
-    return idx, val
+def _sorted_per_user(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The CSR exclusion lists with each user's entries in ascending item order."""
+    owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    return indices[np.lexsort((indices, owner))]
 
 
-def _exact_rows(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable descending sort of whole rows: equal scores keep column (item) order."""
-    val, idx = torch.sort(scores, dim=1, descending=True, stable=True)
-    return idx[:, :k].numpy().copy(), val[:, :k].numpy().copy()
+# A candidate is one uint64 key: the score's bits made order-preserving and inverted (high half), then
+# the item index (low half). Ascending keys = score descending, then item index ascending: the result
+# order. Keys are unique (item indices are), so "the k best" is "the k smallest keys", ties included.
+@numba.njit(inline="always")
+def _key(bits, item):
+    if bits == np.uint32(0x80000000):            # -0.0 ties with +0.0, as in float comparison
+        bits = np.uint32(0)
+    ordered = bits ^ np.uint32(0xFFFFFFFF) if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
+    return (np.uint64(ordered ^ np.uint32(0xFFFFFFFF)) << np.uint64(32)) | np.uint64(item)
+
+
+@numba.njit(inline="always")
+def _unkey(key):
+    """(score bits as uint32, item index) of a key."""
+    ordered = np.uint32(key >> np.uint64(32)) ^ np.uint32(0xFFFFFFFF)
+    bits = ordered ^ np.uint32(0x80000000) if ordered >> np.uint32(31) else ordered ^ np.uint32(0xFFFFFFFF)
+    return bits, np.int64(key & np.uint64(0xFFFFFFFF))
+
+
+@numba.njit(nogil=True, cache=True)
+def _select(keys, size, k):
+    """Move the k smallest of keys[:size] to keys[:k] (any order), keys[k - 1] the largest of them
+    (quickselect in place, median-of-three pivots)."""
+    lo, hi = 0, size - 1
+    target = k - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        a, b, c = keys[lo], keys[mid], keys[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:
+            while keys[i] < pivot:
+                i += 1
+            while keys[j] > pivot:
+                j -= 1
+            if i <= j:
+                keys[i], keys[j] = keys[j], keys[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan_tile(tile, first_item, kept, sizes, bars, k, cursor, excl_end, excluded):
+    """Offer every score of ``tile`` (rows = users, columns = items first_item, first_item + 1, ...) to
+    its user's buffer of keys. ``bars[b]`` is user b's k-th best score so far (once the buffer has been
+    shrunk); ``cursor[b]`` walks user b's sorted exclusions up to ``excl_end[b]``."""
+    capacity = kept.shape[1]
+    bits = tile.view(np.uint32)
+    width = tile.shape[1]
+    for b in range(tile.shape[0]):
+        keys, row, row_bits = kept[b], tile[b], bits[b]
+        size, bar, pos, end = sizes[b], bars[b], cursor[b], excl_end[b]
+        if size == 0 and pos == end and width >= 6 * k:
+            bar = _first_bar(row, k)
+        for chunk in range(0, width, _CHUNK):
+            stop = min(width, chunk + _CHUNK)
+            if stop - chunk == _CHUNK:           # most chunks hold no score above the bar: one SIMD test
+                hit = False
+                for j in range(chunk, chunk + _CHUNK):
+                    hit |= row[j] > bar
+                if not hit:
+                    continue
+            for j in range(chunk, stop):
+                if row[j] > bar:                 # strictly: an equal score has a higher index, it loses
+                    item = first_item + j
+                    while pos < end and excluded[pos] < item:
+                        pos += 1
+                    if pos < end and excluded[pos] == item:
+                        continue
+                    if size == capacity:
+                        _select(keys, size, k)
+                        size = k
+                        bar = _score(keys[k - 1])
+                        if not row[j] > bar:
+                            continue
+                    keys[size] = _key(row_bits[j], item)
+                    size += 1
+        sizes[b], bars[b], cursor[b] = size, bar, pos
+
+
+@numba.njit(inline="always")
+def _first_bar(row, k):
+    """A bar to start a user with, below their final K-th best score: cut the row into at least k
+    groups; the k-th largest group maximum is the score of k different items, so the K-th best is at
+    least that. Just below it, so that equal scores still enter. (Only for a user without exclusions:
+    an excluded item must not count as one of the k.)"""
+    size = max(1, min(_CHUNK, row.shape[0] // (3 * k)))   # >= 3k groups: a bar near the top 5%
+    groups = row.shape[0] // size
+    maxima = np.empty(groups, dtype=np.float32)
+    for g in range(groups):
+        top = np.float32(-np.inf)
+        for j in range(g * size, g * size + size):
+            top = row[j] if row[j] > top else top
+        maxima[g] = top
+    kth = np.partition(maxima, groups - k)[groups - k]
+    return np.nextafter(kth, np.float32(-np.inf)) if kth > -np.inf else kth
+
+
+@numba.njit(inline="always")
+def _score(key):
+    """The float32 score of a key."""
+    bits, _ = _unkey(key)
+    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish(kept, sizes, k, out_scores, out_items):
+    """Each user's k best from the buffer, best first."""
+    score_bits = out_scores.view(np.uint32)
+    for b in range(out_scores.shape[0]):
+        size = sizes[b]
+        if size > k:
+            _select(kept[b], size, k)
+            size = k
+        best = np.sort(kept[b, :size])
+        for r in range(size):
+            score_bits[b, r], out_items[b, r] = _unkey(best[r])
 
 
 def brute_force(users: np.ndarray, items: np.ndarray, k: int,
                 excluded: list[set[int]] | None = None) -> list[list[int]]:
     """The reference the tests compare against: the full score matrix in float32 (the same
-    arithmetic as the blocked matmul) and a lexsort on (item index, -score), per user; excluded items
+    arithmetic as the tiled matmul) and a lexsort on (item index, -score), per user; excluded items
     and -inf dropped."""
     full = torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32)) @ torch.from_numpy(
         np.ascontiguousarray(items, dtype=np.float32)).T

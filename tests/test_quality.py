@@ -186,6 +186,24 @@ def test_real_dirt_is_reported_by_configured_severity(spark):
     assert not result.success_critical
 
 
+def test_spark_jobs_counted_inside_a_callers_count(spark):
+    """The validation counts its jobs without hiding them from a caller counting its own around it
+    (bench/quality.py's count read 0 while the validation set a job group of its own)."""
+    current, previous = _frame(spark, EVENTS.name, _clean_events()), _frame(spark, EVENTS.name, _clean_events(PREV))
+    sc = spark.sparkContext
+    sc.setJobGroup("test-caller-group", "a caller's own job group")
+    try:
+        with quality.SparkJobCount(spark, "test-caller") as caller:
+            result = quality.validate_table(spark, current, EVENTS.name, RUN, previous)
+        assert sc.getLocalProperty("spark.jobGroup.id") == "test-caller-group"
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert caller.jobs == result.spark_jobs
+    assert len(sc.statusTracker().getJobIdsForGroup("test-caller-group")) == result.spark_jobs
+    # at least one job per aggregate: plain statistics, event_id uniqueness, drift statistics, previous partition
+    assert result.spark_jobs >= 4
+
+
 def test_drift_of_key_columns(spark):
     prev = _clean_events(PREV)
     doubled = [dict(r, price=r["price"] * 3) if r["price"] else r for r in _clean_events()]

@@ -50,11 +50,14 @@ def test_reader_serves_the_latest_published_run_at_its_version(spark, lake):
     assert older.items("a") == ["x", "y"] and older.items("b") == ["y"]
 
 
-def test_user_starts_detects_grouping_and_rank_order():
-    codes = np.array([0, 0, 0, 1, 1, 2], dtype=np.int32)
-    assert reader._user_starts(codes, np.array([1, 2, 3, 1, 2, 1]), 3).tolist() == [0, 3, 5]
-    assert reader._user_starts(codes, np.array([1, 3, 2, 1, 2, 1]), 3) is None          # ranks out of order
-    assert reader._user_starts(np.array([0, 1, 0], dtype=np.int32), np.array([1, 1, 2]), 2) is None  # user split
+def test_rank_check_and_run_reordering():
+    ranks = np.array([1, 2, 3, 1, 2, 1], dtype=np.int32)
+    assert reader._ranks_count_up(ranks, np.array([0, 3, 5]))
+    assert not reader._ranks_count_up(np.array([1, 3, 2, 1, 2, 1]), np.array([0, 3, 5]))   # out of order
+    assert not reader._ranks_count_up(ranks, np.array([0, 3]))                              # user 2 starts at 2
+    assert not reader._ranks_count_up(np.array([2, 3, 1]), np.array([0, 2]))                # starts at rank 2
+    # Runs (start 4, length 2), (0, 3), (3, 1) read back to back.
+    assert reader._rows_of_runs(np.array([4, 0, 3]), np.array([2, 3, 1]), 6).tolist() == [4, 5, 0, 1, 2, 3]
 
 
 def test_rows_stored_out_of_order_are_sorted_on_load(spark, lake):
@@ -66,3 +69,31 @@ def test_rows_stored_out_of_order_are_sorted_on_load(spark, lake):
     served = reader.load_run(lake, D1, version)
     assert served.items("a") == ["x", "y", "z"] and served.items("b") == ["p", "q"]
     assert served.candidates("b") == [("p", 2.0), ("q", 1.0)]
+    # One user's rows together but in reverse rank order: sorted row by row.
+    rows = [("a", 3, "z", 1.0), ("a", 2, "y", 2.0), ("a", 1, "x", 3.0), ("b", 1, "p", 2.0)]
+    df = spark.createDataFrame([(u, r, i, s, "model", "v1", dt.datetime(2024, 3, 2), D1) for u, r, i, s in rows],
+                               USER_CANDIDATES.schema).coalesce(1)
+    served = reader.load_run(lake, D1, lakeio.replace_partition(spark, lake, USER_CANDIDATES, df, D1))
+    assert served.items("a") == ["x", "y", "z"] and served.items("b") == ["p"]
+    # A rank missing (1, 3): refused with the reason, not served.
+    rows = [("a", 1, "x", 3.0), ("a", 3, "z", 1.0)]
+    df = spark.createDataFrame([(u, r, i, s, "model", "v1", dt.datetime(2024, 3, 2), D1) for u, r, i, s in rows],
+                               USER_CANDIDATES.schema).coalesce(1)
+    with pytest.raises(ValueError, match="ranks are not 1..n per user"):
+        reader.load_run(lake, D1, lakeio.replace_partition(spark, lake, USER_CANDIDATES, df, D1))
+
+
+@pytest.mark.parametrize("batch_rows", [2, 3])
+def test_users_split_by_batch_borders_are_joined(spark, lake, monkeypatch, batch_rows):
+    # Batches of 2 or 3 rows cut every user's list; each batch has its own dictionaries.
+    monkeypatch.setattr(reader, "BATCH_ROWS", batch_rows)
+    lists = {"a": ["x", "y", "z", "w"], "b": ["y"], "c": ["w", "v", "x"], "d": ["z", "y"]}
+    rows = [(user, rank, item, float(10 - rank), "model" if user != "c" else "popular_fallback", "v1",
+             dt.datetime(2024, 3, 2), D1) for user, items in lists.items() for rank, item in enumerate(items, start=1)]
+    version = lakeio.replace_partition(spark, lake, USER_CANDIDATES,
+                                       spark.createDataFrame(rows, USER_CANDIDATES.schema).coalesce(1), D1)
+    served = reader.load_run(lake, D1, version)
+    assert len(served) == 4 and served.rows == 10
+    assert {user: served.items(user) for user in lists} == lists
+    assert served.strategy("c") == "popular_fallback" and served.strategy("d") == "model"
+    assert served.candidates("a")[-1] == ("w", 6.0)

@@ -1,5 +1,5 @@
-"""scoring.topk: the blocked top-K against a brute-force reference (full score matrix + lexsort on
-(-score, item index)), on random data with and without ties, with exclusions, across block sizes."""
+"""scoring.topk: the tiled top-K against a brute-force reference (full score matrix + lexsort on
+(-score, item index)), on random data with and without ties, with exclusions, across tile sizes."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,17 +18,18 @@ def _ids(result, i):
     return result.indices[i, :result.counts[i]].tolist()
 
 
-@pytest.mark.parametrize("n,m,d,k,levels,block_bytes", [
-    (300, 2000, 8, 100, 50, 1 << 20),      # grouped path; a few ties among 2000 items
-    (200, 3000, 8, 50, 3, 1 << 18),        # heavy ties (values in {-3/8..3/8}): tie rows take the exact path
-    (97, 1000, 16, 10, 50, 4096),          # tiny blocks (one user per block), k small
-    (40, 70, 4, 100, 50, 1 << 20),         # catalogue smaller than k: every item, in order
-    (50, 1601, 8, 100, 50, 1 << 20),       # m not a multiple of the group size: padding must never win
+@pytest.mark.parametrize("n,m,d,k,levels,block_bytes,tile_items", [
+    (300, 2000, 8, 100, 50, 1 << 20, 2048),   # one item tile; a few ties among 2000 items
+    (300, 2000, 8, 100, 50, 1 << 16, 300),    # 7 item tiles (the last one narrower), 54 users per block
+    (200, 3000, 8, 50, 3, 1 << 18, 512),      # heavy ties (values in {-3/8..3/8}) spanning tile borders
+    (97, 1000, 16, 10, 50, 4096, 1000),       # one user per block, k small
+    (40, 70, 4, 100, 50, 1 << 20, 16),        # catalogue smaller than k: every item, in order
+    (50, 1601, 8, 100, 50, 1 << 20, 100),     # m not a multiple of the tile width
 ])
-def test_topk_equals_brute_force_including_ties(n, m, d, k, levels, block_bytes):
+def test_topk_equals_brute_force_including_ties(n, m, d, k, levels, block_bytes, tile_items):
     rng = np.random.default_rng(n * m + k)
     users, items = _exact_floats(rng, (n, d), levels), _exact_floats(rng, (m, d), levels)
-    result = topk(users, items, k, block_bytes=block_bytes)
+    result = topk(users, items, k, block_bytes=block_bytes, tile_items=tile_items)
     reference = brute_force(users, items, k)
     assert all(_ids(result, i) == reference[i] for i in range(n))
     full = users @ items.T
@@ -42,19 +43,20 @@ def test_ties_at_the_cut_keep_the_smallest_item_indices():
     items[:, 0] = -1.0
     items[50:90] = [1.0, 0.0, 0.0, 0.0]
     users = np.array([[1.0, 0.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0]], dtype=np.float32)
-    result = topk(users, items, 10)
-    assert _ids(result, 0) == list(range(50, 60))
-    assert _ids(result, 1) == list(range(50, 60))
-    assert result.scores[0].tolist() == [1.0] * 10
+    for tile_items in (2048, 64, 7):                      # the tied run inside one tile, or across tiles
+        result = topk(users, items, 10, tile_items=tile_items)
+        assert _ids(result, 0) == list(range(50, 60))
+        assert _ids(result, 1) == list(range(50, 60))
+        assert result.scores[0].tolist() == [1.0] * 10
 
 
-def test_duplicated_items_are_ordered_by_index_on_the_grouped_path():
+def test_duplicated_items_are_ordered_by_index_across_tiles():
     # Gaussian vectors, each item present twice (index j and j + 5000): every pair ties exactly.
     rng = np.random.default_rng(7)
     base = rng.standard_normal((5000, 16)).astype(np.float32)
     items = np.concatenate([base, base])
     users = rng.standard_normal((64, 16)).astype(np.float32)
-    result = topk(users, items, 100)
+    result = topk(users, items, 100, tile_items=1024)
     for i in range(64):
         ids = _ids(result, i)
         assert len(ids) == 100
@@ -70,8 +72,9 @@ def test_exclusions_are_never_returned_and_shorten_lists_only_when_needed():
     excluded[0] = set(range(115))           # only 5 eligible items left for user 0
     excluded[1] = set(range(120))           # nothing left for user 1
     indptr = np.concatenate([[0], np.cumsum([len(e) for e in excluded])])
-    flat = np.concatenate([sorted(e) for e in excluded]).astype(np.int64)
-    result = topk(users, items, 20, exclude_indptr=indptr, exclude_indices=flat, block_bytes=4096)
+    # In any order within a user (the scorer sorts them), and across several item tiles.
+    flat = np.concatenate([rng.permutation(sorted(e)) for e in excluded]).astype(np.int64)
+    result = topk(users, items, 20, exclude_indptr=indptr, exclude_indices=flat, block_bytes=4096, tile_items=50)
     reference = brute_force(users, items, 20, excluded)
     assert [_ids(result, i) for i in range(30)] == reference
     assert result.counts[0] == 5 and _ids(result, 0) == [j for j in reference[0]] and set(reference[0]) <= set(range(115, 120))
