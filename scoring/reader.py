@@ -125,7 +125,8 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
 
     Streams the partition batch by batch into arrays allocated once for the whole partition (its row
     count comes from the Parquet footers): peak memory is the result plus one batch plus the ranks
-    (4 bytes per row, dropped once checked), not a whole Arrow table beside its numpy copy."""
+    (4 bytes per row, dropped once checked), not a whole Arrow table beside its numpy copy. Rows
+    stored out of order add a row permutation (8 bytes per row) and one column copy while reordering."""
     from deltalake import DeltaTable
 
     table = DeltaTable(f"{lake.rstrip('/')}/{USER_CANDIDATES}", version=table_version, storage_options=storage_options)
@@ -148,7 +149,7 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
             raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: more rows than its files declare")
         users = _dictionary(batch.column("user_id"))
         user_rows = users.indices.to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.concatenate([[True], user_rows[1:] != user_rows[:-1]]))
+        starts = _changes(user_rows)
         run_users.append(users.dictionary.take(pa.array(user_rows[starts])).cast(pa.string()))
         run_lengths.append(np.diff(np.append(starts, n)))
         run_strategies.append(strategies.codes(_dictionary(batch.column("strategy")))[starts])

@@ -131,19 +131,21 @@ def _sorted_per_user(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
 # A candidate is one uint64 key: the score's bits made order-preserving and inverted (high half), then
 # the item index (low half). Ascending keys = score descending, then item index ascending: the result
 # order. Keys are unique (item indices are), so "the k best" is "the k smallest keys", ties included.
+# Inverted order-preserving bits: a negative float keeps its bits (sign set, a larger magnitude ranks
+# lower); a non-negative one has its 31 low bits flipped (sign clear, a larger value ranks higher).
 @numba.njit(inline="always")
 def _key(bits, item):
     if bits == np.uint32(0x80000000):            # -0.0 ties with +0.0, as in float comparison
         bits = np.uint32(0)
-    ordered = bits ^ np.uint32(0xFFFFFFFF) if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
-    return (np.uint64(ordered ^ np.uint32(0xFFFFFFFF)) << np.uint64(32)) | np.uint64(item)
+    inverted = bits if bits >> np.uint32(31) else bits ^ np.uint32(0x7FFFFFFF)
+    return (np.uint64(inverted) << np.uint64(32)) | np.uint64(item)
 
 
 @numba.njit(inline="always")
 def _unkey(key):
     """(score bits as uint32, item index) of a key."""
-    ordered = np.uint32(key >> np.uint64(32)) ^ np.uint32(0xFFFFFFFF)
-    bits = ordered ^ np.uint32(0x80000000) if ordered >> np.uint32(31) else ordered ^ np.uint32(0xFFFFFFFF)
+    inverted = np.uint32(key >> np.uint64(32))
+    bits = inverted if inverted >> np.uint32(31) else inverted ^ np.uint32(0x7FFFFFFF)
     return bits, np.int64(key & np.uint64(0xFFFFFFFF))
 
 
