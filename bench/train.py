@@ -66,10 +66,11 @@ def main() -> int:
     torch.manual_seed(0)
     model = SeqRec(model_cfg, text)
     tok, typ = torch.as_tensor(train["train_tokens"]), torch.as_tensor(train["train_types"])
+    bas = torch.as_tensor(train["train_baskets"])
     per_epoch = []
     for _ in range(a.epochs):
         t0 = time.perf_counter()
-        train_in_process(model, tok, typ, epochs=1, batch_size=a.batch_size, lr=2e-3)
+        train_in_process(model, tok, typ, epochs=1, batch_size=a.batch_size, lr=2e-3, baskets=bas)
         per_epoch.append(time.perf_counter() - t0)
     plain_s = float(np.mean(per_epoch[1:] if len(per_epoch) > 1 else per_epoch))
     rows.append({"setup": f"plain PyTorch, 1 process, {torch.get_num_threads()} threads",
@@ -82,8 +83,8 @@ def main() -> int:
              log_to_driver=False, _temp_dir=os.path.join(tempfile.gettempdir(), "ray-bench-train"))
     ray.data.DataContext.get_current().enable_progress_bars = False
     to_ds = lambda d, cols: ray.data.from_pandas(pd.DataFrame({c: list(d[c]) for c in cols}))  # noqa: E731
-    datasets = {"train": to_ds(train, ["train_tokens", "train_types"]).materialize(),
-                "val": to_ds(val, ["val_tokens", "val_types", "val_targets"]).materialize()}
+    datasets = {"train": to_ds(train, ["train_tokens", "train_types", "train_baskets"]).materialize(),
+                "val": to_ds(val, ["val_tokens", "val_types", "val_baskets", "val_targets"]).materialize()}
     loop_cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size // a.workers, lr=2e-3, patience=a.epochs)
     loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": None}
     with tempfile.TemporaryDirectory() as storage:

@@ -55,7 +55,7 @@ def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases
     """Split every row; keep users with enough purchases, some history and a target in the catalogue."""
     from training.data import split_sequence
 
-    users, inputs, types, histories, targets = [], [], [], [], []
+    users, inputs, types, stamps, histories, targets = [], [], [], [], [], []
     skipped = {"few_purchases": 0, "no_history": 0, "targets_outside_catalogue": 0}
     for r in rows:
         s = split_sequence(r["item_ids"], r["event_types"], r["event_ts"], target_types)
@@ -72,9 +72,10 @@ def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases
         users.append(r["user_id"])
         inputs.append(s.test_items)
         types.append(s.test_types)
+        stamps.append(list(r["event_ts"])[:len(s.test_items)])
         histories.append([item_index[i] for i in s.test_items if i in item_index])
         targets.append(tgt)
-    return users, inputs, types, histories, targets, skipped
+    return users, inputs, types, stamps, histories, targets, skipped
 
 
 def als_factors(spark, histories: list[list[int]], num_items: int, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,21 +132,20 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     item_index = {item: i for i, item in enumerate(model.item_ids)}
     V = len(model.item_ids)
     target_types = tuple(model.config.get("train", {}).get("target_event_types") or cfg.get("train.target_event_types", ["purchase"]))
-    users, inputs, types, histories, targets, skipped = eligible_users(
+    users, inputs, types, stamps, histories, targets, skipped = eligible_users(
         rows, item_index, target_types, int(cfg.get("evaluate.min_purchases", 3)))
     if not users:
         raise runtime.WarmstartError(f"no user qualifies for evaluation on {args.run_date} (skipped: {skipped})")
     ks = tuple(int(k) for k in cfg.get("evaluate.ks", [10, 20]))
 
     counts = B.item_counts(histories, V)
-    item_vectors = model.catalogue_embeddings()                                     # (V, d)
     cooc = B.fit_cooccurrence(histories, V) if "cooccurrence" in wanted else None
     als = als_factors(spark, histories, V, cfg) if "als" in wanted else None
 
     def scores_for(method: str, lo: int, hi: int) -> np.ndarray:
         h = histories[lo:hi]
         if method == "model":
-            return model.user_embeddings(inputs[lo:hi], types[lo:hi]) @ item_vectors.T
+            return model.catalogue_scores(inputs[lo:hi], types[lo:hi], stamps[lo:hi])
         if method == "popularity":
             return B.popularity_scores(counts, hi - lo).copy()
         if method == "cooccurrence":

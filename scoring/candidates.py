@@ -37,7 +37,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from scoring.topk import topk
+from scoring.topk import topk, topk_with_boosts
 
 MODEL = "model"
 POPULAR_FALLBACK = "popular_fallback"
@@ -63,9 +63,10 @@ def before_next_day(as_of: dt.date) -> Column:
 
 def scoring_users(sequences: DataFrame, user_features: DataFrame | None, exclusions: DataFrame, *,
                   segment_column: str | None, fallback_for_cold_start: bool) -> DataFrame:
-    """Active users with what the scorer needs: ``user_id, item_ids, event_types, excluded_item_ids,
-    segment, use_fallback``. ``sequences`` / ``user_features``: one as_of_date partition each."""
-    seq = sequences.select("user_id", "item_ids", "event_types")
+    """Active users with what the scorer needs: ``user_id, item_ids, event_types, event_ts,
+    excluded_item_ids, segment, use_fallback``. ``sequences`` / ``user_features``: one as_of_date
+    partition each."""
+    seq = sequences.select("user_id", "item_ids", "event_types", "event_ts")
     if user_features is None:
         users = seq.select("*", F.lit(False).alias("is_cold_start"), F.lit(None).cast("string").alias("segment"))
     else:
@@ -80,6 +81,7 @@ def scoring_users(sequences: DataFrame, user_features: DataFrame | None, exclusi
             .select("user_id",
                     F.coalesce("item_ids", empty).alias("item_ids"),
                     F.coalesce("event_types", empty).alias("event_types"),
+                    F.coalesce("event_ts", F.array().cast("array<timestamp>")).alias("event_ts"),
                     F.coalesce("excluded_item_ids", empty).alias("excluded_item_ids"),
                     F.coalesce("segment", F.lit(GLOBAL_SEGMENT)).alias("segment"),
                     (no_sequence | cold).alias("use_fallback")))
@@ -226,12 +228,18 @@ def score_batch(batch: pa.RecordBatch, model, item_ids: np.ndarray, index: dict[
 
     personal = np.flatnonzero(~fallback)
     if len(personal):
-        vectors = model.user_embeddings([cols["item_ids"][i] for i in personal],
-                                        [cols["event_types"][i] for i in personal], batch_size=spec.embed_batch)
+        seqs = ([cols["item_ids"][i] for i in personal], [cols["event_types"][i] for i in personal],
+                [cols["event_ts"][i] for i in personal] if "event_ts" in cols else None)
+        vectors = model.user_embeddings(*seqs, batch_size=spec.embed_batch)
         lengths = np.array([len(excluded[i]) for i in personal], dtype=np.int64)
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         flat = np.fromiter((j for i in personal for j in excluded[i]), dtype=np.int64, count=int(indptr[-1]))
-        result = topk(vectors, matrix, k, exclude_indptr=indptr, exclude_indices=flat, block_bytes=spec.block_bytes)
+        if model.model.cfg.repeat_head:      # the user's own past items: a sparse term on top of the dot product
+            b_indptr, b_idx, b_val = _catalogue_boosts(model, index, *model.repeat_boosts(*seqs, batch_size=spec.embed_batch))
+            result = topk_with_boosts(vectors, matrix, k, b_indptr, b_idx, b_val, exclude_indptr=indptr,
+                                      exclude_indices=flat, block_bytes=spec.block_bytes)
+        else:
+            result = topk(vectors, matrix, k, exclude_indptr=indptr, exclude_indices=flat, block_bytes=spec.block_bytes)
         out_idx[personal] = result.indices
         out_score[personal] = result.scores
         counts[personal] = result.counts
@@ -252,3 +260,14 @@ def score_batch(batch: pa.RecordBatch, model, item_ids: np.ndarray, index: dict[
         schema=pa.schema([(f.name, pa.string() if f.dataType == T.StringType() else
                            pa.int32() if f.dataType == T.IntegerType() else pa.float32(), False)
                           for f in CANDIDATE_ROWS.fields]))
+
+
+def _catalogue_boosts(model, index: dict[str, int], indptr: np.ndarray, vocab_idx: np.ndarray, values: np.ndarray):
+    """The model's repeat boosts (vocabulary positions) -> catalogue positions; items no longer in the
+    catalogue drop out."""
+    to_catalogue = np.array([index.get(i, -1) for i in model.item_ids], dtype=np.int64)
+    idx = to_catalogue[vocab_idx] if len(vocab_idx) else np.zeros(0, np.int64)
+    keep = idx >= 0
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))[keep]
+    new_indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(indptr) - 1))]).astype(np.int64)
+    return new_indptr, idx[keep], values[keep]

@@ -24,6 +24,11 @@ How it stays fast and exact without the full (n, m) score matrix:
   list is walked once, in item order); a user whose eligible items are fewer than K gets a shorter
   list (``counts``). NaN scores never enter; -0.0 ties with 0.0.
 
+``topk_with_boosts`` adds a sparse per-user term (the model's repeat head: a weight for each of the
+user's past items) exactly: with at most b boosted items per user, the top ``k + b`` by dot product
+hold at least k unboosted candidates, so no item outside them and the boosted ones can make the final
+K; those are re-scored (dot + boost) and re-sorted with the same tie-break.
+
 Pure: numpy / torch / numba in, numpy out. No Spark, no I/O. The numba functions are compiled once and
 cached on disk beside this file (``cache=True``), so Spark's Python workers load them.
 """
@@ -120,6 +125,67 @@ def topk(users: np.ndarray, items: np.ndarray, k: int, *,
             torch.set_num_threads(saved)
     counts = (out_idx >= 0).sum(axis=1).astype(np.int32)
     return TopK(out_idx, out_score, counts)
+
+
+def topk_with_boosts(users: np.ndarray, items: np.ndarray, k: int, boost_indptr: np.ndarray,
+                     boost_indices: np.ndarray, boost_values: np.ndarray, *,
+                     exclude_indptr: np.ndarray | None = None, exclude_indices: np.ndarray | None = None,
+                     **tiling) -> TopK:
+    """Top ``k`` items per user by ``users[u] . items[i] + boost_u(i)``, where user u's boosts are
+    ``boost_values[boost_indptr[u]:boost_indptr[u+1]]`` on items ``boost_indices[...]`` (CSR, item
+    indices distinct per user, any sign). Exclusions and the tie-break as in :func:`topk`; ``tiling``:
+    :func:`topk`'s block / tile / thread options."""
+    users = np.ascontiguousarray(users, dtype=np.float32)
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    n, m = users.shape[0], items.shape[0]
+    b_indptr = np.asarray(boost_indptr, dtype=np.int64)
+    if len(b_indptr) != n + 1:
+        raise ValueError(f"boost_indptr has {len(b_indptr)} entries for {n} users (want n + 1)")
+    per_user = np.diff(b_indptr)
+    b_items = np.asarray(boost_indices, dtype=np.int64)[:b_indptr[-1]]
+    b_values = np.asarray(boost_values, dtype=np.float32)[:b_indptr[-1]]
+    if len(b_items) and (b_items.min() < 0 or b_items.max() >= m):
+        raise ValueError(f"boost_indices must be item indices in [0, {m})")
+    widest = int(per_user.max()) if n else 0
+    base = topk(users, items, min(max(m, 1), k + widest), exclude_indptr=exclude_indptr,
+                exclude_indices=exclude_indices, **tiling)
+    if widest == 0:
+        return _first_k(base, k)
+    b_rows = np.repeat(np.arange(n, dtype=np.int64), per_user)
+    b_keys = b_rows * m + b_items
+    if exclude_indptr is not None:
+        x_indptr = np.asarray(exclude_indptr, dtype=np.int64)
+        x_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(x_indptr))
+        x_keys = x_rows * m + np.asarray(exclude_indices, dtype=np.int64)[:x_indptr[-1]]
+        allowed = ~np.isin(b_keys, x_keys)
+        b_rows, b_items, b_values, b_keys = b_rows[allowed], b_items[allowed], b_values[allowed], b_keys[allowed]
+    # Candidates: the dot-product top (k + widest) minus the boosted items, plus every boosted item
+    # re-scored; float32 dot products as the tiles compute them (same values for exact inputs).
+    base_rows = np.repeat(np.arange(n, dtype=np.int64), base.indices.shape[1])
+    base_items = base.indices.reshape(-1)
+    base_scores = base.scores.reshape(-1)
+    keep = (base_items >= 0) & ~np.isin(base_rows * m + base_items, b_keys)
+    b_scores = np.einsum("ij,ij->i", users[b_rows], items[b_items]).astype(np.float32) + b_values
+    rows = np.concatenate([base_rows[keep], b_rows])
+    cand_items = np.concatenate([base_items[keep], b_items])
+    cand_scores = np.concatenate([base_scores[keep], b_scores]).astype(np.float32)
+    finite = ~np.isnan(cand_scores)
+    rows, cand_items, cand_scores = rows[finite], cand_items[finite], cand_scores[finite]
+    order = np.lexsort((cand_items, -cand_scores, rows))                  # per user: score desc, item asc
+    rows, cand_items, cand_scores = rows[order], cand_items[order], cand_scores[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    place = np.arange(len(rows)) - starts[rows]                           # rank within the user, from 0
+    take = place < k
+    out_idx = np.full((n, k), -1, dtype=np.int64)
+    out_score = np.full((n, k), NEG_INF, dtype=np.float32)
+    out_idx[rows[take], place[take]] = cand_items[take]
+    out_score[rows[take], place[take]] = cand_scores[take]
+    return TopK(out_idx, out_score, (out_idx >= 0).sum(axis=1).astype(np.int32))
+
+
+def _first_k(result: TopK, k: int) -> TopK:
+    idx, scores = result.indices[:, :k], result.scores[:, :k]
+    return TopK(np.ascontiguousarray(idx), np.ascontiguousarray(scores), (idx >= 0).sum(axis=1).astype(np.int32))
 
 
 def _sorted_per_user(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -256,14 +322,17 @@ def _finish(kept, sizes, k, out_scores, out_items):
 
 
 def brute_force(users: np.ndarray, items: np.ndarray, k: int,
-                excluded: list[set[int]] | None = None) -> list[list[int]]:
+                excluded: list[set[int]] | None = None, boosts: list[dict[int, float]] | None = None) -> list[list[int]]:
     """The reference the tests compare against: the full score matrix in float32 (the same
-    arithmetic as the tiled matmul) and a lexsort on (item index, -score), per user; excluded items
-    and -inf dropped."""
-    full = torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32)) @ torch.from_numpy(
-        np.ascontiguousarray(items, dtype=np.float32)).T
+    arithmetic as the tiled matmul), plus ``boosts[i]`` {item: value}, and a lexsort on (item index,
+    -score), per user; excluded items and -inf dropped."""
+    full = (torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32)) @ torch.from_numpy(
+        np.ascontiguousarray(items, dtype=np.float32)).T).numpy()
+    for i, extra in enumerate(boosts or []):
+        for j, v in extra.items():
+            full[i, j] = np.float32(full[i, j] + np.float32(v))
     result = []
-    for i, row in enumerate(full.numpy()):
+    for i, row in enumerate(full):
         order = np.lexsort((np.arange(len(row)), -row))
         skip = excluded[i] if excluded else set()
         result.append([int(j) for j in order if j not in skip and np.isfinite(row[j])][:k])

@@ -138,8 +138,9 @@ def test_registry_round_trip(tmp_path):
     seqs = [["i03", "i04", "nope"], ["i07"]]
     kinds = [["view", "purchase", "purchase"], ["purchase"]]
     got = loaded.user_embeddings(seqs, kinds)
-    tokens, types = loaded.encode_sequences(seqs, kinds)
+    tokens, types, baskets = loaded.encode_sequences(seqs, kinds)
     assert tokens[0, :4].tolist() == [5, 6, 1, 0]             # unknown item -> UNK (1), then padding
+    assert baskets is None                                    # no timestamps: every event its own basket
     m.eval()
     assert got.dtype == np.float32 and got.shape == (2, D)
     assert np.allclose(got, m.user_vectors(tokens, types).detach().numpy(), atol=1e-5)
@@ -158,6 +159,53 @@ def test_registry_round_trip(tmp_path):
     assert promote(root, "m", "v3", margin=0.0, force=True) == (True, "forced")
     assert load_model(root, "m").version == "v3"
     assert json.loads((tmp_path / "models" / "m" / "v1" / "item_vocab.json").read_text()) == ids
+
+
+def test_basket_loss_predicts_each_basket_from_the_end_of_the_one_before():
+    """Hand-built: baskets 0,0,1,1,1,2 -> items at 2,3,4 are predicted from position 1, item 5 from 4."""
+    m = tiny(repeat_head=False).eval()
+    tokens = torch.tensor([[2, 3, 4, 5, 6, 7]])
+    types = torch.full_like(tokens, 4)
+    baskets = torch.tensor([[0, 0, 1, 1, 1, 2]])
+    with torch.no_grad():
+        hidden = m.hidden_states(tokens[:, :-1], types[:, :-1])[0]            # (5, D)
+        logits = hidden @ m.item_vectors().T                                 # (5, V)
+        src, tgt = torch.tensor([1, 1, 1, 4]), torch.tensor([4, 5, 6, 7]) - FIRST_ITEM
+        want = torch.nn.functional.cross_entropy(logits[src], tgt)
+        assert torch.allclose(m.loss(tokens, types, baskets), want, atol=1e-6)
+        # without baskets every event is its own: next item from the position before
+        nxt = torch.nn.functional.cross_entropy(logits, tokens[0, 1:] - FIRST_ITEM)
+        assert torch.allclose(m.loss(tokens, types), nxt, atol=1e-6)
+
+
+def test_repeat_head_hand_computed(tmp_path):
+    """r_u(i) = sum over the user's past events with item i of lag weight (by basket) + type weight."""
+    from training.model import EVENT_TYPES
+    from training.registry import load_model, save_version
+
+    m = tiny()
+    with torch.no_grad():
+        m.repeat_lag.copy_(torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0, 0.0]))
+        m.repeat_type.zero_()
+        m.repeat_type[1 + EVENT_TYPES.index("purchase")] = 0.25
+    ids = [f"i{k:02d}" for k in range(V)]
+    save_version(str(tmp_path), "m", "v1", m, ids, {}, {"val_ndcg@10": 0.1}, {})
+    loaded = load_model(str(tmp_path), "m", "v1")
+    seqs = [["i03", "i04", "i03", "i05"], []]
+    kinds = [["purchase", "view", "purchase", "view"], []]
+    stamps = [[1, 1, 2, 3], []]                               # baskets 0, 0, 1, 2
+    indptr, idx, val = loaded.repeat_boosts(seqs, kinds, stamps)
+    assert indptr.tolist() == [0, 3, 3]
+    # i03: lag 2 (1.0) + purchase (0.25) + lag 1 (2.0) + purchase (0.25); i04: lag 2 (1.0); i05: lag 0 (3.0)
+    assert idx.tolist() == [3, 4, 5] and np.allclose(val, [3.5, 1.0, 3.0])
+    # without timestamps each event is its own basket: lags 3, 2, 1, 0
+    _, _, val2 = loaded.repeat_boosts(seqs[:1], kinds[:1])
+    assert np.allclose(val2, [0.5 + 0.25 + 2.0 + 0.25, 1.0, 3.0])
+    dense = loaded.catalogue_scores(seqs, kinds, stamps)
+    dot = loaded.user_embeddings(seqs, kinds, stamps) @ loaded.catalogue_embeddings().T
+    boost = np.zeros_like(dot)
+    boost[0, [3, 4, 5]] = [3.5, 1.0, 3.0]
+    assert np.allclose(dense, dot + boost, atol=1e-5)
 
 
 def test_model_beats_popularity_on_known_tastes():

@@ -144,10 +144,16 @@ def _reference(tiny_lake, k, excluded):
     out = {}
     for user in ("u1", "u2", "u5", "u6"):
         steps = sorted((TS(ts), item, kind) for u, item, kind, ts in EVENT_ROWS if u == user and TS(ts) < TS("2024-03-11T00:00:00"))
-        vec = model.user_embeddings([[s[1] for s in steps]], [[s[2] for s in steps]])
+        seq = ([[s[1] for s in steps]], [[s[2] for s in steps]], [[s[0] for s in steps]])
+        vec = model.user_embeddings(*seq)
+        # the repeat head: the user's past items (vocabulary positions) lifted by learned weights
+        _, vocab_idx, values = model.repeat_boosts(*seq)
+        boost = {CATALOGUE.index(model.item_ids[j]): float(v) for j, v in zip(vocab_idx, values)
+                 if model.item_ids[j] in CATALOGUE}
+        assert boost                                        # every scored user has past catalogue items
         skip = {CATALOGUE.index(i) for i in excluded.get(user, ()) if i in CATALOGUE}
-        ids = brute_force(vec, matrix, k, [skip])[0]
-        out[user] = ([CATALOGUE[j] for j in ids], (vec @ matrix.T)[0, ids])
+        ids = brute_force(vec, matrix, k, [skip], [boost])[0]
+        out[user] = ([CATALOGUE[j] for j in ids], (vec @ matrix.T)[0, ids] + [boost.get(j, 0.0) for j in ids])
     return out
 
 

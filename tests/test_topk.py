@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.topk import brute_force, topk
+from scoring.topk import brute_force, topk, topk_with_boosts
 
 
 def _exact_floats(rng, shape, levels=50):
@@ -94,6 +94,38 @@ def test_gaussian_scores_match_a_float64_reference():
         np.testing.assert_allclose(result.scores[i], full[i, ref], rtol=0, atol=1e-4)
         assert set(_ids(result, i)) ^ set(ref.tolist()) <= {j for j in range(20000)
                                                              if abs(full[i, j] - full[i, ref[-1]]) < 1e-4}
+
+
+@pytest.mark.parametrize("levels,k", [(50, 20), (3, 10)])
+def test_boosts_equal_brute_force_with_exclusions_and_ties(levels, k):
+    """Sparse per-user boosts (the repeat head), positive and negative, some on excluded items and
+    some outside the dot-product top: the same ids, order and scores as the dense reference."""
+    rng = np.random.default_rng(levels + k)
+    n, m = 60, 400
+    users, items = _exact_floats(rng, (n, 8), levels), _exact_floats(rng, (m, 8), levels)
+    boosts = [dict(zip(rng.choice(m, size=rng.integers(0, 30), replace=False).tolist(),
+                       (rng.integers(-16, 40, 30) / 4).tolist())) for _ in range(n)]
+    boosts[0] = {}                                         # a user without history
+    boosts[1] = {j: 1000.0 for j in range(m - 5, m)}       # boosted far above every dot product
+    excluded = [set(rng.choice(m, size=rng.integers(0, 20), replace=False).tolist()) for _ in range(n)]
+    excluded[1] |= {m - 1}                                 # an excluded item stays out, boosted or not
+    b_indptr = np.concatenate([[0], np.cumsum([len(b) for b in boosts])])
+    b_idx = np.array([j for b in boosts for j in b], dtype=np.int64)
+    b_val = np.array([v for b in boosts for v in b.values()], dtype=np.float32)
+    x_indptr = np.concatenate([[0], np.cumsum([len(e) for e in excluded])])
+    x_idx = np.array([j for e in excluded for j in e], dtype=np.int64)
+    result = topk_with_boosts(users, items, k, b_indptr, b_idx, b_val, exclude_indptr=x_indptr,
+                              exclude_indices=x_idx, tile_items=128)
+    reference = brute_force(users, items, k, excluded, boosts)
+    assert [_ids(result, i) for i in range(n)] == reference
+    lifted = set(range(m - 5, m)) - excluded[1]
+    assert set(_ids(result, 1)[:len(lifted)]) == lifted and m - 1 not in _ids(result, 1)
+    full = users @ items.T
+    for i in range(n):
+        want = [full[i, j] + np.float32(boosts[i].get(j, 0.0)) for j in reference[i]]
+        np.testing.assert_array_equal(result.scores[i, :result.counts[i]], np.array(want, np.float32))
+    plain = topk_with_boosts(users, items, k, np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert [_ids(plain, i) for i in range(n)] == brute_force(users, items, k)
 
 
 def test_bad_arguments_are_refused():

@@ -32,6 +32,7 @@ class Split:
     test_types: list[str]
     test_targets: list[str]              # test basket
     purchases: int                       # target-type events in the whole sequence
+    baskets: list[int] = field(default_factory=list)  # basket ordinal of every event (slice like the items)
 
 
 def _baskets(event_ts: Sequence[Any]) -> list[tuple[int, int]]:
@@ -41,6 +42,14 @@ def _baskets(event_ts: Sequence[Any]) -> list[tuple[int, int]]:
         if i == len(event_ts) or event_ts[i] != event_ts[start]:
             out.append((start, i))
             start = i
+    return out
+
+
+def basket_ordinals(event_ts: Sequence[Any]) -> list[int]:
+    """0, 0, 1, 2, 2, ...: the basket number of each event (equal timestamps share one)."""
+    out = []
+    for b, (start, end) in enumerate(_baskets(list(event_ts))):
+        out.extend([b] * (end - start))
     return out
 
 
@@ -61,7 +70,7 @@ def split_sequence(item_ids: Sequence[str], event_types: Sequence[str], event_ts
                  val_items=items[:val_start] if val_targets else [], val_types=types[:val_start] if val_targets else [],
                  val_targets=val_targets,
                  test_items=items[:test_start], test_types=types[:test_start], test_targets=test_targets,
-                 purchases=sum(t in targets_ok for t in types))
+                 purchases=sum(t in targets_ok for t in types), baskets=basket_ordinals(event_ts))
 
 
 @dataclass(frozen=True)
@@ -90,23 +99,34 @@ def encode(items: Sequence[str], types: Sequence[str], width: int, spec: Example
     return tok, typ
 
 
+def encode_baskets(baskets: Sequence[int], width: int) -> np.ndarray:
+    """Last ``width`` basket ordinals, right-padded with -1 (width,)."""
+    out = np.full(width, -1, dtype=np.int64)
+    tail = list(baskets)[-width:] if width else []
+    out[:len(tail)] = tail
+    return out
+
+
 def examples_batch(batch: dict[str, Any], spec: ExampleSpec) -> dict[str, np.ndarray]:
     """A batch of user_sequences rows -> padded training + validation arrays (Ray Data map_batches).
-    train_tokens / train_types (B, T+1): positions 0..T-1 predict 1..T. val_* (B, T): the validation
-    input; val_targets (B, max_targets) catalogue indices padded with -1."""
+    train_tokens / train_types / train_baskets (B, T+1): the training events (see SeqRec.loss). val_*
+    (B, T): the validation input; val_targets (B, max_targets) catalogue indices padded with -1."""
     T, M = spec.max_seq_len, spec.max_targets
     rows = len(batch["user_id"])
     out = {"train_tokens": np.zeros((rows, T + 1), np.int64), "train_types": np.zeros((rows, T + 1), np.int64),
+           "train_baskets": np.full((rows, T + 1), -1, np.int64),
            "train_len": np.zeros(rows, np.int64), "val_tokens": np.zeros((rows, T), np.int64),
-           "val_types": np.zeros((rows, T), np.int64), "val_targets": np.full((rows, M), -1, np.int64),
-           "has_val": np.zeros(rows, np.int64)}
+           "val_types": np.zeros((rows, T), np.int64), "val_baskets": np.full((rows, T), -1, np.int64),
+           "val_targets": np.full((rows, M), -1, np.int64), "has_val": np.zeros(rows, np.int64)}
     for r in range(rows):
         s = split_sequence(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.target_event_types)
         out["train_tokens"][r], out["train_types"][r] = encode(s.train_items, s.train_types, T + 1, spec)
+        out["train_baskets"][r] = encode_baskets(s.baskets[:len(s.train_items)], T + 1)
         out["train_len"][r] = min(len(s.train_items), T + 1)
         known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
         if s.val_items and known:
             out["val_tokens"][r], out["val_types"][r] = encode(s.val_items, s.val_types, T, spec)
+            out["val_baskets"][r] = encode_baskets(s.baskets[:len(s.val_items)], T)
             out["val_targets"][r, :len(known)] = known
             out["has_val"][r] = 1
     return out
@@ -139,6 +159,6 @@ def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256):
     # Materialised once (blocks stay distributed in the object store): every epoch re-reads them
     # instead of re-running the read + split pipeline.
     examples = examples.materialize()
-    train = examples.filter(expr="train_len >= 2").select_columns(["train_tokens", "train_types"]).materialize()
-    val = examples.filter(expr="has_val == 1").select_columns(["val_tokens", "val_types", "val_targets"]).materialize()
+    train = examples.filter(expr="train_len >= 2").select_columns(["train_tokens", "train_types", "train_baskets"]).materialize()
+    val = examples.filter(expr="has_val == 1").select_columns(["val_tokens", "val_types", "val_baskets", "val_targets"]).materialize()
     return train, val

@@ -14,14 +14,23 @@ Ray Train worker), ``training.registry`` (load for scoring / evaluation) and ``b
 - user tower: a causal ``BertModel`` (``is_decoder=True``) fed ``inputs_embeds`` = the item vectors of
   the user's last N interactions; BERT's own position embeddings and token-type embeddings (= event
   type) are added. The user vector is the last real position's output plus a learned, recency-weighted
-  sum of the history's item vectors ("history skip"): with it the dot product itself carries the
-  repeat-purchase signal (an item's vector dotted with itself is large), so scoring stays one matmul.
-- loss: cross-entropy over the whole catalogue at every position (next item); above
-  ``full_softmax_max_items`` items, sampled softmax with log-Q correction over ``num_negatives``
-  items drawn from the training unigram distribution.
+  sum of the history's item vectors ("history skip").
+- repeat head: retail users rebuy. ``score(u, i) = u . e_i + r_u(i)`` where ``r_u(i)`` sums, over the
+  user's past events with item i, a learned weight per *basket lag* (0 = the latest basket) plus one per
+  event type. It is sparse (at most N items per user): the scorer adds it exactly on top of the
+  dot-product top-K (``scoring.topk.topk_with_boosts``), evaluation adds it to the dense scores.
+- loss: the next *basket* from the end of every basket (a basket = the events sharing one timestamp,
+  an Online Retail invoice; events with their own timestamps are one-event baskets, i.e. next-item):
+  cross-entropy over the whole catalogue for each item of the next basket, from the user vector at the
+  last event of the basket before it; above ``full_softmax_max_items`` items, sampled softmax with
+  log-Q correction over ``num_negatives`` items drawn from the training unigram distribution. This is
+  the evaluation's task (predict the next basket from whole baskets), not next item within an invoice,
+  whose line order is arbitrary and whose items never repeat.
 
 Token ids: 0 = padding, 1 = unknown item, 2 + i = catalogue item i (``item_ids[i]`` in the vocabulary).
-Sequences are right-padded: positions 0..len-1 are real, oldest first.
+Sequences are right-padded: positions 0..len-1 are real, oldest first. ``baskets`` (same shape as the
+tokens) numbers each event's basket, non-decreasing along a sequence (any offset; padding any value);
+``None`` means every event is its own basket.
 """
 from __future__ import annotations
 
@@ -58,6 +67,8 @@ class SeqRecConfig:
     text_dim: int = 384                 # the encoder's hidden size (MiniLM-L6: 384)
     text_max_tokens: int = 48           # item text is short: title + category + a little description
     history_skip: bool = True           # user vector += recency-weighted sum of history item vectors
+    repeat_head: bool = True            # score += learned weight of the user's own past items (sparse)
+    basket_targets: bool = True         # train on the next basket from each basket end (else next item)
     full_softmax_max_items: int = 20000  # above this catalogue size, sampled softmax with log-Q
     num_negatives: int = 1024           # sampled softmax: negatives per step (shared across the batch)
 
@@ -191,6 +202,11 @@ class SeqRec(nn.Module):
         self.user_tower.embeddings.word_embeddings.weight.requires_grad_(False)
         # History skip: weight per position counted from the end (index 0 = the latest interaction).
         self.history_weight = nn.Parameter(torch.full((cfg.max_seq_len,), 0.1)) if cfg.history_skip else None
+        # Repeat head: weight of a past event's item by basket lag (index 0 = the latest basket) and by
+        # event type; starts at "past items first", as the repeat-purchase baseline ranks.
+        if cfg.repeat_head:
+            self.repeat_lag = nn.Parameter(torch.ones(cfg.max_seq_len))
+            self.repeat_type = nn.Parameter(torch.zeros(len(cfg.event_types) + 1))
         self.register_buffer("log_q", torch.full((V,), -math.log(V)), persistent=True)  # sampled softmax proposal
 
     # ---- item tower
@@ -254,19 +270,86 @@ class SeqRec(nn.Module):
         last = ((tokens != PAD).sum(1) - 1).clamp(min=0)                            # (B,)
         return hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
 
+    # ---- repeat head
+
+    def repeat_weights(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None,
+                       at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The repeat term seen from position ``at`` (n,) of each history (n, T): (items, weights), both
+        (n, T); items are catalogue indices (-1 where nothing counts: padding, unknown, after ``at``).
+        ``r_u(i)`` is the sum of the weights of the entries whose item is i (``repeat_scores``)."""
+        n, T = tokens.shape
+        pos = torch.arange(T, device=tokens.device)
+        counted = (pos[None, :] <= at[:, None]) & (tokens >= FIRST_ITEM)                # (n, T)
+        items = torch.where(counted, tokens - FIRST_ITEM, torch.full_like(tokens, -1))
+        if not self.cfg.repeat_head:
+            return items, torch.zeros(n, T, device=tokens.device)
+        b = _baskets_or_positions(tokens, baskets)
+        lag = (b.gather(1, at[:, None]) - b).clamp(0, self.cfg.max_seq_len - 1)          # (n, T)
+        w = self.repeat_lag[lag] + self.repeat_type[types]
+        return items, w * counted.to(w.dtype)
+
+    def repeat_scores(self, items: torch.Tensor, weights: torch.Tensor,
+                      candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, T) entries from :meth:`repeat_weights` -> (n, V) repeat scores, or (n, len(candidates))
+        for ``candidates`` sorted catalogue indices."""
+        n = items.shape[0]
+        if candidates is None:
+            out = torch.zeros(n, self.cfg.num_items, dtype=weights.dtype, device=weights.device)
+            return out.scatter_add_(1, items.clamp(min=0), weights * (items >= 0))
+        u = candidates.shape[0]
+        slot = torch.searchsorted(candidates, items.clamp(min=0)).clamp(max=u - 1)     # (n, T)
+        hit = (items >= 0) & (candidates[slot] == items)
+        out = torch.zeros(n, u, dtype=weights.dtype, device=weights.device)
+        return out.scatter_add_(1, slot, weights * hit)
+
+    def last_repeat(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The repeat entries (items, weights) (B, T) seen from each sequence's last real position."""
+        last = ((tokens != PAD).sum(1) - 1).clamp(min=0)
+        return self.repeat_weights(tokens, types, baskets, last)
+
+    def catalogue_scores(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
+                         item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) sequences -> (B, V) scores of the whole catalogue: ``u . e_i + r_u(i)``."""
+        items = self.item_vectors() if item_vectors is None else item_vectors
+        scores = self.user_vectors(tokens, types).float() @ items.float().T
+        if self.cfg.repeat_head:
+            rep_items, rep_w = self.last_repeat(tokens, types, baskets)
+            scores = scores + self.repeat_scores(rep_items, rep_w.float())
+        return scores
+
     # ---- loss
 
-    def loss(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """Next-item loss over sequences tokens, types (B, T+1): positions 0..T-1 predict 1..T."""
-        inputs, in_types, targets = tokens[:, :-1], types[:, :-1], tokens[:, 1:]    # (B, T) each
+    def loss(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-basket loss over sequences tokens, types, baskets (B, T+1): every item at position s is
+        predicted from the last position of the basket before s's basket (``basket_targets``), or from
+        s - 1 (next item)."""
+        B, T1 = tokens.shape
+        inputs, in_types = tokens[:, :-1], types[:, :-1]                            # (B, T)
         hidden = self.hidden_states(inputs, in_types)                               # (B, T, d)
-        valid = (targets >= FIRST_ITEM) & (inputs != PAD)                           # (B, T)
-        h = hidden[valid]                                                           # (n, d)
-        y = targets[valid] - FIRST_ITEM                                             # (n,)
-        if h.shape[0] == 0:
+        pos = torch.arange(T1, device=tokens.device)
+        if self.cfg.basket_targets:
+            b = _baskets_or_positions(tokens, baskets)
+            starts = torch.ones_like(tokens, dtype=torch.bool)
+            starts[:, 1:] = b[:, 1:] != b[:, :-1]
+            first = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values  # basket start
+            source = (first - 1)[:, 1:]                                              # (B, T)
+        else:
+            source = (pos[1:] - 1).expand(B, T1 - 1)
+        targets = tokens[:, 1:]                                                      # (B, T)
+        valid = (targets >= FIRST_ITEM) & (source >= 0)
+        if not bool(valid.any()):
             return hidden.sum() * 0.0
+        row = torch.arange(B, device=tokens.device)[:, None].expand_as(targets)[valid]  # (n,)
+        at = source[valid]                                                           # (n,)
+        h = hidden[row, at]                                                          # (n, d)
+        y = targets[valid] - FIRST_ITEM                                              # (n,)
+        rep_items, rep_w = self.repeat_weights(inputs[row], in_types[row],
+                                               None if baskets is None else baskets[:, :-1][row], at)
         if not self.cfg.sampled:
             logits = h @ self.item_vectors().T                                       # (n, V)
+            if self.cfg.repeat_head:
+                logits = logits + self.repeat_scores(rep_items, rep_w.to(logits.dtype))
             return F.cross_entropy(logits.float(), y)
         # Sampled softmax: one shared negative set drawn from q, logits corrected by -log q so the
         # estimate is unbiased for the full softmax (Bengio & Senecal; Yi et al. 2019).
@@ -274,20 +357,30 @@ class SeqRec(nn.Module):
         cand = torch.cat([y, neg])                                                   # (n+K,)
         uniq, inverse = torch.unique(cand, return_inverse=True)
         vec = self.item_vectors(uniq)                                                # (u, d)
-        pos_logit = (h * vec[inverse[: y.shape[0]]]).sum(-1) - self.log_q[y]         # (n,)
-        neg_logit = h @ vec[inverse[y.shape[0]:]].T - self.log_q[neg]                # (n, K)
+        logits_u = h @ vec.T                                                         # (n, u)
+        if self.cfg.repeat_head:
+            logits_u = logits_u + self.repeat_scores(rep_items, rep_w.to(logits_u.dtype), uniq)
+        n = y.shape[0]
+        pos_logit = logits_u[torch.arange(n, device=y.device), inverse[:n]] - self.log_q[y]   # (n,)
+        neg_logit = logits_u[:, inverse[n:]] - self.log_q[neg]                        # (n, K)
         neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([pos_logit[:, None], neg_logit], dim=1).float()           # (n, 1+K)
         return F.cross_entropy(logits, torch.zeros_like(y))
 
-    def forward(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss (DDP syncs gradients only through forward)."""
-        return self.loss(tokens, types)
+        return self.loss(tokens, types, baskets)
 
     def set_sampling_distribution(self, item_counts: torch.Tensor) -> None:
         """q(i) proportional to count^0.75 (word2vec's smoothing): frequent items are hard negatives."""
         q = (item_counts.float() + 1.0).pow(0.75)
         self.log_q.copy_((q / q.sum()).log())
+
+
+def _baskets_or_positions(tokens: torch.Tensor, baskets: torch.Tensor | None) -> torch.Tensor:
+    if baskets is not None:
+        return baskets
+    return torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.model import FIRST_ITEM, UNK, SeqRec, SeqRecConfig, encode_texts, item_text
+from training.data import basket_ordinals, encode_baskets
+from training.model import FIRST_ITEM, PAD, UNK, SeqRec, SeqRecConfig, encode_texts, item_text
 
 DEFAULT_NAME = "warmstart-seqrec"
 FILES = ("model.safetensors", "config.json", "item_vocab.json", "metrics.json", "lineage.json")
@@ -140,34 +141,76 @@ class LoadedModel:
             out[~known] = self.model.text_only_vectors(text).float().numpy()
         return out
 
-    def encode_sequences(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]]
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Oldest-first sequences -> right-padded (n, max_seq_len) token and type tensors (last N kept)."""
+    def encode_sequences(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
+                         event_ts: Sequence[Sequence[Any]] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Oldest-first sequences -> right-padded (n, max_seq_len) token, type and basket tensors (last N
+        kept). Baskets come from ``event_ts`` (equal timestamps = one basket); None without it. An empty
+        sequence becomes one UNK token."""
         n, T = len(item_ids), self.max_seq_len
+        if len(event_types) != n or (event_ts is not None and len(event_ts) != n):
+            raise ValueError("item_ids, event_types (and event_ts) must have the same length")
         type_index = {t: i + 1 for i, t in enumerate(self.model.cfg.event_types)}
         tokens = torch.zeros(n, T, dtype=torch.long)
         types = torch.zeros(n, T, dtype=torch.long)
+        baskets = None if event_ts is None else torch.full((n, T), -1, dtype=torch.long)
         for row, (items, kinds) in enumerate(zip(item_ids, event_types)):
             items, kinds = list(items)[-T:], list(kinds)[-T:]
             tokens[row, :len(items)] = torch.tensor([self._index.get(i, UNK - FIRST_ITEM) + FIRST_ITEM
                                                      for i in items], dtype=torch.long)
             types[row, :len(kinds)] = torch.tensor([type_index.get(k, 0) for k in kinds], dtype=torch.long)
-        return tokens, types
+            if baskets is not None:
+                baskets[row] = torch.from_numpy(encode_baskets(basket_ordinals(event_ts[row]), T))
+        empty = tokens[:, 0] == PAD
+        tokens[empty, 0] = UNK
+        return tokens, types, baskets
+
+    def _batches(self, item_ids, event_types, event_ts, batch_size: int):
+        for start in range(0, len(item_ids), batch_size):
+            stop = start + batch_size
+            yield start, self.encode_sequences(item_ids[start:stop], event_types[start:stop],
+                                               None if event_ts is None else event_ts[start:stop])
 
     @torch.no_grad()
     def user_embeddings(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
-                        batch_size: int = 512) -> np.ndarray:
+                        event_ts: Sequence[Sequence[Any]] | None = None, batch_size: int = 512) -> np.ndarray:
         """Sequences (oldest first, as in features/user_sequences) -> (n, dim) float32. Unknown items
         use the learned UNK vector; an empty sequence gives the UNK-only user vector."""
-        if len(item_ids) != len(event_types):
-            raise ValueError("item_ids and event_types must have the same length")
         out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
-        for start in range(0, len(item_ids), batch_size):
-            tokens, types = self.encode_sequences(item_ids[start:start + batch_size],
-                                                  event_types[start:start + batch_size])
-            empty = tokens[:, 0] == 0
-            tokens[empty, 0] = UNK
+        for start, (tokens, types, _) in self._batches(item_ids, event_types, event_ts, batch_size):
             out[start:start + len(tokens)] = self.model.user_vectors(tokens, types).float().numpy()
+        return out
+
+    @torch.no_grad()
+    def repeat_boosts(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
+                      event_ts: Sequence[Sequence[Any]] | None = None, batch_size: int = 512
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The repeat head's sparse part of the scores, per user: CSR ``(indptr, indices, values)`` with
+        ``indices`` vocabulary positions (``item_ids`` order), one entry per distinct past item. Empty
+        lists when the model has no repeat head. Score = user_embeddings . item vectors + these."""
+        indptr, indices, values = [0], [], []
+        for _, (tokens, types, baskets) in self._batches(item_ids, event_types, event_ts, batch_size):
+            items, weights = self.model.last_repeat(tokens, types, baskets)
+            items, weights = items.numpy(), weights.float().numpy()
+            for row in range(len(items)):
+                keep = items[row] >= 0 if self.model.cfg.repeat_head else np.zeros(items.shape[1], bool)
+                uniq, inverse = np.unique(items[row][keep], return_inverse=True)
+                sums = np.zeros(len(uniq), dtype=np.float64)
+                np.add.at(sums, inverse, weights[row][keep])
+                indices.append(uniq)
+                values.append(sums.astype(np.float32))
+                indptr.append(indptr[-1] + len(uniq))
+        cat = (lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
+        return np.asarray(indptr, dtype=np.int64), cat(indices, np.int64), cat(values, np.float32)
+
+    @torch.no_grad()
+    def catalogue_scores(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
+                         event_ts: Sequence[Sequence[Any]] | None = None, batch_size: int = 512) -> np.ndarray:
+        """(n, V) float32 scores of every vocabulary item (dense; for evaluation-sized user sets)."""
+        items = self.model.item_vectors()
+        out = np.zeros((len(item_ids), len(self.item_ids)), dtype=np.float32)
+        for start, (tokens, types, baskets) in self._batches(item_ids, event_types, event_ts, batch_size):
+            out[start:start + len(tokens)] = self.model.catalogue_scores(tokens, types, baskets, items).numpy()
         return out
 
 
@@ -183,7 +226,8 @@ def load_model(models_root: str, name: str = DEFAULT_NAME, version: str = "lates
     if missing:
         raise RegistryError(f"model {name}/{version} under {models_root} is missing {', '.join(missing)}")
     config = _read(folder / "config.json")
-    cfg = SeqRecConfig.from_dict(config["model"])
+    # Versions registered before the repeat head existed have neither key: they are plain dot-product models.
+    cfg = SeqRecConfig.from_dict({"repeat_head": False, "basket_targets": False, **config["model"]})
     model = SeqRec(cfg)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()

@@ -38,6 +38,7 @@ class TrainConfig:
     eval_batch_size: int = 256          # validation users scored per matmul against the catalogue
     seed: int = 0
     grad_clip: float = 1.0
+    gate_lr_scale: float = 20.0         # the few scalar weights (repeat head, history skip) learn this much faster
     chaos_kill_at_epoch: int | None = None   # tests only: rank 1 SIGKILLs itself once at this epoch
     chaos_marker: str | None = None          # file that marks the kill as done (so it happens once)
     chaos_delay_s: float = 15.0               # tests only: seconds the doomed rank lives on (see the kill)
@@ -52,6 +53,18 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def optimizer(model: SeqRec, lr: float, weight_decay: float, gate_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW; the repeat head's and the history skip's per-lag / per-type weights (a few dozen scalars
+    that set how much the user's own past counts) get ``gate_lr_scale`` x the learning rate and no
+    weight decay: at the shared rate they barely move before the embeddings overfit (measured on
+    Online Retail: the repeat weights stayed within 0.2 of their start while validation NDCG peaked)."""
+    gates = {"repeat_lag", "repeat_type", "history_weight"}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n not in gates], "lr": lr, "weight_decay": weight_decay},
+              {"params": [p for n, p in named if n in gates], "lr": lr * gate_lr_scale, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,9 +132,10 @@ def validate(model: SeqRec, batches, device, autocast) -> dict[str, float]:
         items = model.item_vectors().float()                                         # (V, d)
     sums: dict[str, float] = {}
     for b in batches:
+        baskets = b["val_baskets"].to(device) if "val_baskets" in b else None
         with autocast():
-            users = model.user_vectors(b["val_tokens"].to(device), b["val_types"].to(device)).float()  # (B, d)
-        scores = (users @ items.T).cpu().numpy()                                      # (B, V)
+            scores = model.catalogue_scores(b["val_tokens"].to(device), b["val_types"].to(device), baskets,
+                                            items).cpu().numpy()                     # (B, V)
         targets = [row[row >= 0] for row in b["val_targets"].cpu().numpy()]
         for k, v in M.metric_sums(scores, targets).items():
             sums[k] = sums.get(k, 0.0) + v
@@ -150,7 +164,7 @@ def train_worker(loop_config: dict) -> None:
     if loop_config.get("item_counts") is not None:
         model.set_sampling_distribution(torch.as_tensor(np.asarray(loop_config["item_counts"])))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.gate_lr_scale)
 
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_state = _state(model)
@@ -184,7 +198,7 @@ def train_worker(loop_config: dict) -> None:
                                                    local_shuffle_buffer_size=4 * tcfg.batch_size,
                                                    local_shuffle_seed=tcfg.seed + epoch):
             with autocast():
-                loss = model(batch["train_tokens"], batch["train_types"])
+                loss = model(batch["train_tokens"], batch["train_types"], batch.get("train_baskets"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
@@ -244,12 +258,12 @@ def config_dicts(model_cfg: SeqRecConfig, train_cfg: TrainConfig) -> dict:
 
 
 def train_in_process(model: SeqRec, tokens: torch.Tensor, types: torch.Tensor, *, epochs: int, batch_size: int,
-                     lr: float, weight_decay: float = 0.0, seed: int = 0) -> list[float]:
+                     lr: float, weight_decay: float = 0.0, seed: int = 0,
+                     baskets: torch.Tensor | None = None) -> list[float]:
     """The same optimisation without Ray (one plain PyTorch process): for tests and the Ray-overhead
     benchmark. ``tokens``, ``types`` (n, T+1) as in the ``train`` dataset. Returns the mean loss per epoch."""
     gen = torch.Generator().manual_seed(seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    opt = optimizer(model, lr, weight_decay)
     losses = []
     for _ in range(epochs):
         model.train()
@@ -257,7 +271,7 @@ def train_in_process(model: SeqRec, tokens: torch.Tensor, types: torch.Tensor, *
         total, steps = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            loss = model(tokens[idx], types[idx])
+            loss = model(tokens[idx], types[idx], None if baskets is None else baskets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
