@@ -151,36 +151,99 @@ def topk_with_boosts(users: np.ndarray, items: np.ndarray, k: int, boost_indptr:
                 exclude_indices=exclude_indices, **tiling)
     if widest == 0:
         return _first_k(base, k)
-    b_rows = np.repeat(np.arange(n, dtype=np.int64), per_user)
-    b_keys = b_rows * m + b_items
-    if exclude_indptr is not None:
+    if exclude_indptr is None:
+        x_indptr, x_sorted = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    else:
         x_indptr = np.asarray(exclude_indptr, dtype=np.int64)
-        x_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(x_indptr))
-        x_keys = x_rows * m + np.asarray(exclude_indices, dtype=np.int64)[:x_indptr[-1]]
-        allowed = ~np.isin(b_keys, x_keys)
-        b_rows, b_items, b_values, b_keys = b_rows[allowed], b_items[allowed], b_values[allowed], b_keys[allowed]
-    # Candidates: the dot-product top (k + widest) minus the boosted items, plus every boosted item
-    # re-scored; float32 dot products as the tiles compute them (same values for exact inputs).
-    base_rows = np.repeat(np.arange(n, dtype=np.int64), base.indices.shape[1])
-    base_items = base.indices.reshape(-1)
-    base_scores = base.scores.reshape(-1)
-    keep = (base_items >= 0) & ~np.isin(base_rows * m + base_items, b_keys)
-    b_scores = np.einsum("ij,ij->i", users[b_rows], items[b_items]).astype(np.float32) + b_values
-    rows = np.concatenate([base_rows[keep], b_rows])
-    cand_items = np.concatenate([base_items[keep], b_items])
-    cand_scores = np.concatenate([base_scores[keep], b_scores]).astype(np.float32)
-    finite = ~np.isnan(cand_scores)
-    rows, cand_items, cand_scores = rows[finite], cand_items[finite], cand_scores[finite]
-    order = np.lexsort((cand_items, -cand_scores, rows))                  # per user: score desc, item asc
-    rows, cand_items, cand_scores = rows[order], cand_items[order], cand_scores[order]
-    starts = np.searchsorted(rows, np.arange(n))
-    place = np.arange(len(rows)) - starts[rows]                           # rank within the user, from 0
-    take = place < k
+        x_sorted = _sorted_per_user(x_indptr, np.asarray(exclude_indices, dtype=np.int64))
     out_idx = np.full((n, k), -1, dtype=np.int64)
     out_score = np.full((n, k), NEG_INF, dtype=np.float32)
-    out_idx[rows[take], place[take]] = cand_items[take]
-    out_score[rows[take], place[take]] = cand_scores[take]
-    return TopK(out_idx, out_score, (out_idx >= 0).sum(axis=1).astype(np.int32))
+    counts = np.zeros(n, dtype=np.int32)
+    threads = max(1, min(tiling.get("threads") or torch.get_num_threads(), n))
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+
+    def merge(t: int) -> None:
+        lo, hi = bounds[t], bounds[t + 1]
+        _merge_boosts(users, items, base.indices, base.scores, b_indptr, b_items, b_values, x_indptr, x_sorted,
+                      lo, hi, out_idx, out_score, counts)
+
+    if threads == 1:
+        merge(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(merge, range(threads)))
+    return TopK(out_idx, out_score, counts)
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_boosts(users, items, base_idx, base_score, b_indptr, b_items, b_values, x_indptr, x_sorted,
+                  lo, hi, out_idx, out_score, counts):
+    """Users lo..hi-1: the dot-product top (base, sorted) without the boosted items, merged with the
+    boosted items re-scored (dot + boost, excluded and NaN dropped), first k by score desc, item asc."""
+    k = out_idx.shape[1]
+    width = base_idx.shape[1]
+    d = users.shape[1]
+    for u in range(lo, hi):
+        b0, b1 = b_indptr[u], b_indptr[u + 1]
+        nb = b1 - b0
+        boosted = np.sort(b_items[b0:b1])                          # for the membership test below
+        cand_items = np.empty(nb, dtype=np.int64)
+        cand_scores = np.empty(nb, dtype=np.float32)
+        c = 0
+        for j in range(b0, b1):
+            item = b_items[j]
+            if x_indptr[u + 1] > x_indptr[u] and _in_range(x_sorted, x_indptr[u], x_indptr[u + 1], item):
+                continue
+            acc = np.float32(0.0)
+            for t in range(d):
+                acc += users[u, t] * items[item, t]
+            score = np.float32(acc + b_values[j])
+            if score != score:                                     # NaN never enters
+                continue
+            cand_items[c] = item
+            cand_scores[c] = score
+            c += 1
+        # boosted candidates in output order: item asc, then a stable sort on score desc
+        by_item = np.argsort(cand_items[:c])
+        items_sorted = cand_items[:c][by_item]
+        scores_sorted = cand_scores[:c][by_item]
+        order = np.argsort(-scores_sorted, kind="mergesort")
+        i = 0                                                      # next base entry
+        j = 0                                                      # next boosted candidate
+        r = 0
+        while r < k:
+            while i < width and base_idx[u, i] >= 0 and _in_range(boosted, 0, nb, base_idx[u, i]):
+                i += 1                                             # re-scored among the boosted
+            has_base = i < width and base_idx[u, i] >= 0
+            has_boost = j < c
+            if not has_base and not has_boost:
+                break
+            take_base = has_base
+            if has_base and has_boost:
+                bs, bi = base_score[u, i], base_idx[u, i]
+                cs, ci = scores_sorted[order[j]], items_sorted[order[j]]
+                take_base = bs > cs or (bs == cs and bi < ci)
+            if take_base:
+                out_idx[u, r], out_score[u, r] = base_idx[u, i], base_score[u, i]
+                i += 1
+            else:
+                out_idx[u, r], out_score[u, r] = items_sorted[order[j]], scores_sorted[order[j]]
+                j += 1
+            r += 1
+        counts[u] = r
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_range(sorted_values, lo, hi, value):
+    """value in sorted_values[lo:hi] (binary search)."""
+    end = hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sorted_values[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and sorted_values[lo] == value
 
 
 def _first_k(result: TopK, k: int) -> TopK:
