@@ -376,17 +376,20 @@ _CODE_VERSION: str | None = None
 
 
 def code_version() -> str:
-    """The git commit of the code that ran (plus '-dirty'), or the package version outside a checkout."""
+    """The git commit of the code that ran, plus ``-dirty-<hash of the uncommitted diff>`` when tracked
+    files changed (two different edits never share a version: model versions and their Ray checkpoints
+    are keyed by it), or the package version outside a checkout."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
+        import hashlib
         import subprocess
 
         try:
             sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            _CODE_VERSION = sha + ("-dirty" if dirty else "")
+            diff = subprocess.run(["git", "-C", str(REPO_ROOT), "diff", "HEAD", "--binary"],
+                                  capture_output=True, timeout=30, check=True).stdout
+            _CODE_VERSION = sha + (f"-dirty-{hashlib.sha256(diff).hexdigest()[:8]}" if diff else "")
         except Exception:  # noqa: BLE001 - not a checkout (wheel on a cluster)
             from importlib import metadata
 

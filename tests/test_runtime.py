@@ -132,3 +132,34 @@ def test_merge_upsert_updates_only_changed_rows(spark, lake):
     assert lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame([newer], ITEMS.schema),
                                changed=changed)["numTargetRowsUpdated"] == 1
     assert lakeio.read(spark, lake, ITEMS).first()["price"] == 3.5
+
+
+def test_code_version_tells_uncommitted_edits_apart(tmp_path, monkeypatch):
+    """Model versions and their Ray checkpoints are keyed by the code version: two different uncommitted
+    edits of one commit must not share it (a stale checkpoint would be resumed into a changed model)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    git("add", "model.py")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "one")
+    sha = git("rev-parse", "--short", "HEAD").strip()
+    monkeypatch.setattr(runtime, "REPO_ROOT", tmp_path)
+
+    def version():
+        monkeypatch.setattr(runtime, "_CODE_VERSION", None)
+        return runtime.code_version()
+
+    assert version() == sha
+    (tmp_path / "model.py").write_text("a = 2\n")
+    first = version()
+    (tmp_path / "model.py").write_text("a = 3\n")
+    second = version()
+    assert first.startswith(f"{sha}-dirty-") and second.startswith(f"{sha}-dirty-") and first != second
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert version() == first                 # the same edit, the same version
+    (tmp_path / "model.py").write_text("a = 1\n")
+    assert version() == sha
