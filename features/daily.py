@@ -3,10 +3,10 @@ event_date) and ``features/item_daily`` (one row per item per event_date).
 
 Each row summarises one day of ``bronze/events`` with values that merge exactly across days (counts,
 decimal sums, min/max) or approximately but losslessly-mergeable (DataSketches HLL sketches from Spark's
-``hll_sketch_agg``, unioned later with ``hll_union_agg``). The feature tables for any as_of_date are then
-a small aggregation over these rows (features/user_features.py, features/item_features.py), so the
-nightly job rebuilds only the day's partition (and the partitions of dates that received late events)
-instead of re-reading the whole event history.
+``hll_sketch_agg``, unioned later with ``hll_union_agg``). A full build sums every day's rows into the
+rolling state (features/state.py); a nightly one adds the new day's rows and subtracts the rows of the
+days leaving each window, so it rebuilds only the day's partition (and the partitions of dates that
+received late events). Distinct counts over the windows union the sketches of the last 90 days' rows.
 
 Called by jobs/build_features.py. Pure: DataFrames in, DataFrame out.
 """

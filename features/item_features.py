@@ -1,8 +1,8 @@
 """``features/item_features``: one row per item per as_of_date, for every item with an event before
 as_of_date + 1 day and every catalogue item (``bronze/items``) whose row was updated before then.
 
-Built from ``features/item_daily`` (features/daily.py) plus the catalogue's current attributes. Windows
-as in features/user_features.py.
+A projection of ``features/item_state`` (features/state.py) plus the catalogue's current attributes.
+Windows as in features/user_features.py; distinct users are HLL estimates.
 
 - ``conversion_rate_30d`` = (purchases_30d + a) / (max(views_30d, purchases_30d) + a + b): the posterior
   mean of a Beta(a, b) prior (``features.conversion_prior_purchases`` = a, ``features.conversion_prior_views``
@@ -22,28 +22,21 @@ import datetime as dt
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from features.state import windowed_distinct
 from features.tables import FEATURE_WINDOWS, ITEM_FEATURES
-from features.user_features import COUNT_STEMS, days_between, windowed_distinct, windowed_sum
+from features.user_features import days_between
 
 
-def item_features(item_daily: DataFrame, items: DataFrame, as_of: dt.date,
+def item_features(state: DataFrame, daily: DataFrame, items: DataFrame, as_of: dt.date,
                   prior_purchases: float, prior_views: float) -> DataFrame:
-    """Features as of ``as_of`` from ``features/item_daily`` rows and ``bronze/items``."""
-    daily = item_daily.where(F.col("event_date") <= F.lit(as_of))
-    aggregates = [
-        windowed_sum(f"count_{stem}", as_of, days).alias(f"count_{stem}_{w}")
-        for w, days in FEATURE_WINDOWS.items() for stem in COUNT_STEMS
-    ]
-    aggregates += [windowed_distinct("users_sketch", as_of, days).alias(f"distinct_users_{w}")
-                   for w, days in FEATURE_WINDOWS.items()]
-    per_item = daily.groupBy("item_id").agg(
-        *aggregates,
-        F.min("price_min").alias("price_min"),
-        F.max("price_max").alias("price_max"),
-        F.sum("price_sum").alias("_price_sum"),
-        F.sum("price_count").alias("_price_count"),
-        F.min("first_event_at").alias("first_seen_at"),
-    )
+    """Features as of ``as_of`` from the ``features/item_state`` rows of as_of, the ``features/item_daily``
+    rows (only the longest finite window's days are read) and ``bronze/items``."""
+    windowed = windowed_distinct(daily, "item_id", {"users_sketch": "distinct_users"}, as_of)
+    per_item = (state.where(F.col("as_of_date") == F.lit(as_of)).drop("as_of_date")
+                .join(windowed, "item_id", "left")
+                .withColumn("distinct_users_all", F.coalesce(F.hll_sketch_estimate("users_sketch"), F.lit(0)))
+                .withColumnsRenamed({"price_sum": "_price_sum", "price_count": "_price_count",
+                                     "first_event_at": "first_seen_at"}))
     catalogue = items.select("item_id", "title", "description", "category", "brand",
                              F.col("price").alias("catalog_price"), "updated_at")
     listed_by_then = catalogue.where(F.col("updated_at") < F.lit(as_of + dt.timedelta(days=1))).select("item_id")
@@ -66,6 +59,6 @@ def item_features(item_daily: DataFrame, items: DataFrame, as_of: dt.date,
             .withColumn("trend_7d_vs_30d", F.when(F.col("count_events_30d") > 0,
                                                   (F.col("count_events_7d") / 7.0) / (F.col("count_events_30d") / 30.0)))
             .withColumn("price_mean", F.when(F.col("_price_count") > 0,
-                                             (F.col("_price_sum") / F.col("_price_count")).cast("double")))
+                                             (F.col("_price_sum").cast("decimal(38,4)") / F.col("_price_count")).cast("double")))
             .withColumn("days_since_first_seen", days_between(as_of, "first_seen_at"))
             .select(*[F.col(c) for c in ITEM_FEATURES.columns]))

@@ -68,15 +68,23 @@ def sequences_full(events: DataFrame, as_of: dt.date, n: int) -> DataFrame:
 
 def sequences_incremental(previous: DataFrame, new_events: DataFrame, as_of: dt.date, n: int) -> DataFrame:
     """``previous``: user_sequences rows of one earlier as_of_date. ``new_events``: bronze/events rows that
-    those sequences did not include (later days, late arrivals); events after as_of are ignored."""
-    earlier = previous.select(
+    those sequences did not include (later days, late arrivals); events after as_of are ignored. Only the
+    users with new events are re-sorted; the others' rows are carried over (cut to ``n`` if it shrank)."""
+    added = (point_in_time(new_events, as_of).groupBy("user_id")
+             .agg(F.collect_list(_step()).cast(f"array<{_STEP}>").alias("new")))
+    # The users with new events are a small share of all: broadcast their ids rather than shuffling
+    # every previous sequence to join them.
+    touched = F.broadcast(added.select("user_id"))
+    earlier = previous.join(touched, "user_id", "left_semi").select(
         "user_id",
         F.transform(F.arrays_zip("event_ts", "item_ids", "event_types"),
                     lambda z: F.struct(z["event_ts"].alias("event_ts"), z["item_ids"].alias("item_id"),
                                        z["event_types"].alias("event_type"))).cast(f"array<{_STEP}>").alias("old"))
-    added = (point_in_time(new_events, as_of).groupBy("user_id")
-             .agg(F.collect_list(_step()).cast(f"array<{_STEP}>").alias("new")))
     empty = F.array().cast(f"array<{_STEP}>")
-    merged = (earlier.join(added, "user_id", "full_outer")
+    merged = (earlier.join(added, "user_id", "right")
               .select("user_id", F.concat(F.coalesce("old", empty), F.coalesce("new", empty)).alias("steps")))
-    return _to_table(merged, as_of, n)
+    carried = (previous.join(touched, "user_id", "left_anti")
+               .select("user_id", F.lit(as_of).alias("as_of_date"),
+                       *[_last_n(F.col(c), n).alias(c) for c in ("item_ids", "event_types", "event_ts")],
+                       F.least("sequence_length", F.lit(n)).alias("sequence_length")))
+    return _to_table(merged, as_of, n).unionByName(carried.select(*[F.col(c) for c in USER_SEQUENCES.columns]))

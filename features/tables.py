@@ -181,6 +181,55 @@ ITEM_DAILY = Table(
     write="replace_partition",
 )
 
+# The rolling state under the feature tables (features/state.py): one row per user / item per as_of_date
+# with every windowed sum and the all-history aggregates. The nightly run gets D's state from B's state,
+# the events B had not seen and the daily rows of the days leaving each window, without re-reading the
+# history.
+
+
+def _window_counts() -> list[tuple[str, T.DataType, bool]]:
+    return [c for w in FEATURE_WINDOWS for c in _per_type_counts(f"_{w}")]
+
+
+USER_STATE = Table(
+    name="features/user_state",
+    grain="one user (with any event before as_of_date + 1 day) per as_of_date: the rolling aggregates",
+    schema=_schema(
+        ("user_id", S, False),
+        ("as_of_date", DT, False),
+        *_window_counts(),
+        *_windowed("spend", MONEY),               # net of returns, exact decimals
+        ("purchase_price_sum", MONEY, False),     # all history
+        ("purchase_price_count", L, False),
+        ("last_event_at", TS, False),
+        ("last_purchase_at", TS, True),
+        ("category_counts", T.MapType(S, L), False),   # events per known category, all history
+        ("items_sketch", SKETCH, False),               # HLL of item_id, all history
+    ),
+    keys=("user_id",),
+    partition_by="as_of_date",
+    write="replace_partition",
+)
+
+ITEM_STATE = Table(
+    name="features/item_state",
+    grain="one item (with any event before as_of_date + 1 day) per as_of_date: the rolling aggregates",
+    schema=_schema(
+        ("item_id", S, False),
+        ("as_of_date", DT, False),
+        *_window_counts(),
+        ("price_sum", MONEY, False),              # over events with a price, all history
+        ("price_count", L, False),
+        ("price_min", D, True),
+        ("price_max", D, True),
+        ("first_event_at", TS, False),
+        ("users_sketch", SKETCH, False),          # HLL of user_id, all history
+    ),
+    keys=("item_id",),
+    partition_by="as_of_date",
+    write="replace_partition",
+)
+
 USER_FEATURES = Table(
     name="features/user_features",
     grain="one user (with any event before as_of_date + 1 day) per as_of_date",
@@ -288,7 +337,8 @@ PUBLISHED = Table(
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, QUARANTINE, ITEMS, USER_SEQUENCES, USER_CANDIDATES, PUBLISHED,
-                                                  USER_DAILY, ITEM_DAILY, USER_FEATURES, ITEM_FEATURES, FEATURE_BUILDS)}
+                                                  USER_DAILY, ITEM_DAILY, USER_STATE, ITEM_STATE, USER_FEATURES, ITEM_FEATURES,
+                                                  FEATURE_BUILDS)}
 
 
 def table(name: str) -> Table:

@@ -9,12 +9,15 @@ in ``features/builds`` with the late-event watermark the next build starts from.
     warmstart features --run-date 2011-12-09 [--full-refresh] [--from D --to D] [key=value ...]
 
 Modes (one as_of_date D at a time; ``--from/--to`` runs each date in order):
-- **full** (``--full-refresh``, or no earlier build in ``features/builds``): rebuild every daily
-  partition up to D from ``bronze/events``; sequences from all events up to D.
+- **full** (``--full-refresh``, no earlier build in ``features/builds``, or one without a rolling
+  state): rebuild every daily partition up to D from ``bronze/events``, sum them into D's state
+  (``features/user_state`` / ``features/item_state``); sequences from all events up to D.
 - **incremental** (the nightly default): start from the latest build B with as_of_date < D and its
   watermark W = the max ``ingested_at`` that build had seen. Rebuild the daily partitions of the dates
-  in (B, D] and of every date <= B that received events ingested after W (late events), then compute
-  D's features from the daily layer and D's sequences from B's sequences plus exactly those events.
+  in (B, D] and of every date <= B that received events ingested after W (late events), roll B's state
+  forward by those unseen events minus the daily rows of the days leaving each window
+  (features/state.py), and make D's sequences from B's sequences plus exactly the unseen events.
+  The feature tables are projected from D's state.
   The ``ingested_at > W`` scan reads only the files of later ingests (Delta skips the rest on file
   statistics). The rule assumes ingest runs one at a time (the nightly flow), so ingested_at grows
   with commit order.
@@ -33,10 +36,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features import daily as daily_layer
+from features import state
 from features.item_features import item_features
 from features.sequences import sequences_full, sequences_incremental
-from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_DAILY, ITEM_FEATURES, ITEMS, USER_DAILY,
-                             USER_FEATURES, USER_SEQUENCES)
+from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_DAILY, ITEM_FEATURES, ITEM_STATE, ITEMS, USER_DAILY,
+                             USER_FEATURES, USER_SEQUENCES, USER_STATE, Table)
 from features.user_features import user_features
 from jobs import lake, runtime
 
@@ -84,6 +88,16 @@ def _items(spark: SparkSession, args: BuildFeaturesArgs) -> tuple[DataFrame, int
     return lake.read(spark, args.lake, ITEMS, version=v), v
 
 
+def _state_of(spark: SparkSession, args: BuildFeaturesArgs, table: Table, as_of: dt.date | None) -> DataFrame | None:
+    """The state rows of ``as_of`` (an empty frame for None), or None when that partition is missing."""
+    if as_of is None:
+        return spark.createDataFrame([], table.schema)
+    if not lake.exists(spark, args.lake, table):
+        return None
+    rows = lake.read(spark, args.lake, table).where(F.col("as_of_date") == F.lit(as_of))
+    return rows if rows.limit(1).count() else None
+
+
 def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full_refresh: bool) -> dict[str, Any]:
     """Build the three feature tables for one as_of_date; returns this date's summary."""
     cfg = args.config
@@ -93,32 +107,36 @@ def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full
     events = lake.read(spark, args.lake, EVENTS, version=events_version)
     items, items_version = _items(spark, args)
     base = None if full_refresh else _latest_build_before(spark, args, as_of)
+    b = base["as_of_date"] if base else None
+    previous = {t.name: _state_of(spark, args, t, b) for t in (USER_STATE, ITEM_STATE)}
+    if any(p is None for p in previous.values()):   # a base built before the rolling state existed
+        base, b = None, None
+        previous = {t.name: _state_of(spark, args, t, None) for t in (USER_STATE, ITEM_STATE)}
     mode = "full" if base is None else "incremental"
 
     if base is None:
-        up_to_d = events.where(F.col("event_date") <= F.lit(as_of))
-        rebuilt = sorted(r[0] for r in up_to_d.select("event_date").distinct().collect())
+        unseen = events.where(F.col("event_date") <= F.lit(as_of))
+        rebuilt = sorted(r[0] for r in unseen.select("event_date").distinct().collect())
         late: list[dt.date] = []
         where = f"event_date <= '{as_of.isoformat()}'"
-        daily_input = up_to_d
-        sequences = sequences_full(up_to_d, as_of, n)
+        sequences = sequences_full(unseen, as_of, n)
         ingested_through = events.agg(F.max("ingested_at")).first()[0]
     else:
-        b, watermark = base["as_of_date"], base["ingested_through"]
+        watermark = base["ingested_through"]
         fresh = events if watermark is None else events.where(F.col("ingested_at") > F.lit(watermark))
         late = sorted(r[0] for r in fresh.where(F.col("event_date") <= F.lit(b)).select("event_date").distinct().collect())
         after_base = events.where((F.col("event_date") > F.lit(b)) & (F.col("event_date") <= F.lit(as_of)))
         rebuilt = sorted(set(late) | {r[0] for r in after_base.select("event_date").distinct().collect()})
         where = _dates_sql("event_date", rebuilt) if rebuilt else None
-        daily_input = events.where(F.col("event_date").isin(rebuilt)) if rebuilt else None
-        previous = (lake.read(spark, args.lake, USER_SEQUENCES).where(F.col("as_of_date") == F.lit(b)))
+        previous_sequences = lake.read(spark, args.lake, USER_SEQUENCES).where(F.col("as_of_date") == F.lit(b))
         unseen = after_base.unionByName(fresh.where(F.col("event_date") <= F.lit(b)))
-        sequences = sequences_incremental(previous, unseen, as_of, n)
+        sequences = sequences_incremental(previous_sequences, unseen, as_of, n)
         newest = fresh.agg(F.max("ingested_at")).first()[0]
         ingested_through = max(w for w in (watermark, newest) if w is not None) if (watermark or newest) else None
 
     outputs: dict[str, Any] = {}
-    if daily_input is not None:
+    if rebuilt:
+        daily_input = events.where(F.col("event_date").isin(rebuilt))
         outputs[USER_DAILY.name] = lake.replace_where(spark, args.lake, USER_DAILY,
                                                       daily_layer.user_daily(daily_input, items, k), where)
         outputs[ITEM_DAILY.name] = lake.replace_where(spark, args.lake, ITEM_DAILY,
@@ -126,12 +144,26 @@ def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full
     lake.ensure(spark, args.lake, USER_DAILY)
     lake.ensure(spark, args.lake, ITEM_DAILY)
     daily_versions = {t.name: lake.version(spark, args.lake, t) for t in (USER_DAILY, ITEM_DAILY)}
-    user_daily = lake.read(spark, args.lake, USER_DAILY, version=daily_versions[USER_DAILY.name])
-    item_daily = lake.read(spark, args.lake, ITEM_DAILY, version=daily_versions[ITEM_DAILY.name])
+    daily = {t.name: lake.read(spark, args.lake, t, version=daily_versions[t.name]) for t in (USER_DAILY, ITEM_DAILY)}
+    if late:    # the rebuilt partitions also hold events the base had seen: aggregate the unseen ones alone
+        unseen_daily = {USER_DAILY.name: daily_layer.user_daily(unseen, items, k),
+                        ITEM_DAILY.name: daily_layer.item_daily(unseen, k)}
+    else:       # every event of the rebuilt partitions is unseen: read them back instead of re-aggregating
+        unseen_daily = {name: df.where(F.col("event_date").isin(rebuilt)) if rebuilt else df.limit(0)
+                        for name, df in daily.items()}
+    leaving = ({name: df.where(F.col("event_date").isin(state.leaving_dates(b, as_of))) for name, df in daily.items()}
+               if base else {USER_DAILY.name: None, ITEM_DAILY.name: None})
+
+    for table, make, daily_table in ((USER_STATE, state.user_state, USER_DAILY), (ITEM_STATE, state.item_state, ITEM_DAILY)):
+        rolled = make(previous[table.name], unseen_daily[daily_table.name], leaving[daily_table.name], as_of, b)
+        outputs[table.name] = lake.replace_partition(spark, args.lake, table, rolled, as_of)
+    user_state = lake.read(spark, args.lake, USER_STATE, version=outputs[USER_STATE.name])
+    item_state = lake.read(spark, args.lake, ITEM_STATE, version=outputs[ITEM_STATE.name])
 
     tables = [
-        (USER_FEATURES, user_features(user_daily, as_of, int(cfg.get("features.cold_start_min_events", 5)))),
-        (ITEM_FEATURES, item_features(item_daily, items, as_of,
+        (USER_FEATURES, user_features(user_state, daily[USER_DAILY.name], as_of,
+                                      int(cfg.get("features.cold_start_min_events", 5)))),
+        (ITEM_FEATURES, item_features(item_state, daily[ITEM_DAILY.name], items, as_of,
                                       float(cfg.get("features.conversion_prior_purchases", 1.0)),
                                       float(cfg.get("features.conversion_prior_views", 49.0)))),
         (USER_SEQUENCES, sequences),

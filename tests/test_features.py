@@ -8,11 +8,12 @@ import datetime as dt
 import json
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_FEATURES, ITEMS, USER_DAILY, USER_FEATURES,
-                             USER_SEQUENCES)
+from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_FEATURES, ITEM_STATE, ITEMS, USER_DAILY,
+                             USER_FEATURES, USER_SEQUENCES, USER_STATE)
 from features.sequences import sequences_full, sequences_incremental
 from jobs import build_features, lake as lake_io, runtime
 
@@ -206,7 +207,7 @@ def test_sequences_keep_last_n_oldest_first_with_ties_by_item(spark, built):
 
 def test_schemas_are_the_declared_ones(spark, built):
     lake, _ = built
-    for table in (USER_FEATURES, ITEM_FEATURES, USER_SEQUENCES):
+    for table in (USER_FEATURES, ITEM_FEATURES, USER_SEQUENCES, USER_STATE, ITEM_STATE):
         got = lake_io.read(spark, lake, table).schema
         assert [(f.name, f.dataType) for f in got] == [(f.name, f.dataType) for f in table.schema], table.name
 
@@ -237,6 +238,29 @@ def test_basket_ties_are_cut_deterministically_in_full_and_incremental_builds(sp
     assert previous.first()["item_ids"] == ["y", "z"]
     incremental = sequences_incremental(previous, spark.createDataFrame(basket, EVENTS.schema), D, 3)
     assertDataFrameEqual(incremental, expected)
+
+
+def test_carried_sequences_are_cut_when_the_length_shrinks(spark):
+    """Users without new events keep their earlier row, cut to the new N when it is smaller."""
+    earlier = [event("u1", f"a{i}", "view", f"2024-01-1{i} 10:00:00") for i in range(4)]
+    previous = sequences_full(spark.createDataFrame(earlier, EVENTS.schema), D - dt.timedelta(days=1), 4)
+    new = spark.createDataFrame([event("u2", "b", "click", "2024-01-31 09:00:00")], EVENTS.schema)
+    rows = {r["user_id"]: r for r in sequences_incremental(previous, new, D, 2).collect()}
+    assert rows["u1"]["item_ids"] == ["a2", "a3"] and rows["u1"]["sequence_length"] == 2
+    assert rows["u1"]["as_of_date"] == D and rows["u2"]["item_ids"] == ["b"]
+
+
+def test_a_base_without_rolling_state_makes_a_full_build(spark, tmp_path, config):
+    """A previous build with no state partition (built before the state tables existed): the next run
+    is a full one and its rows are the hand-computed ones."""
+    lake = str(tmp_path / "lake")
+    write_bronze(spark, lake, EVENTS_ROWS)
+    run_job(spark, lake, config, run_date=D - dt.timedelta(days=1))
+    DeltaTable.forPath(spark, lake_io.path_of(lake, ITEM_STATE)).delete(F.col("as_of_date") == F.lit(D - dt.timedelta(days=1)))
+    summary = run_job(spark, lake, config)
+    assert summary["mode"] == "full" and summary["base_as_of_date"] is None
+    assertDataFrameEqual(partition(spark, lake, USER_FEATURES),
+                         spark.createDataFrame(EXPECTED_USERS, USER_FEATURES.schema), rtol=1e-9)
 
 
 def test_future_events_do_not_leak(spark, built, tmp_path, config):
