@@ -13,8 +13,10 @@ How it stays fast and exact without the full (n, m) score matrix:
   single-threaded sgemm into a reused buffer small enough to stay in that core's cache);
 - while the tile is still in cache, a compiled pass (numba, GIL released) offers each score to its
   user's candidate buffer. A score enters only when it beats the user's *bar*, the K-th best score
-  kept so far; the test runs 16 scores at a time (SIMD), and after the first tiles almost no chunk
-  holds a score above the bar. So the scores are read once, from cache, and never written to memory;
+  kept so far. Per user row, one vectorised pass writes a byte mask of the scores above the bar, and
+  only the mask's non-zero 8-byte words are visited (after the first tile almost none are). A user's
+  first tile starts from a bar taken from group maxima (``_first_bar``), not from minus infinity. So
+  the scores are read from cache and never written to memory;
 - a full buffer (``buffer_factor`` x K) is shrunk to its K best by an in-place selection, which raises
   the bar. A candidate is one uint64 key (order-preserving score bits, inverted, then the item index),
   so "the K best" is "the K smallest keys", ties included, and the final order is a sort of K keys;
@@ -42,7 +44,6 @@ import numpy as np
 import torch
 
 NEG_INF = float("-inf")
-_CHUNK = 16                                       # scores tested against the bar at once (SIMD)
 
 
 @dataclass(frozen=True)
@@ -310,56 +311,86 @@ def _select(keys, size, k):
 def _scan_tile(tile, first_item, kept, sizes, bars, k, cursor, excl_end, excluded):
     """Offer every score of ``tile`` (rows = users, columns = items first_item, first_item + 1, ...) to
     its user's buffer of keys. ``bars[b]`` is user b's k-th best score so far (once the buffer has been
-    shrunk); ``cursor[b]`` walks user b's sorted exclusions up to ``excl_end[b]``."""
+    shrunk); ``cursor[b]`` walks user b's sorted exclusions up to ``excl_end[b]``.
+
+    Per row, one vectorised pass marks the scores above the bar in a byte mask (a plain loop over the
+    row, which compiles to wide compares); the 8-byte words of the mask that are not zero give the
+    marked columns, listed without a branch per column. A column so marked is tested again against the bar of the moment, which only rises, so
+    the result is the same as offering every score in turn."""
     capacity = kept.shape[1]
     bits = tile.view(np.uint32)
     width = tile.shape[1]
+    words = (width + 7) // 8
+    above = np.zeros(words * 8, dtype=np.bool_)   # the tail past width stays False
+    above_words = above.view(np.uint64)
+    columns = np.empty(words * 8, dtype=np.int64)
+    groups = _first_bar_groups(k)
+    if width >= 3 * groups:                      # one scratch per tile, not per user
+        maxima = np.empty(groups, dtype=np.float32)
+        group_keys = np.empty(groups, dtype=np.uint64)
     for b in range(tile.shape[0]):
         keys, row, row_bits = kept[b], tile[b], bits[b]
         size, bar, pos, end = sizes[b], bars[b], cursor[b], excl_end[b]
-        if size == 0 and pos == end and width >= 6 * k:
-            bar = _first_bar(row, k)
-        for chunk in range(0, width, _CHUNK):
-            stop = min(width, chunk + _CHUNK)
-            if stop - chunk == _CHUNK:           # most chunks hold no score above the bar: one SIMD test
-                hit = False
-                for j in range(chunk, chunk + _CHUNK):
-                    hit |= row[j] > bar
-                if not hit:
+        if size == 0 and pos == end and width >= 3 * groups:
+            bar = _first_bar(row, k, maxima, group_keys)
+        for j in range(width):
+            above[j] = row[j] > bar
+        marked = 0                                # the marked columns, in order, without branches
+        for w in range(words):
+            if above_words[w] == 0:              # almost every word once the bar is up
+                continue
+            for j in range(w * 8, w * 8 + 8):
+                columns[marked] = j
+                marked += above[j]
+        for c in range(marked):
+            j = columns[c]
+            if row[j] > bar:                     # strictly: an equal score has a higher index, it loses
+                item = first_item + j
+                while pos < end and excluded[pos] < item:
+                    pos += 1
+                if pos < end and excluded[pos] == item:
                     continue
-            for j in range(chunk, stop):
-                if row[j] > bar:                 # strictly: an equal score has a higher index, it loses
-                    item = first_item + j
-                    while pos < end and excluded[pos] < item:
-                        pos += 1
-                    if pos < end and excluded[pos] == item:
+                if size == capacity:
+                    _select(keys, size, k)
+                    size = k
+                    bar = _score(keys[k - 1])
+                    if not row[j] > bar:
                         continue
-                    if size == capacity:
-                        _select(keys, size, k)
-                        size = k
-                        bar = _score(keys[k - 1])
-                        if not row[j] > bar:
-                            continue
-                    keys[size] = _key(row_bits[j], item)
-                    size += 1
+                keys[size] = _key(row_bits[j], item)
+                size += 1
         sizes[b], bars[b], cursor[b] = size, bar, pos
 
 
 @numba.njit(inline="always")
-def _first_bar(row, k):
-    """A bar to start a user with, below their final K-th best score: cut the row into at least k
-    groups; the k-th largest group maximum is the score of k different items, so the K-th best is at
-    least that. Just below it, so that equal scores still enter. (Only for a user without exclusions:
-    an excluded item must not count as one of the k.)"""
-    size = max(1, min(_CHUNK, row.shape[0] // (3 * k)))   # >= 3k groups: a bar near the top 5%
-    groups = row.shape[0] // size
-    maxima = np.empty(groups, dtype=np.float32)
+def _first_bar_groups(k):
+    """How many groups :func:`_first_bar` cuts a row into: the power of two >= 2k (256 for k = 100)."""
+    groups = 16
+    while groups < 2 * k:
+        groups *= 2
+    return groups
+
+
+@numba.njit(inline="always")
+def _first_bar(row, k, maxima, keys):
+    """A bar to start a user with, below their final K-th best score: deal the row's items into
+    ``len(maxima)`` (>= 2k) interleaved groups (item j goes to group j mod groups, so the maxima are one
+    vectorised pass of element-wise maxima over contiguous slices); the k-th largest group maximum is
+    the score of k different items, so the K-th best is at least that. Just below it, so that equal
+    scores still enter. About 1.25k items of the row pass it. (Only for a user without exclusions: an
+    excluded item must not count as one of the k.) ``keys``: scratch of the same length."""
+    groups = maxima.shape[0]
     for g in range(groups):
-        top = np.float32(-np.inf)
-        for j in range(g * size, g * size + size):
-            top = row[j] if row[j] > top else top
-        maxima[g] = top
-    kth = np.partition(maxima, groups - k)[groups - k]
+        maxima[g] = np.float32(-np.inf)
+    for c in range(row.shape[0] // groups):
+        part = row[c * groups:(c + 1) * groups]
+        for g in range(groups):
+            value = part[g]
+            maxima[g] = value if value > maxima[g] else maxima[g]    # NaN never counts
+    bits = maxima.view(np.uint32)
+    for g in range(groups):
+        keys[g] = _key(bits[g], g)
+    _select(keys, groups, k)                      # the k smallest keys: the k largest maxima
+    kth = _score(keys[k - 1])
     return np.nextafter(kth, np.float32(-np.inf)) if kth > -np.inf else kth
 
 

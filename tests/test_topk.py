@@ -65,6 +65,26 @@ def test_duplicated_items_are_ordered_by_index_across_tiles():
         assert (np.diff(result.scores[i]) <= 0).all()
 
 
+def test_nan_and_minus_infinity_never_enter_and_minus_zero_ties_with_zero():
+    # Every score is <= 0: item 40 scores -0.0, item 41 +0.0 (a tie: the lower index first); NaN items
+    # spread over the row (100, 300, 550-564), item 200 -inf. Across one wide tile (the user's first bar
+    # comes from group maxima, where a NaN must not count) and narrow ones.
+    rng = np.random.default_rng(5)
+    users = (rng.integers(1, 9, (20, 4)) / 8).astype(np.float32)
+    items = -np.abs(_exact_floats(rng, (600, 4)))
+    items[40], items[41] = -0.0, 0.0
+    nan_items = [100, 300, *range(550, 565)]
+    items[nan_items], items[200] = np.nan, -np.inf
+    for tile_items in (600, 64):
+        result = topk(users, items, 10, tile_items=tile_items)
+        reference = brute_force(users, items, 10)
+        assert [_ids(result, i) for i in range(20)] == reference
+        assert all(ids[:2] == [40, 41] for ids in reference)
+        assert not np.isin(result.indices, [*nan_items, 200]).any()
+    full = topk(users, items, 600)
+    assert (full.counts == 600 - len(nan_items) - 1).all()     # everything but the NaN and -inf items
+
+
 def test_exclusions_are_never_returned_and_shorten_lists_only_when_needed():
     rng = np.random.default_rng(3)
     users, items = _exact_floats(rng, (30, 8)), _exact_floats(rng, (120, 8))
