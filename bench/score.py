@@ -189,26 +189,26 @@ def main() -> int:
     load_before = os.getloadavg()
     rate = sgemm_rate(args.threads)
     rows = []
-    tmp = tempfile.mkdtemp(prefix="bench-score-")
-    for m in [int(x) for x in args.items.split(",")]:
-        items = rng.standard_normal((m, D), dtype=np.float32)
-        ours_s, ours = bench_ours(users, items, args.threads)
-        repeat_s, _ = bench_ours_with_repeat(users, items, args.threads)
-        faiss_s, (_, faiss_ids) = bench_faiss(users, items, args.threads)
-        agree = float(np.mean([len(set(ours.indices[i]) & set(faiss_ids[i])) / K for i in range(0, args.users, 97)]))
-        row = {"items": m, "users": args.users, "warmstart_users_per_s": args.users / ours_s,
-               "warmstart_repeat_users_per_s": args.users / repeat_s,
-               "faiss_users_per_s": args.users / faiss_s, "bound_users_per_s": rate / (2 * m * D),
-               "topk_agreement_with_faiss": round(agree, 4)}
-        if not args.skip_als:
-            als_s, als_n = bench_als(args.als_users, m, args.threads, tmp)
-            row["als_users_per_s"] = als_n / als_s
-            row["als_users"] = als_n
-        row["share_of_bound"] = row["warmstart_users_per_s"] / row["bound_users_per_s"]
-        row["vs_faiss"] = row["warmstart_users_per_s"] / row["faiss_users_per_s"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    reader_result = bench_reader(args.reader_users, tmp) if args.reader_users else None
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:     # ALS spill, the reader's table (~700 MB)
+        for m in [int(x) for x in args.items.split(",")]:
+            items = rng.standard_normal((m, D), dtype=np.float32)
+            ours_s, ours = bench_ours(users, items, args.threads)
+            repeat_s, _ = bench_ours_with_repeat(users, items, args.threads)
+            faiss_s, (_, faiss_ids) = bench_faiss(users, items, args.threads)
+            agree = float(np.mean([len(set(ours.indices[i]) & set(faiss_ids[i])) / K for i in range(0, args.users, 97)]))
+            row = {"items": m, "users": args.users, "warmstart_users_per_s": args.users / ours_s,
+                   "warmstart_repeat_users_per_s": args.users / repeat_s,
+                   "faiss_users_per_s": args.users / faiss_s, "bound_users_per_s": rate / (2 * m * D),
+                   "topk_agreement_with_faiss": round(agree, 4)}
+            if not args.skip_als:
+                als_s, als_n = bench_als(args.als_users, m, args.threads, tmp)
+                row["als_users_per_s"] = als_n / als_s
+                row["als_users"] = als_n
+            row["share_of_bound"] = row["warmstart_users_per_s"] / row["bound_users_per_s"]
+            row["vs_faiss"] = row["warmstart_users_per_s"] / row["faiss_users_per_s"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        reader_result = bench_reader(args.reader_users, tmp) if args.reader_users else None
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
