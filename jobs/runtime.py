@@ -284,20 +284,32 @@ def spark_session(cfg: Config, app_name: str | None = None):
         raise UsageError("Delta jars not found: run `make jars` (or set spark.jars_dir / WARMSTART_JARS_DIR)")
     if jars and not delta_on_classpath:
         builder = builder.config("spark.jars", ",".join(jars))
+    # What the jobs rely on: always set.
     builder = (builder
                .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
                .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-               .config("spark.sql.shuffle.partitions", str(s.get("shuffle_partitions", 8)))
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.adaptive.enabled", "true")
-               .config("spark.ui.enabled", str(bool(s.get("ui", False))).lower())
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.databricks.delta.merge.repartitionBeforeWrite.enabled", "true"))
+               .config("spark.sql.session.timeZone", "UTC"))
+    for key, value in _tuning(s, submitted).items():
+        builder = builder.config(key, value)
     for key, value in (s.get("conf") or {}).items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("WARMSTART_SPARK_LOG_LEVEL", "ERROR"))
     return spark
+
+
+def _tuning(s: Mapping[str, Any], submitted: Mapping[str, str]) -> dict[str, str]:
+    """The jobs' tuning defaults from the ``spark`` section, less what spark-submit's --conf or
+    properties file already set (a cluster sizes its own shuffles and Delta log replay)."""
+    tuning = {
+        "spark.sql.shuffle.partitions": s.get("shuffle_partitions", 8),
+        "spark.databricks.delta.snapshotPartitions": s.get("delta_snapshot_partitions", 8),
+        "spark.sql.adaptive.enabled": True,
+        "spark.ui.enabled": bool(s.get("ui", False)),
+        "spark.ui.showConsoleProgress": False,
+        "spark.databricks.delta.merge.repartitionBeforeWrite.enabled": True,
+    }
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in tuning.items() if k not in submitted}
 
 
 def _submitted_conf() -> dict[str, str]:

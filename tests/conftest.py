@@ -2,6 +2,7 @@
 loopback) for the whole test run."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,11 +54,17 @@ def retail_dir() -> Path:
     return RETAIL
 
 
+# For tiny inputs: interpreting expressions costs less CPU than generating and compiling code for each
+# of a job's many small queries (results do not depend on it). Jobs run as subprocesses get it through
+# `spark.conf` (TINY_JOB_OVERRIDES): a small drop's features job took 58 s with code generation, 45 s without.
+INTERPRETED_SQL = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+TINY_JOB_OVERRIDES = ["spark.conf=" + json.dumps(INTERPRETED_SQL), "spark.delta_snapshot_partitions=2"]
+
+
 @pytest.fixture(scope="module")
 def interpreted_sql(spark):
-    """For a module of tiny inputs: interpreting expressions costs less CPU than generating and
-    compiling code for each of a job's many small queries (results do not depend on it)."""
-    settings = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+    """For a module of tiny inputs (see INTERPRETED_SQL)."""
+    settings = INTERPRETED_SQL
     saved = {k: spark.conf.get(k, None) for k in settings}
     for key, value in settings.items():
         spark.conf.set(key, value)

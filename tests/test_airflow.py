@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import INTERPRETED_SQL
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW_BIN = REPO / ".venv-airflow" / "bin"
@@ -137,6 +138,7 @@ def test_dags_test_runs_the_nightly_end_to_end(spark, tmp_path):
                   "cpus_per_worker": 0.5},
         "evaluate": {"baselines": ["popularity", "repeat"]},
         "score": {"k": 20},
+        "spark": {"conf": INTERPRETED_SQL, "delta_snapshot_partitions": 2},   # tiny inputs: see conftest
     }))
     home = tmp_path / "airflow"
     home.mkdir()

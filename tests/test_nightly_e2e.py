@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_JOB_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent
 D = "2024-01-31"
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 # A small model and short lists: the flow, not the model, is under test here.
 SMALL = ["train.model.dim=32", "train.model.num_layers=1", "train.model.max_seq_len=20", "train.loop.epochs=2",
          "train.cpus_per_worker=0.5", "evaluate.baselines=[popularity,repeat]", "score.k=20",
-         "spark.master=local[2]", "spark.driver_memory=1g", "spark.shuffle_partitions=2"]
+         "spark.master=local[2]", "spark.driver_memory=1g", "spark.shuffle_partitions=2", *TINY_JOB_OVERRIDES]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]   # any network use fails

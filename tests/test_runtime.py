@@ -163,3 +163,14 @@ def test_code_version_tells_uncommitted_edits_apart(tmp_path, monkeypatch):
     assert version() == first                 # the same edit, the same version
     (tmp_path / "model.py").write_text("a = 1\n")
     assert version() == sha
+
+
+def test_spark_tuning_defaults_yield_to_what_spark_submit_set():
+    spark_section = runtime.load_config().section("spark")
+    local = runtime._tuning(spark_section, {})
+    assert local["spark.sql.shuffle.partitions"] == "8"
+    assert local["spark.databricks.delta.snapshotPartitions"] == "8"   # Delta's 50 is a cluster's size
+    assert local["spark.ui.enabled"] == "false"
+    submitted = runtime._tuning(spark_section, {"spark.master": "submitted", "spark.sql.shuffle.partitions": "400"})
+    assert "spark.sql.shuffle.partitions" not in submitted               # the properties file wins
+    assert submitted["spark.databricks.delta.snapshotPartitions"] == "8"

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import INTERPRETED_SQL
 
 REPO = Path(__file__).resolve().parent.parent
 D = "2024-01-31"
@@ -125,7 +126,8 @@ def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> sub
            "--conf", "spark.driver.memory=1g", "--conf", "spark.executor.memory=512m",
            "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memoryOverhead=384m",
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.driver.host=127.0.0.1",
-           "--conf", "spark.driver.bindAddress=127.0.0.1",
+           "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.databricks.delta.snapshotPartitions=2",
+           *(a for k, v in INTERPRETED_SQL.items() for a in ("--conf", f"{k}={v}")),   # tiny inputs: see conftest
            "--jars", jars, "--py-files", str(package),
            str(REPO / "jobs" / f"{job}.py"), *args]
     with open(log, "w") as out:
