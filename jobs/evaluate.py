@@ -7,10 +7,11 @@
 Protocol (DESIGN.md "Model"): temporal leave-last-out on ``features/user_sequences`` as_of_date = the run
 date: each user's last purchase basket is the target, everything before it the input (training.data.
 split_sequence); users with at least ``evaluate.min_purchases`` purchase events and some history;
-full ranking over the model's whole catalogue (no sampled negatives); Recall@10/20, NDCG@10/20, MRR,
-catalogue coverage@20. The baselines (training.baselines) are fitted on the same users' inputs and
-ranked over the same catalogue. Already-bought items stay eligible; ``--mask-seen`` adds the variant
-with them removed.
+full ranking over the model's whole catalogue (no sampled negatives) less what scoring never recommends
+(items of a ``score.exclude_categories`` category: postage, fees; they are dropped from the targets too,
+and stay in the users' inputs); Recall@10/20, NDCG@10/20, MRR, coverage@20 of the recommendable items.
+The baselines (training.baselines) are fitted on the same users' inputs and ranked over the same
+items. Already-bought items stay eligible; ``--mask-seen`` adds the variant with them removed.
 
 Writes ``reports/<run_date>/model/index.html`` and ``metrics.json`` (same inputs, same bytes: rerunning
 changes nothing) and records lineage. Reads the sequences at the Delta version the model was trained on
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pyspark.sql import functions as F
 
-from features.tables import USER_SEQUENCES
+from features.tables import ITEMS, USER_SEQUENCES
 from jobs import lake, runtime
 
 log = logging.getLogger("warmstart.evaluate")
@@ -51,12 +53,14 @@ def parser():
     return p
 
 
-def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases: int):
-    """Split every row; keep users with enough purchases, some history and a target in the catalogue."""
+def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases: int,
+                   not_recommended: np.ndarray | None = None):
+    """Split every row; keep users with enough purchases, some history and a target that could be
+    recommended (in the catalogue and not of an excluded category; other targets are dropped)."""
     from training.data import split_sequence
 
     users, inputs, types, stamps, histories, targets = [], [], [], [], [], []
-    skipped = {"few_purchases": 0, "no_history": 0, "targets_outside_catalogue": 0}
+    skipped = {"few_purchases": 0, "no_history": 0, "targets_outside_catalogue": 0, "targets_not_recommended": 0}
     for r in rows:
         s = split_sequence(r["item_ids"], r["event_types"], r["event_ts"], target_types)
         if s.purchases < min_purchases:
@@ -65,9 +69,10 @@ def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases
         if not s.test_items or not s.test_targets:
             skipped["no_history"] += 1
             continue
-        tgt = [item_index[i] for i in s.test_targets if i in item_index]
+        known = [item_index[i] for i in s.test_targets if i in item_index]
+        tgt = [i for i in known if not_recommended is None or not not_recommended[i]]
         if not tgt:
-            skipped["targets_outside_catalogue"] += 1
+            skipped["targets_not_recommended" if known else "targets_outside_catalogue"] += 1
             continue
         users.append(r["user_id"])
         inputs.append(s.test_items)
@@ -76,6 +81,24 @@ def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases
         histories.append([item_index[i] for i in s.test_items if i in item_index])
         targets.append(tgt)
     return users, inputs, types, stamps, histories, targets, skipped
+
+
+def not_recommended_items(spark, args: EvaluateArgs, item_ids: list[str]) -> tuple[np.ndarray, int | None]:
+    """(mask over the model's catalogue of the items scoring never recommends: bronze/items rows whose
+    category is in ``score.exclude_categories``, the bronze/items version read). Evaluation ranks what
+    is served: postage and fees stay in the users' inputs, never among the candidates or the targets."""
+    mask = np.zeros(len(item_ids), dtype=bool)
+    excluded = list(args.config.get("score.exclude_categories") or [])
+    if not excluded or not lake.exists(spark, args.lake, ITEMS):
+        return mask, None
+    version = lake.version(spark, args.lake, ITEMS)
+    rows = (lake.read(spark, args.lake, ITEMS, version).where(F.col("category").isin(excluded))
+            .select("item_id").collect())
+    index = {item: i for i, item in enumerate(item_ids)}
+    for r in rows:
+        if r[0] in index:
+            mask[index[r[0]]] = True
+    return mask, version
 
 
 def als_factors(spark, histories: list[list[int]], num_items: int, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,8 +155,10 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     item_index = {item: i for i, item in enumerate(model.item_ids)}
     V = len(model.item_ids)
     target_types = tuple(model.config.get("train", {}).get("target_event_types") or cfg.get("train.target_event_types", ["purchase"]))
+    not_recommended, items_version = not_recommended_items(spark, args, model.item_ids)
+    candidates = int(V - not_recommended.sum())
     users, inputs, types, stamps, histories, targets, skipped = eligible_users(
-        rows, item_index, target_types, int(cfg.get("evaluate.min_purchases", 3)))
+        rows, item_index, target_types, int(cfg.get("evaluate.min_purchases", 3)), not_recommended)
     if not users:
         raise runtime.WarmstartError(f"no user qualifies for evaluation on {args.run_date} (skipped: {skipped})")
     ks = tuple(int(k) for k in cfg.get("evaluate.ks", [10, 20]))
@@ -165,6 +190,7 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
         for lo in range(0, len(users), batch):
             hi = min(lo + batch, len(users))
             base = scores_for(method, lo, hi).astype(np.float64)
+            base[:, not_recommended] = -np.inf
             for v in variants:
                 s = base
                 if v == "masked":
@@ -176,7 +202,7 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
                 top[v].update(np.unique(M.rank_items(s, max(ks))).tolist())
         for v in variants:
             res = M.finalize(sums[v])
-            res[f"coverage@{max(ks)}"] = len(top[v]) / V
+            res[f"coverage@{max(ks)}"] = sum(1 for i in top[v] if not not_recommended[i]) / candidates
             results[v][method] = {k: round(float(x), 6) if isinstance(x, float) else x for k, x in res.items()}
         log.info("%s: ndcg@10 %.4f", method, results["all"][method]["ndcg@10"])
 
@@ -187,11 +213,13 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     repurchase = sum(len(set(t) & set(h)) for t, h in zip(targets, histories)) / sum(len(t) for t in targets)
     evaluation = {
         "run_date": str(args.run_date), "model": name, "model_version": model.version,
-        "inputs": {USER_SEQUENCES.name: seq_version},
+        "inputs": {USER_SEQUENCES.name: seq_version, ITEMS.name: items_version},
         "protocol": (f"temporal leave-last-out (target = each user's last {'/'.join(target_types)} basket), "
                      f"users with >= {cfg.get('evaluate.min_purchases', 3)} purchase events, full ranking over "
-                     f"the {V}-item catalogue, seen items eligible"),
+                     f"the {candidates} recommendable items of the {V}-item catalogue, seen items eligible"),
         "users_evaluated": len(users), "users_skipped": skipped, "catalogue_size": V,
+        "candidate_items": candidates,
+        "not_recommended_categories": list(cfg.get("score.exclude_categories") or []),
         "mean_target_size": float(np.mean([len(t) for t in targets])), "repurchase_share": round(repurchase, 6),
         "results": main_results, "variants": results, "best_baseline": best,
         "lift_ndcg10_vs_best_baseline": round(lift, 6),
@@ -206,6 +234,7 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
                "model_recall@10": main_results["model"]["recall@10"], "best_baseline": best,
                "lift_ndcg10_vs_best_baseline": round(lift, 4), "report": str(out / "index.html")}
     runtime.record_lineage(args, run_date=args.run_date, inputs={USER_SEQUENCES.name: seq_version,
+                                                                  ITEMS.name: items_version,
                                                                   f"models/{name}": model.version},
                            outputs={"reports/model": str(out)}, summary=summary)
     return summary

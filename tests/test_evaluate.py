@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from features.tables import USER_SEQUENCES
+from features.tables import ITEMS, USER_SEQUENCES
 from jobs import lake as lakeio
 from jobs import runtime
 
@@ -33,8 +33,8 @@ ROWS = {
 }
 
 
-def write_sequences(spark, lake: str) -> None:
-    rows = [(u, AS_OF, i, t, s, len(i)) for u, (i, t, s) in ROWS.items()]
+def write_sequences(spark, lake: str, rows: dict = ROWS) -> None:
+    rows = [(u, AS_OF, i, t, s, len(i)) for u, (i, t, s) in rows.items()]
     lakeio.replace_partition(spark, lake, USER_SEQUENCES, spark.createDataFrame(rows, USER_SEQUENCES.schema), AS_OF)
 
 
@@ -70,7 +70,8 @@ def test_evaluate_protocol_baselines_report_and_rerun(spark, lake, tmp_path, con
     out = tmp_path / "reports" / str(AS_OF) / "model"
     ev = json.loads((out / "metrics.json").read_text())
     assert ev["users_evaluated"] == 2 and summary["users_evaluated"] == 2
-    assert ev["users_skipped"] == {"few_purchases": 1, "no_history": 1, "targets_outside_catalogue": 1}
+    assert ev["users_skipped"] == {"few_purchases": 1, "no_history": 1, "targets_outside_catalogue": 1,
+                                   "targets_not_recommended": 0}
     assert ev["catalogue_size"] == 5 and ev["mean_target_size"] == 1.5
     assert ev["repurchase_share"] == pytest.approx(2 / 3, abs=1e-6)   # A (u1) and C (u2) of A, C, D
     g = lambda r: 1 / math.log2(r + 1)                                 # noqa: E731 - gain at rank r
@@ -108,3 +109,32 @@ def test_unknown_baseline_and_missing_model_are_usage_errors(spark, lake, tmp_pa
         run(spark, eval_args(lake, config, tmp_path, "popularity,bogus"))
     with pytest.raises(runtime.UsageError, match="missing"):
         run(spark, eval_args(lake, config, tmp_path, "popularity", version="v9"))
+
+
+def test_items_scoring_never_recommends_are_neither_candidates_nor_targets(spark, lake, tmp_path, config):
+    """D is postage (category non_product): u2's basket {C, D} counts as {C}, u6 (basket {D}) is skipped,
+    and no method ranks D."""
+    from jobs.evaluate import run
+
+    u6 = (["A", "B", "D"], [P, P, P], [ts(1), ts(2), ts(3)])
+    write_sequences(spark, lake, {**ROWS, "u6": u6})
+    items = [(i, f"item {i}", None, "non_product" if i == "D" else "home", None, 1.0, ts(1)) for i in "ABCDE"]
+    lakeio.append(spark, lake, ITEMS, spark.createDataFrame(items, ITEMS.schema))
+    save_model(str(tmp_path / "models"), lakeio.version(spark, lake, USER_SEQUENCES))
+    run(spark, eval_args(lake, config, tmp_path, "popularity,repeat", mask_seen=True))
+    ev = json.loads((tmp_path / "reports" / str(AS_OF) / "model" / "metrics.json").read_text())
+    assert ev["users_evaluated"] == 2
+    assert ev["users_skipped"] == {"few_purchases": 1, "no_history": 1, "targets_outside_catalogue": 1,
+                                   "targets_not_recommended": 1}
+    assert (ev["catalogue_size"], ev["candidate_items"], ev["mean_target_size"]) == (5, 4, 1.0)
+    g = lambda r: 1 / math.log2(r + 1)                                 # noqa: E731 - gain at rank r
+    # popularity over [A,B],[B,C]: B, A, C, E (D last, never offered) -> u1: A at 2; u2: C at 3
+    pop = ev["results"]["popularity"]
+    assert pop["ndcg@10"] == pytest.approx((g(2) + g(3)) / 2, abs=1e-6)
+    assert pop["recall@10"] == 1.0 and pop["coverage@20"] == 1.0       # 4 of the 4 recommendable items
+    # masked (seen items and D at -inf, ties by index): u1 -> C, E, A, B, D: A at 3; u2 -> A, E, B, C, D: C at 4
+    masked = ev["variants"]["masked"]["popularity"]
+    assert masked["ndcg@10"] == pytest.approx((g(3) + g(4)) / 2, abs=1e-6)
+    for variant in ev["variants"].values():
+        for method in variant.values():
+            assert method["coverage@20"] <= 1.0
