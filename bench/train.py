@@ -85,7 +85,8 @@ def main() -> int:
     to_ds = lambda d, cols: ray.data.from_pandas(pd.DataFrame({c: list(d[c]) for c in cols}))  # noqa: E731
     datasets = {"train": to_ds(train, ["train_tokens", "train_types", "train_baskets"]).materialize(),
                 "val": to_ds(val, ["val_tokens", "val_types", "val_baskets", "val_targets"]).materialize()}
-    loop_cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size // a.workers, lr=2e-3, patience=a.epochs)
+    loop_cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size // a.workers, lr=2e-3, patience=a.epochs,
+                           refit=False)
     loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": None}
     with tempfile.TemporaryDirectory() as storage:
         trainer = build_trainer(loop_config, datasets, num_workers=a.workers, use_gpu=a.gpu, storage_path=storage,

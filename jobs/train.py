@@ -197,11 +197,11 @@ def run(args: TrainArgs) -> dict[str, Any]:
                            max_targets=int(cfg.get("train.max_val_targets", 100)),
                            target_event_types=tuple(cfg.get("train.target_event_types", ["purchase"])),
                            event_types=model_cfg.event_types)
-        train_ds, val_ds = ray_examples(sequences, spec)
+        datasets = ray_examples(sequences, spec, refit=loop_cfg.refit)
         loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": counts}
         storage = str(Path(args.models_root).resolve() / name / "_ray") if not runtime.is_remote(args.models_root) \
             else f"{args.models_root}/{name}/_ray"
-        trainer = build_trainer(loop_config, {"train": train_ds, "val": val_ds}, num_workers=workers, use_gpu=use_gpu,
+        trainer = build_trainer(loop_config, datasets, num_workers=workers, use_gpu=use_gpu,
                                 storage_path=storage, name=version, max_failures=int(cfg.get("train.max_failures", 2)),
                                 cpus_per_worker=float(cfg.get("train.cpus_per_worker", 1.0)))
         started = time.time()
@@ -221,7 +221,8 @@ def run(args: TrainArgs) -> dict[str, Any]:
         best_metrics = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         metrics = {**{k: v for k, v in best_metrics.items() if k.startswith("val_")}, "best_epoch": state["best_epoch"],
                    "epochs_run": state["epoch"], "history": state["history"], "train_seconds": round(train_seconds, 1),
-                   "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers, "use_gpu": use_gpu}
+                   "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers, "use_gpu": use_gpu,
+                   "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", [])}
         lineage = {"run_id": args.run_id, "run_date": str(args.run_date), "inputs": lineage_inputs,
                    "code_version": runtime.code_version(), "config": cfg.get("train"), "text_cache_key": text_key,
                    "ray_checkpoint": result.checkpoint.path, "catalogue_size": len(vocab)}
@@ -235,6 +236,8 @@ def run(args: TrainArgs) -> dict[str, Any]:
     summary = {"model": name, "version": version, "reused": False, "latest": registry.latest_version(args.models_root, name),
                "promoted": moved, "promote_reason": reason, "catalogue_size": len(vocab),
                "train_sequences_per_epoch": best_metrics["train_sequences"], "val_users": best_metrics["val_users"],
+               "refit_epochs": state.get("refit_epochs", 0),
+               "refit_sequences_per_epoch": (state.get("refit_history") or [{}])[-1].get("train_sequences"),
                "val_ndcg@10": metrics["val_ndcg@10"], "val_recall@10": metrics["val_recall@10"],
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_seconds": round(train_seconds, 1),
                "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers,

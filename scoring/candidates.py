@@ -188,7 +188,7 @@ class ScorerSpec:
     cache_key: str                       # unique per (model version, catalogue): names the worker cache
     loader: Callable[[], Any]            # () -> LoadedModel (e.g. functools.partial(load_model, root, name, v))
     k: int
-    block_bytes: int = 2 << 20           # one score tile (see scoring.topk)
+    block_bytes: int = 4 << 20           # one score tile (see scoring.topk)
     torch_threads: int = 1               # per Python worker: Spark already runs one worker per core
     embed_batch: int = 512               # users per forward pass of the user tower
 

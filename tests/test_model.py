@@ -125,6 +125,19 @@ def test_split_with_baskets():
     assert s.train_items == ["a"] and s.purchases == 6
 
 
+def test_refit_examples_end_before_the_test_basket_and_train_on_the_validation_basket():
+    ts = [1, 2, 2, 3, 4, 4, 4, 5]                             # the split of test_split_with_baskets
+    items = ["a", "b", "c", "d", "e", "f", "e", "g"]
+    kinds = ["purchase", "purchase", "purchase", "view", "purchase", "purchase", "purchase", "view"]
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abcdefg")}, max_seq_len=6)
+    ex = examples_batch({"user_id": ["u"], "item_ids": [items], "event_types": [kinds], "event_ts": [ts]}, spec)
+    tok = lambda letters: [spec.item_index[x] + FIRST_ITEM for x in letters]  # noqa: E731
+    assert ex["train_tokens"][0].tolist() == tok("a") + [PAD] * 6 and ex["train_len"][0] == 1
+    # refit: a, b, c, d (the validation basket b, c is a target now), never e, f or the view after them
+    assert ex["refit_tokens"][0].tolist() == tok("abcd") + [PAD] * 3 and ex["refit_len"][0] == 4
+    assert ex["refit_types"][0].tolist()[:4] == [4, 4, 4, 1] and ex["refit_baskets"][0].tolist() == [0, 1, 1, 2, -1, -1, -1]
+
+
 def test_registry_round_trip(tmp_path):
     from training.registry import load_model, promote, save_version
 

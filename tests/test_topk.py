@@ -37,6 +37,23 @@ def test_topk_equals_brute_force_including_ties(n, m, d, k, levels, block_bytes,
         np.testing.assert_array_equal(result.scores[i, :result.counts[i]], full[i, reference[i]])
 
 
+@pytest.mark.parametrize("m,block_bytes,widths", [
+    (9000, 4 << 20, {9000}),              # the default: a block of 64 users holds the whole row, one tile
+    (9000, 1 << 20, {4096, 808}),         # it does not: 4096-item tiles, the last one narrower
+])
+def test_default_tiling_equals_brute_force(m, block_bytes, widths, monkeypatch):
+    import scoring.topk as T
+
+    seen, scan = set(), T._scan_tile
+    monkeypatch.setattr(T, "_scan_tile", lambda tile, *rest: (seen.add(tile.shape[1]), scan(tile, *rest)))
+    rng = np.random.default_rng(m)
+    users, items = _exact_floats(rng, (150, 8), 20), _exact_floats(rng, (m, 8), 20)
+    result = topk(users, items, 100, block_bytes=block_bytes)
+    assert seen == widths
+    reference = brute_force(users, items, 100)
+    assert all(_ids(result, i) == reference[i] for i in range(150))
+
+
 def test_ties_at_the_cut_keep_the_smallest_item_indices():
     # 40 identical items score the same for every user: the top 10 must be the first ten of them.
     items = np.zeros((200, 4), dtype=np.float32)

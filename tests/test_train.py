@@ -83,6 +83,8 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     assert first["catalogue_size"] == 48
     # every user has 5 baskets: one for validation, one for test, three to train on
     assert first["val_users"] == 120 and first["train_sequences_per_epoch"] == 120
+    # the refit: the chosen epoch count again, on every user's events up to the test basket
+    assert first["refit_epochs"] == first["best_epoch"] + 1 and first["refit_sequences_per_epoch"] == 120
     folder = Path(first["path"])
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "item_vocab.json", "lineage.json",
                                                          "metrics.json", "model.safetensors"]
@@ -93,6 +95,7 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
     assert metrics["val_ndcg@10"] == max(h["val_ndcg@10"] for h in metrics["history"])
+    assert [h["refit_epoch"] for h in metrics["refit_history"]] == list(range(metrics["refit_epochs"]))
     assert 0.0 < metrics["val_ndcg@10"] <= 1.0
     assert latest_version(str(tmp_path / "models"), "warmstart-seqrec") == first["version"]
     model = load_model(str(tmp_path / "models"))
