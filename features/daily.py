@@ -41,10 +41,14 @@ def _line_amount() -> Column:
 
 def user_daily(events: DataFrame, items: DataFrame, lg_config_k: int) -> DataFrame:
     """One row per (user_id, event_date) of ``events`` (bronze/events rows), with the items' current
-    category from ``items`` (bronze/items) for the category sketch and counts."""
+    category from ``items`` (bronze/items) for the category counts.
+
+    One aggregation: the day's known categories are collected (a user's day is a few events) and
+    counted per category from that list, instead of a second group-by per category joined back (10M
+    events: 34 -> 26 s)."""
     categorised = events.join(items.select("item_id", "category"), "item_id", "left")
     purchase, ret = _is("purchase"), _is("return")
-    per_day = categorised.groupBy("user_id", "event_date").agg(
+    return (categorised.groupBy("user_id", "event_date").agg(
         *_type_counts(),
         F.coalesce(F.sum(F.when(purchase, _line_amount()).when(ret, -_line_amount())), F.lit(0)).alias("spend"),
         F.coalesce(F.sum(F.when(purchase, _price())), F.lit(0)).alias("purchase_price_sum"),
@@ -52,18 +56,19 @@ def user_daily(events: DataFrame, items: DataFrame, lg_config_k: int) -> DataFra
         F.max("event_ts").alias("last_event_at"),
         F.max(F.when(purchase, F.col("event_ts"))).alias("last_purchase_at"),
         F.hll_sketch_agg("item_id", lg_config_k).alias("items_sketch"),
-        F.hll_sketch_agg("category", lg_config_k).alias("categories_sketch"),
         F.max("ingested_at").alias("ingested_through"),
-    )
-    category_counts = (
-        categorised.where(F.col("category").isNotNull())
-        .groupBy("user_id", "event_date", "category").agg(F.count(F.lit(1)).alias("n"))
-        .groupBy("user_id", "event_date")
-        .agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("category", "n")))).alias("category_counts"))
-    )
-    return (per_day.join(category_counts, ["user_id", "event_date"], "left")
-            .withColumn("category_counts", F.coalesce("category_counts", F.create_map().cast("map<string,bigint>")))
-            .select(*[F.col(c) for c in USER_DAILY.columns]))
+        F.collect_list("category").alias("_categories"),      # nulls (unknown category) left out
+    ).withColumn("category_counts", _occurrences("_categories"))
+     .select(*[F.col(c) for c in USER_DAILY.columns]))
+
+
+def _occurrences(values: str) -> Column:
+    """A map of each distinct string of the array column ``values`` to how often it occurs, keys in
+    ascending order (an empty map for an empty array)."""
+    listed = F.col(values)
+    return F.map_from_entries(F.transform(F.array_sort(F.array_distinct(listed)), lambda v: F.struct(
+        v.alias("key"), F.size(F.filter(listed, lambda x: x == v)).cast("long").alias("value")))
+    ).cast("map<string,bigint>")
 
 
 def item_daily(events: DataFrame, lg_config_k: int) -> DataFrame:

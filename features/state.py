@@ -20,8 +20,8 @@ counted goes away.
 
 Distinct counts cannot be subtracted. Over all history they come from the state's HLL sketch (items,
 users) or its category counts (categories, exact); over the 1, 7, 30 and 90-day windows,
-:func:`windowed_distinct` unions the daily sketches of the last 90 days, each day's sketch once, in
-disjoint bands that are then unioned cumulatively. That part of a nightly run follows the longest
+:func:`windowed_distinct` unions the daily sketches of the last 90 days (the days' category names for
+categories, exactly), each day once, in disjoint bands that are then unioned cumulatively. That part of a nightly run follows the longest
 window (90 days of daily rows), not the length of the history.
 
 Called by jobs/build_features.py. Pure: DataFrames and dates in, DataFrame out.
@@ -68,10 +68,14 @@ def window_changes(unseen: DataFrame, leaving: DataFrame | None, key: str, stems
     return signed.groupBy(key).agg(*sums)
 
 
-def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_of: dt.date) -> DataFrame:
+def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_of: dt.date,
+                      key_sets: dict[str, str] | None = None) -> DataFrame:
     """Per ``key`` with daily rows in the longest finite window: ``<stem>_<window>`` for every finite
-    window, the estimated distinct count of the union of the days' sketches. ``sketches`` maps a sketch
-    column of ``daily`` (features/user_daily or item_daily rows) to its output stem."""
+    window. ``sketches`` maps a sketch column of ``daily`` (features/user_daily or item_daily rows) to
+    its output stem: the estimated distinct count of the union of the days' sketches. ``key_sets`` maps
+    a map column of ``daily`` to its output stem: the exact number of distinct keys over the days (for a
+    small domain such as categories, cheaper than a sketch and exact)."""
+    key_sets = key_sets or {}
     windows = sorted(FINITE_WINDOWS.items(), key=lambda w: w[1])
     date = F.col("event_date")
     band = F.lit(len(windows) - 1)
@@ -79,9 +83,12 @@ def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_o
         band = F.when(date > F.lit(as_of - dt.timedelta(days=days)), F.lit(i)).otherwise(band)
     recent = (daily.where((date > F.lit(as_of - dt.timedelta(days=windows[-1][1]))) & (date <= F.lit(as_of)))
               .withColumn("_band", band))
-    per_band = recent.groupBy(key).agg(*[
-        F.hll_union_agg(F.when(F.col("_band") == i, F.col(sketch))).alias(f"_{sketch}_{i}")
-        for sketch in sketches for i in range(len(windows))])
+    in_band = [F.col("_band") == i for i in range(len(windows))]
+    per_band = recent.groupBy(key).agg(
+        *[F.hll_union_agg(F.when(in_band[i], F.col(sketch))).alias(f"_{sketch}_{i}")
+          for sketch in sketches for i in range(len(windows))],
+        *[F.array_distinct(F.flatten(F.collect_list(F.when(in_band[i], F.map_keys(column))))).alias(f"_{column}_{i}")
+          for column in key_sets for i in range(len(windows))])
     out = []
     for sketch, stem in sketches.items():
         union = None
@@ -90,6 +97,12 @@ def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_o
             union = part if union is None else F.when(union.isNull(), part).when(part.isNull(), union) \
                 .otherwise(F.hll_union(union, part))
             out.append(F.coalesce(F.hll_sketch_estimate(union), F.lit(0)).alias(f"{stem}_{w}"))
+    for column, stem in key_sets.items():
+        union = None
+        for i, (w, _) in enumerate(windows):
+            part = F.col(f"_{column}_{i}")
+            union = part if union is None else F.array_union(union, part)
+            out.append(F.size(union).cast("long").alias(f"{stem}_{w}"))
     return per_band.select(key, *out)
 
 

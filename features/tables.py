@@ -152,7 +152,6 @@ USER_DAILY = Table(
         ("last_event_at", TS, False),
         ("last_purchase_at", TS, True),
         ("items_sketch", SKETCH, False),          # HLL of item_id
-        ("categories_sketch", SKETCH, True),      # HLL of the items' category (null: no known category)
         ("category_counts", T.MapType(S, L), False),  # events per known category
         ("ingested_through", TS, False),          # max(ingested_at) of the events summarised
     ),
@@ -243,7 +242,7 @@ USER_FEATURES = Table(
         ("days_since_last_purchase", I, True),    # null: never purchased
         *_windowed("spend", D),                   # net of returns, shop currency
         *_windowed("distinct_items", L),          # HLL estimate (exact below a few hundred)
-        *_windowed("distinct_categories", L),
+        *_windowed("distinct_categories", L),     # exact (the union of the days' category names)
         ("avg_purchase_price", D, True),          # mean unit price of purchase events, all history
         ("top_category", S, True),                # most frequent known category (ties: smallest name)
         ("top_category_share", D, True),          # its share of the events with a known category

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,45 +135,56 @@ def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full
         newest = fresh.agg(F.max("ingested_at")).first()[0]
         ingested_through = max(w for w in (watermark, newest) if w is not None) if (watermark or newest) else None
 
-    outputs: dict[str, Any] = {}
-    if rebuilt:
-        daily_input = events.where(F.col("event_date").isin(rebuilt))
-        outputs[USER_DAILY.name] = lake.replace_where(spark, args.lake, USER_DAILY,
-                                                      daily_layer.user_daily(daily_input, items, k), where)
-        outputs[ITEM_DAILY.name] = lake.replace_where(spark, args.lake, ITEM_DAILY,
-                                                      daily_layer.item_daily(daily_input, k), where)
-    lake.ensure(spark, args.lake, USER_DAILY)
-    lake.ensure(spark, args.lake, ITEM_DAILY)
-    daily_versions = {t.name: lake.version(spark, args.lake, t) for t in (USER_DAILY, ITEM_DAILY)}
-    daily = {t.name: lake.read(spark, args.lake, t, version=daily_versions[t.name]) for t in (USER_DAILY, ITEM_DAILY)}
-    if late:    # the rebuilt partitions also hold events the base had seen: aggregate the unseen ones alone
-        unseen_daily = {USER_DAILY.name: daily_layer.user_daily(unseen, items, k),
-                        ITEM_DAILY.name: daily_layer.item_daily(unseen, k)}
-    else:       # every event of the rebuilt partitions is unseen: read them back instead of re-aggregating
-        unseen_daily = {name: df.where(F.col("event_date").isin(rebuilt)) if rebuilt else df.limit(0)
-                        for name, df in daily.items()}
-    leaving = ({name: df.where(F.col("event_date").isin(state.leaving_dates(b, as_of))) for name, df in daily.items()}
-               if base else {USER_DAILY.name: None, ITEM_DAILY.name: None})
+    leaving_dates = state.leaving_dates(b, as_of) if base else None
 
-    for table, make, daily_table in ((USER_STATE, state.user_state, USER_DAILY), (ITEM_STATE, state.item_state, ITEM_DAILY)):
-        rolled = make(previous[table.name], unseen_daily[daily_table.name], leaving[daily_table.name], as_of, b)
-        outputs[table.name] = lake.replace_partition(spark, args.lake, table, rolled, as_of)
-    user_state = lake.read(spark, args.lake, USER_STATE, version=outputs[USER_STATE.name])
-    item_state = lake.read(spark, args.lake, ITEM_STATE, version=outputs[ITEM_STATE.name])
+    def entity(daily_table: Table, state_table: Table, features_table: Table, make_daily, make_state,
+               make_features) -> tuple[dict[str, int], int, int]:
+        """One entity's chain (user or item): its daily partitions, its state, its feature table.
+        Returns (versions written, the daily table's version read, feature rows)."""
+        written: dict[str, int] = {}
+        if rebuilt:
+            written[daily_table.name] = lake.replace_where(
+                spark, args.lake, daily_table, make_daily(events.where(F.col("event_date").isin(rebuilt))), where)
+        lake.ensure(spark, args.lake, daily_table)
+        daily_version = lake.version(spark, args.lake, daily_table)
+        daily = lake.read(spark, args.lake, daily_table, version=daily_version)
+        if late:    # the rebuilt partitions also hold events the base had seen: aggregate the unseen ones alone
+            unseen_daily = make_daily(unseen)
+        else:       # every event of the rebuilt partitions is unseen: read them back instead of re-aggregating
+            unseen_daily = daily.where(F.col("event_date").isin(rebuilt)) if rebuilt else daily.limit(0)
+        leaving = daily.where(F.col("event_date").isin(leaving_dates)) if base else None
+        rolled = make_state(previous[state_table.name], unseen_daily, leaving, as_of, b)
+        written[state_table.name] = lake.replace_partition(spark, args.lake, state_table, rolled, as_of)
+        rolled = lake.read(spark, args.lake, state_table, version=written[state_table.name])
+        written[features_table.name], rows = _write_counted(spark, args, features_table,
+                                                            make_features(rolled, daily), as_of)
+        return written, daily_version, rows
 
-    tables = [
-        (USER_FEATURES, user_features(user_state, daily[USER_DAILY.name], as_of,
-                                      int(cfg.get("features.cold_start_min_events", 5)))),
-        (ITEM_FEATURES, item_features(item_state, daily[ITEM_DAILY.name], items, as_of,
-                                      float(cfg.get("features.conversion_prior_purchases", 1.0)),
-                                      float(cfg.get("features.conversion_prior_views", 49.0)))),
-        (USER_SEQUENCES, sequences),
-    ]
-    rows: dict[str, int] = {}
-    for table, df in tables:
-        outputs[table.name] = lake.replace_partition(spark, args.lake, table, df, as_of)
-        rows[table.name] = (lake.read(spark, args.lake, table, version=outputs[table.name])
-                            .where(F.col("as_of_date") == F.lit(as_of)).count())
+    def user_chain():
+        min_events = int(cfg.get("features.cold_start_min_events", 5))
+        return entity(USER_DAILY, USER_STATE, USER_FEATURES, lambda e: daily_layer.user_daily(e, items, k),
+                      state.user_state, lambda st, d: user_features(st, d, as_of, min_events))
+
+    def item_chain():
+        prior_purchases = float(cfg.get("features.conversion_prior_purchases", 1.0))
+        prior_views = float(cfg.get("features.conversion_prior_views", 49.0))
+        return entity(ITEM_DAILY, ITEM_STATE, ITEM_FEATURES, lambda e: daily_layer.item_daily(e, k), state.item_state,
+                      lambda st, d: item_features(st, d, items, as_of, prior_purchases, prior_views))
+
+    def sequence_chain():
+        version, rows = _write_counted(spark, args, USER_SEQUENCES, sequences, as_of)
+        return {USER_SEQUENCES.name: version}, None, rows
+
+    # The three chains touch different tables: run as concurrent Spark jobs, so one chain's Delta log
+    # reads, commits and single-task stages overlap another's work (2 cores, 10M events: see
+    # docs/features.md). An error in any chain fails the build before features/builds records it.
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(chain) for chain in (user_chain, item_chain, sequence_chain)]
+        (user_out, user_daily_v, user_rows), (item_out, item_daily_v, item_rows), (seq_out, _, seq_rows) = \
+            [f.result() for f in futures]
+    outputs: dict[str, Any] = {**user_out, **item_out, **seq_out}
+    daily_versions = {USER_DAILY.name: user_daily_v, ITEM_DAILY.name: item_daily_v}
+    rows = {USER_FEATURES.name: user_rows, ITEM_FEATURES.name: item_rows, USER_SEQUENCES.name: seq_rows}
 
     build = spark.createDataFrame([{
         "as_of_date": as_of, "run_id": args.run_id, "mode": mode,
@@ -189,6 +201,14 @@ def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full
         "inputs": {EVENTS.name: events_version, ITEMS.name: items_version, **daily_versions},
         "outputs": outputs,
     }
+
+
+def _write_counted(spark: SparkSession, args: BuildFeaturesArgs, table: Table, df: DataFrame,
+                   as_of: dt.date) -> tuple[int, int]:
+    """Replace ``table``'s as_of partition with ``df``; returns (version written, rows in the partition)."""
+    version = lake.replace_partition(spark, args.lake, table, df, as_of)
+    rows = lake.read(spark, args.lake, table, version=version).where(F.col("as_of_date") == F.lit(as_of)).count()
+    return version, rows
 
 
 def run(spark: SparkSession, args: BuildFeaturesArgs) -> dict[str, Any]:

@@ -112,7 +112,8 @@ def test_nightly_runs_were_incremental_and_rebuilt_the_late_dates(builds):
 
 
 def _split(frame, table):
-    distinct = [c for c in table.columns if c.startswith("distinct_") and c != "distinct_categories_all"]
+    # Sketched: distinct items and users. Distinct categories are exact and compared with the rest.
+    distinct = [c for c in table.columns if c.startswith("distinct_") and not c.startswith("distinct_categories_")]
     return frame.drop(*distinct), frame.select(table.keys[0], *distinct), distinct
 
 
@@ -138,6 +139,19 @@ def test_sketched_distinct_counts_are_within_the_stated_error_of_exact_ones(spar
     worst = exact.join(got, "item_id").agg(
         F.max(F.abs(F.col("distinct_users_all") - F.col("exact")) / F.col("exact")), F.count(F.lit(1))).first()
     assert worst[1] == exact.count() >= 30 and worst[0] <= HLL_TOLERANCE
+
+
+@pytest.mark.parametrize("days", [1, 7, 30, 90])
+def test_distinct_categories_are_exact_over_each_window(spark, builds, days):
+    events = lake_io.read(spark, builds["full"], EVENTS).where(
+        (F.col("event_date") <= F.lit(LAST)) & (F.col("event_date") > F.lit(LAST - dt.timedelta(days=days))))
+    categories = lake_io.read(spark, builds["full"], ITEMS).select("item_id", "category")
+    exact = events.join(categories, "item_id").groupBy("user_id").agg(F.countDistinct("category").alias("exact"))
+    got = partition(spark, builds["nightly"], USER_FEATURES, LAST).select("user_id", F.col(f"distinct_categories_{days}d"))
+    compared = got.join(exact, "user_id", "left").fillna(0, subset=["exact"])
+    several = compared.where(F.col("exact") > 1).count()            # users with several categories exist
+    assert several >= (1 if days <= 7 else 10)
+    assert compared.where(F.col(f"distinct_categories_{days}d") != F.col("exact")).count() == 0
 
 
 def test_rerunning_the_last_night_changes_nothing(spark, builds, config):
