@@ -123,7 +123,7 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
         spec = cand.ScorerSpec(
             cache_key=f"{name}/{model.version}/{args.run_id}",
             loader=functools.partial(_worker_model, args.models_root, name, model.version),
-            k=k, block_bytes=int(cfg.get("score.block_bytes", 4 << 20)),
+            k=k, block_bytes=int(cfg.get("score.block_bytes", cand.BLOCK_BYTES)),
             torch_threads=int(cfg.get("score.torch_threads", 1)), embed_batch=int(cfg.get("score.embed_batch", 512)))
         bcs = [sc.broadcast(item_ids), sc.broadcast(matrix), sc.broadcast(lists)]
         partitions = int(cfg.get("score.partitions") or spark.conf.get("spark.sql.shuffle.partitions"))

@@ -37,7 +37,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from scoring.topk import topk, topk_with_boosts
+from scoring.topk import BLOCK_BYTES, topk, topk_with_boosts
 
 MODEL = "model"
 POPULAR_FALLBACK = "popular_fallback"
@@ -188,7 +188,7 @@ class ScorerSpec:
     cache_key: str                       # unique per (model version, catalogue): names the worker cache
     loader: Callable[[], Any]            # () -> LoadedModel (e.g. functools.partial(load_model, root, name, v))
     k: int
-    block_bytes: int = 4 << 20           # one score tile (see scoring.topk)
+    block_bytes: int = BLOCK_BYTES       # one score tile (see scoring.topk)
     torch_threads: int = 1               # per Python worker: Spark already runs one worker per core
     embed_batch: int = 512               # users per forward pass of the user tower
 

@@ -49,6 +49,7 @@ import torch
 NEG_INF = float("-inf")
 TILE_ITEMS = 4096         # the tile width of a larger catalogue: sgemm is fastest on it (bench/score.py)
 WHOLE_ROW_USERS = 64      # a catalogue whose block of this many users fits block_bytes is one tile
+BLOCK_BYTES = 4 << 20     # one score tile: the whole catalogue up to 16,384 items (bench/score.py)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class TopK:
 
 def topk(users: np.ndarray, items: np.ndarray, k: int, *,
          exclude_indptr: np.ndarray | None = None, exclude_indices: np.ndarray | None = None,
-         block_bytes: int = 4 << 20, tile_items: int | None = None, buffer_factor: int = 2,
+         block_bytes: int = BLOCK_BYTES, tile_items: int | None = None, buffer_factor: int = 2,
          threads: int | None = None) -> TopK:
     """Top ``k`` items per user by dot product (see the module docstring).
 
