@@ -136,6 +136,19 @@ def vocabulary(sequences, items) -> tuple[list[str], np.ndarray]:
     return vocab, np.array([per_item.get(i, 0) for i in vocab], dtype=np.int64)
 
 
+def rebuy_log_odds(sequences, vocab: list[str], target_event_types) -> dict[str, np.ndarray]:
+    """{"train", "refit"}: each vocabulary item's rebuy log-odds over the inputs of that training phase
+    (training.data.rebuy_counts_batch, summed here like the item counts)."""
+    from training.data import rebuy_counts_batch, rebuy_log_odds as log_odds
+
+    per_block = sequences.select_columns(["item_ids", "event_types", "event_ts"]).map_batches(
+        rebuy_counts_batch, fn_kwargs={"target_event_types": tuple(target_event_types)}, batch_format="numpy",
+        batch_size=None).to_pandas()
+    sums = per_block.groupby("item_id").sum(numeric_only=True).reindex(vocab, fill_value=0)
+    return {phase: log_odds(sums[f"buyers_{phase}"].to_numpy(), sums[f"rebuyers_{phase}"].to_numpy())
+            for phase in ("train", "refit")}
+
+
 def model_and_loop_configs(cfg: runtime.Config, num_items: int):
     from training.model import SeqRecConfig
     from training.train_loop import TrainConfig
@@ -198,7 +211,10 @@ def run(args: TrainArgs) -> dict[str, Any]:
                            target_event_types=tuple(cfg.get("train.target_event_types", ["purchase"])),
                            event_types=model_cfg.event_types)
         datasets = ray_examples(sequences, spec, refit=loop_cfg.refit)
-        loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": counts}
+        rebuy = (rebuy_log_odds(sequences, vocab, spec.target_event_types)
+                 if model_cfg.repeat_head and model_cfg.item_rebuy else None)
+        loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": counts,
+                       "rebuy_log_odds": rebuy}
         storage = str(Path(args.models_root).resolve() / name / "_ray") if not runtime.is_remote(args.models_root) \
             else f"{args.models_root}/{name}/_ray"
         trainer = build_trainer(loop_config, datasets, num_workers=workers, use_gpu=use_gpu,

@@ -221,6 +221,66 @@ def test_repeat_head_hand_computed(tmp_path):
     assert np.allclose(dense, dot + boost, atol=1e-5)
 
 
+def test_repeat_head_rebuy_term_counts_once_per_distinct_past_item(tmp_path):
+    """item_rebuy: r_u(i) += w x rebuy_log_odds[i] once per distinct past item, however often it occurs,
+    and only for items before the position scored; versions saved without the key load without it."""
+    from training.model import EVENT_TYPES
+    from training.registry import load_model, save_version
+
+    m = tiny()
+    with torch.no_grad():
+        m.repeat_lag.copy_(torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0, 0.0]))
+        m.repeat_type.zero_()
+        m.repeat_type[1 + EVENT_TYPES.index("purchase")] = 0.25
+        m.repeat_rebuy.fill_(2.0)
+    m.set_rebuy_log_odds(torch.tensor([0.0, 0.0, 0.0, 0.5, -1.0, 0.25] + [0.0] * (V - 6)))
+    ids = [f"i{k:02d}" for k in range(V)]
+    save_version(str(tmp_path), "m", "v1", m, ids, {}, {"val_ndcg@10": 0.1}, {})
+    loaded = load_model(str(tmp_path), "m", "v1")
+    seqs, kinds, stamps = [["i03", "i04", "i03", "i05"]], [["purchase", "view", "purchase", "view"]], [[1, 1, 2, 3]]
+    indptr, idx, val = loaded.repeat_boosts(seqs, kinds, stamps)
+    # test_repeat_head_hand_computed's 3.5 / 1.0 / 3.0, plus 2 x (0.5, -1.0, 0.25), i03 once though it occurs twice
+    assert idx.tolist() == [3, 4, 5] and np.allclose(val, [4.5, -1.0, 3.5])
+    dense = loaded.catalogue_scores(seqs, kinds, stamps)
+    dot = loaded.user_embeddings(seqs, kinds, stamps) @ loaded.catalogue_embeddings().T
+    boost = np.zeros_like(dot)
+    boost[0, [3, 4, 5]] = [4.5, -1.0, 3.5]
+    assert np.allclose(dense, dot + boost, atol=1e-5)
+    # seen from position 1 (the loss's view from the end of the first basket, lag 0): i03 and i04 only
+    tokens, types, baskets = loaded.encode_sequences(seqs, kinds, stamps)
+    items, weights = m.repeat_weights(tokens, types, baskets, torch.tensor([1]))
+    scores = m.repeat_scores(items, weights)[0].detach()
+    assert torch.allclose(scores[[3, 4, 5]], torch.tensor([3.0 + 0.25 + 1.0, 3.0 - 2.0, 0.0]))
+
+    plain = tiny(item_rebuy=False)
+    save_version(str(tmp_path), "m", "old", plain, ids, {}, {"val_ndcg@10": 0.1}, {})
+    cfg_file = tmp_path / "m" / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["model"]["item_rebuy"]                           # a version registered before the term existed
+    cfg_file.write_text(json.dumps(cfg))
+    assert load_model(str(tmp_path), "m", "old").model.cfg.item_rebuy is False
+
+
+def test_rebuy_counts_per_phase_and_log_odds_hand_computed():
+    """Buyers / rebuyers (two or more baskets) of each item within each user's train input (before the
+    validation basket) and refit input (before the test basket); log-odds against the overall rate."""
+    from training.data import rebuy_counts_batch, rebuy_log_odds
+
+    batch = {"item_ids": [["a", "b", "a", "c", "a"], ["b", "b", "d"]],
+             "event_types": [["purchase"] * 5, ["purchase", "view", "purchase"]],
+             "event_ts": [[1, 1, 2, 3, 4], [1, 2, 3]]}
+    # user 1: baskets {a, b} {a} {c} {a}: test = the last, validation = {c}; train input a, b, a
+    # user 2: baskets {b} {b viewed} {d}: test = {d}, validation = {b}; train input empty, refit b, b (view)
+    got = rebuy_counts_batch(batch)
+    assert got["item_id"].tolist() == ["a", "b", "c"]
+    assert got["buyers_train"].tolist() == [1, 1, 0] and got["rebuyers_train"].tolist() == [1, 0, 0]
+    assert got["buyers_refit"].tolist() == [1, 2, 1] and got["rebuyers_refit"].tolist() == [1, 0, 0]
+    # overall rate p = 1/4; item rate (rebuyers + 20p) / (buyers + 20); log-odds minus logit(p)
+    odds = rebuy_log_odds(np.array([1, 2, 1, 0]), np.array([1, 0, 0, 0]))
+    assert np.allclose(odds, [np.log(1.2), np.log(15 / 17), np.log(0.9375), 0.0], atol=1e-6)
+    assert np.allclose(rebuy_log_odds(np.array([3, 1]), np.array([0, 0])), 0.0)   # nobody rebought: no signal
+
+
 def test_model_beats_popularity_on_known_tastes():
     """Users buy from their own taste category; popularity cannot know that, the model must."""
     from training import baselines as B

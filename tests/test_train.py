@@ -69,6 +69,7 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     epoch 2 (once, guarded by a marker file): Ray restarts the worker group from epoch 1's checkpoint
     (model + optimizer in safetensors) and the run finishes and registers the best epoch."""
     from jobs.train import run
+    from training.data import rebuy_log_odds, split_sequence
     from training.registry import latest_version, load_model
 
     seqs, items, _ = synthetic
@@ -101,6 +102,20 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     model = load_model(str(tmp_path / "models"))
     assert model.item_ids == sorted(items["item_id"])
     assert model.dim == 32 and model.max_seq_len == 20
+    # the registered (refit) weights carry the rebuy log-odds of the refit inputs, counted here directly
+    buyers, rebuyers = np.zeros(48), np.zeros(48)
+    index = {item: i for i, item in enumerate(model.item_ids)}
+    for r in seqs.to_dict("records"):
+        s = split_sequence(r["item_ids"], r["event_types"], r["event_ts"])
+        baskets_of: dict[str, set] = {}
+        for item, kind, basket in zip(s.test_items, s.test_types, s.baskets):
+            if kind == "purchase":
+                baskets_of.setdefault(item, set()).add(basket)
+        for item, baskets in baskets_of.items():
+            buyers[index[item]] += 1
+            rebuyers[index[item]] += len(baskets) > 1
+    assert rebuyers.sum() > 0
+    assert np.allclose(model.model.rebuy_log_odds.numpy(), rebuy_log_odds(buyers, rebuyers), atol=1e-6)
 
     before = sorted((str(p), p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
     second = run(train_args(lake, config, tmp_path, **kill))

@@ -147,6 +147,43 @@ def item_counts_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"item_id": ids.astype(str), "count": counts.astype(np.int64)}
 
 
+REBUY_PRIOR_BUYERS = 20.0   # rebuy rates shrink toward the average as if every item had 20 more buyers
+
+
+def rebuy_counts_batch(batch: dict[str, Any], target_event_types: Sequence[str] = ("purchase",)) -> dict[str, np.ndarray]:
+    """user_sequences rows -> per item of the batch: its buyers and rebuyers (bought in two or more
+    baskets) within each user's ``train`` input (before the validation basket) and ``refit`` input
+    (before the test basket), the inputs each training phase sees (summed later; rebuy_log_odds)."""
+    wanted = set(target_event_types)
+    tally: dict[str, list[int]] = {}
+    for items, kinds, stamps in zip(batch["item_ids"], batch["event_types"], batch["event_ts"]):
+        s = split_sequence(items, kinds, stamps, target_event_types)
+        for col, end in ((0, len(s.train_items)), (2, len(s.test_items))):
+            baskets_of: dict[str, set[int]] = {}
+            for item, kind, basket in zip(s.test_items[:end], s.test_types[:end], s.baskets[:end]):
+                if kind in wanted:
+                    baskets_of.setdefault(str(item), set()).add(basket)
+            for item, baskets in baskets_of.items():
+                row = tally.setdefault(item, [0, 0, 0, 0])
+                row[col] += 1
+                row[col + 1] += len(baskets) > 1
+    ids = sorted(tally)
+    counts = np.array([tally[i] for i in ids], dtype=np.int64).reshape(len(ids), 4)
+    return {"item_id": np.array(ids, dtype=str), "buyers_train": counts[:, 0], "rebuyers_train": counts[:, 1],
+            "buyers_refit": counts[:, 2], "rebuyers_refit": counts[:, 3]}
+
+
+def rebuy_log_odds(buyers: np.ndarray, rebuyers: np.ndarray, prior_buyers: float = REBUY_PRIOR_BUYERS) -> np.ndarray:
+    """Each item's rebuy rate (shrunk toward the overall rate p with ``prior_buyers`` pseudo-buyers) as
+    log-odds against p: 0 for an item nobody bought (the average), > 0 for items bought again more often."""
+    buyers, rebuyers = np.asarray(buyers, np.float64), np.asarray(rebuyers, np.float64)
+    if buyers.sum() == 0 or rebuyers.sum() == 0 or rebuyers.sum() == buyers.sum():
+        return np.zeros(len(buyers), np.float32)
+    p = rebuyers.sum() / buyers.sum()
+    rate = (rebuyers + prior_buyers * p) / (buyers + prior_buyers)
+    return (np.log(rate / (1 - rate)) - np.log(p / (1 - p))).astype(np.float32)
+
+
 def build_vocabulary(catalogue_ids: Iterable[str], sequence_ids: Iterable[str]) -> list[str]:
     """Sorted union of the catalogue's and the sequences' item ids: the model's index order."""
     return sorted(set(map(str, catalogue_ids)) | set(map(str, sequence_ids)))

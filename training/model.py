@@ -17,7 +17,10 @@ Ray Train worker), ``training.registry`` (load for scoring / evaluation) and ``b
   sum of the history's item vectors ("history skip").
 - repeat head: retail users rebuy. ``score(u, i) = u . e_i + r_u(i)`` where ``r_u(i)`` sums, over the
   user's past events with item i, a learned weight per *basket lag* (0 = the latest basket) plus one per
-  event type. It is sparse (at most N items per user): the scorer adds it exactly on top of the
+  event type, plus (``item_rebuy``), once per distinct past item, a learned weight times the item's
+  rebuy log-odds: how much more often than the average item its buyers bought it again in a later
+  basket, counted over the training inputs (``training.data.rebuy_log_odds``; a buffer, 0 = unknown =
+  average). Some products are bought once (a gift), others every week (paper bags). It is sparse (at most N items per user): the scorer adds it exactly on top of the
   dot-product top-K (``scoring.topk.topk_with_boosts``), evaluation adds it to the dense scores.
 - loss: the next *basket* from the end of every basket (a basket = the events sharing one timestamp,
   an Online Retail invoice; events with their own timestamps are one-event baskets, i.e. next-item):
@@ -68,6 +71,7 @@ class SeqRecConfig:
     text_max_tokens: int = 48           # item text is short: title + category + a little description
     history_skip: bool = True           # user vector += recency-weighted sum of history item vectors
     repeat_head: bool = True            # score += learned weight of the user's own past items (sparse)
+    item_rebuy: bool = True             # repeat head += learned weight x the item's rebuy log-odds (per past item)
     basket_targets: bool = True         # train on the next basket from each basket end (else next item)
     full_softmax_max_items: int = 20000  # above this catalogue size, sampled softmax with log-Q
     num_negatives: int = 1024           # sampled softmax: negatives per step (shared across the batch)
@@ -207,6 +211,10 @@ class SeqRec(nn.Module):
         if cfg.repeat_head:
             self.repeat_lag = nn.Parameter(torch.ones(cfg.max_seq_len))
             self.repeat_type = nn.Parameter(torch.zeros(len(cfg.event_types) + 1))
+            if cfg.item_rebuy:
+                self.repeat_rebuy = nn.Parameter(torch.zeros(1))
+                # Set from the training inputs (set_rebuy_log_odds); 0 = the average item.
+                self.register_buffer("rebuy_log_odds", torch.zeros(V), persistent=True)
         self.register_buffer("log_q", torch.full((V,), -math.log(V)), persistent=True)  # sampled softmax proposal
 
     # ---- item tower
@@ -286,6 +294,11 @@ class SeqRec(nn.Module):
         b = _baskets_or_positions(tokens, baskets)
         lag = (b.gather(1, at[:, None]) - b).clamp(0, self.cfg.max_seq_len - 1)          # (n, T)
         w = self.repeat_lag[lag] + self.repeat_type[types]
+        if self.cfg.item_rebuy:
+            # once per distinct item: on its last counted event (no later counted event of the same item)
+            later_same = (items[:, :, None] == items[:, None, :]) & (pos[None, :] > pos[:, None])[None]  # (n, T, T)
+            last = counted & ~(later_same & counted[:, None, :]).any(-1)
+            w = w + last.to(w.dtype) * self.repeat_rebuy * self.rebuy_log_odds[items.clamp(min=0)]
         return items, w * counted.to(w.dtype)
 
     def repeat_scores(self, items: torch.Tensor, weights: torch.Tensor,
@@ -370,6 +383,11 @@ class SeqRec(nn.Module):
     def forward(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss (DDP syncs gradients only through forward)."""
         return self.loss(tokens, types, baskets)
+
+    def set_rebuy_log_odds(self, log_odds: torch.Tensor) -> None:
+        """(V,) the items' rebuy log-odds against the average item (training.data.rebuy_log_odds)."""
+        if self.cfg.repeat_head and self.cfg.item_rebuy:
+            self.rebuy_log_odds.copy_(torch.as_tensor(log_odds, dtype=self.rebuy_log_odds.dtype))
 
     def set_sampling_distribution(self, item_counts: torch.Tensor) -> None:
         """q(i) proportional to count^0.75 (word2vec's smoothing): frequent items are hard negatives."""

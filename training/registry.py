@@ -226,8 +226,9 @@ def load_model(models_root: str, name: str = DEFAULT_NAME, version: str = "lates
     if missing:
         raise RegistryError(f"model {name}/{version} under {models_root} is missing {', '.join(missing)}")
     config = _read(folder / "config.json")
-    # Versions registered before the repeat head existed have neither key: they are plain dot-product models.
-    cfg = SeqRecConfig.from_dict({"repeat_head": False, "basket_targets": False, **config["model"]})
+    # Versions registered before the repeat head existed have neither key: they are plain dot-product models;
+    # those from before the item rebuy term have a repeat head without it.
+    cfg = SeqRecConfig.from_dict({"repeat_head": False, "basket_targets": False, "item_rebuy": False, **config["model"]})
     model = SeqRec(cfg)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()

@@ -67,7 +67,7 @@ def optimizer(model: SeqRec, lr: float, weight_decay: float, gate_lr_scale: floa
     that set how much the user's own past counts) get ``gate_lr_scale`` x the learning rate and no
     weight decay: at the shared rate they barely move before the embeddings overfit (measured on
     Online Retail: the repeat weights stayed within 0.2 of their start while validation NDCG peaked)."""
-    gates = {"repeat_lag", "repeat_type", "history_weight"}
+    gates = {"repeat_lag", "repeat_type", "repeat_rebuy", "history_weight"}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if n not in gates], "lr": lr, "weight_decay": weight_decay},
               {"params": [p for n, p in named if n in gates], "lr": lr * gate_lr_scale, "weight_decay": 0.0}]
@@ -151,7 +151,9 @@ def validate(model: SeqRec, batches, device, autocast) -> dict[str, float]:
 
 def train_worker(loop_config: dict) -> None:
     """Ray Train worker function. ``loop_config``: {"model": SeqRecConfig dict, "train": TrainConfig
-    dict, "text_embeddings": (V, text_dim) float32 array or None, "item_counts": (V,) or None}."""
+    dict, "text_embeddings": (V, text_dim) float32 array or None, "item_counts": (V,) or None,
+    "rebuy_log_odds": {"train": (V,), "refit": (V,)} or None (the items' rebuy log-odds over each phase's
+    inputs: the selection run's come from before the validation baskets, the refit's from before the test ones)}."""
     import ray.train
     import ray.train.torch as rt
 
@@ -171,6 +173,9 @@ def train_worker(loop_config: dict) -> None:
     torch.manual_seed(tcfg.seed + rank)   # dropout and sampling differ per rank
     if loop_config.get("item_counts") is not None:
         model.set_sampling_distribution(torch.as_tensor(np.asarray(loop_config["item_counts"])))
+    rebuy = loop_config.get("rebuy_log_odds") or {}
+    if rebuy.get("train") is not None:
+        model.set_rebuy_log_odds(torch.as_tensor(np.asarray(rebuy["train"])))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.gate_lr_scale)
 
@@ -251,6 +256,8 @@ def train_worker(loop_config: dict) -> None:
             if state["phase"] == "refit":
                 # The final fit starts over from the same initial weights with a fresh optimizer.
                 inner.load_state_dict(initial_state)
+                if rebuy.get("refit") is not None:
+                    inner.set_rebuy_log_odds(torch.as_tensor(np.asarray(rebuy["refit"])))
                 opt = optimizer(inner, tcfg.lr, tcfg.weight_decay, tcfg.gate_lr_scale)
                 state.update(refit_epochs=state["best_epoch"] + 1, refit_epoch=0, refit_history=[])
         report(metrics)
