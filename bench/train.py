@@ -39,7 +39,8 @@ def examples(users: int, seq_len: int):
                               basket_size=3, max_len=seq_len + 1, seed=0)
     vocab = sorted(items["item_id"])
     spec = ExampleSpec(item_index={i: k for k, i in enumerate(vocab)}, max_seq_len=seq_len)
-    ex = examples_batch({c: seqs[c].tolist() for c in ("user_id", "item_ids", "event_types", "event_ts")}, spec)
+    ex = examples_batch({c: seqs[c].tolist() for c in ("user_id", "item_ids", "event_types", "event_ts")}, spec,
+                        refit=False)
     keep = ex["train_len"] >= 2
     return vocab, {k: v[keep] for k, v in ex.items()}, {k: v[ex["has_val"] == 1][:200] for k, v in ex.items()}
 

@@ -136,6 +136,10 @@ def test_refit_examples_end_before_the_test_basket_and_train_on_the_validation_b
     # refit: a, b, c, d (the validation basket b, c is a target now), never e, f or the view after them
     assert ex["refit_tokens"][0].tolist() == tok("abcd") + [PAD] * 3 and ex["refit_len"][0] == 4
     assert ex["refit_types"][0].tolist()[:4] == [4, 4, 4, 1] and ex["refit_baskets"][0].tolist() == [0, 1, 1, 2, -1, -1, -1]
+    # without the refit (train.loop.refit=false) the refit arrays are not built at all
+    plain = examples_batch({"user_id": ["u"], "item_ids": [items], "event_types": [kinds], "event_ts": [ts]}, spec,
+                           refit=False)
+    assert not any(k.startswith("refit_") for k in plain) and plain["train_tokens"].tolist() == ex["train_tokens"].tolist()
 
 
 def test_registry_round_trip(tmp_path):

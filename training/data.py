@@ -109,28 +109,30 @@ def encode_baskets(baskets: Sequence[int], width: int) -> np.ndarray:
     return out
 
 
-def examples_batch(batch: dict[str, Any], spec: ExampleSpec) -> dict[str, np.ndarray]:
+def examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True) -> dict[str, np.ndarray]:
     """A batch of user_sequences rows -> padded training + validation arrays (Ray Data map_batches).
     train_tokens / train_types / train_baskets (B, T+1): the training events (see SeqRec.loss). val_*
     (B, T): the validation input; val_targets (B, max_targets) catalogue indices padded with -1.
-    refit_* (B, T+1): the events before the test basket, the same way as train_*."""
+    refit_* (B, T+1), with ``refit``: the events before the test basket, the same way as train_*."""
     T, M = spec.max_seq_len, spec.max_targets
     rows = len(batch["user_id"])
     out = {"train_tokens": np.zeros((rows, T + 1), np.int64), "train_types": np.zeros((rows, T + 1), np.int64),
            "train_baskets": np.full((rows, T + 1), -1, np.int64),
            "train_len": np.zeros(rows, np.int64), "val_tokens": np.zeros((rows, T), np.int64),
            "val_types": np.zeros((rows, T), np.int64), "val_baskets": np.full((rows, T), -1, np.int64),
-           "val_targets": np.full((rows, M), -1, np.int64), "has_val": np.zeros(rows, np.int64),
-           "refit_tokens": np.zeros((rows, T + 1), np.int64), "refit_types": np.zeros((rows, T + 1), np.int64),
-           "refit_baskets": np.full((rows, T + 1), -1, np.int64), "refit_len": np.zeros(rows, np.int64)}
+           "val_targets": np.full((rows, M), -1, np.int64), "has_val": np.zeros(rows, np.int64)}
+    if refit:
+        out.update({"refit_tokens": np.zeros((rows, T + 1), np.int64), "refit_types": np.zeros((rows, T + 1), np.int64),
+                    "refit_baskets": np.full((rows, T + 1), -1, np.int64), "refit_len": np.zeros(rows, np.int64)})
     for r in range(rows):
         s = split_sequence(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.target_event_types)
         out["train_tokens"][r], out["train_types"][r] = encode(s.train_items, s.train_types, T + 1, spec)
         out["train_baskets"][r] = encode_baskets(s.baskets[:len(s.train_items)], T + 1)
         out["train_len"][r] = min(len(s.train_items), T + 1)
-        out["refit_tokens"][r], out["refit_types"][r] = encode(s.test_items, s.test_types, T + 1, spec)
-        out["refit_baskets"][r] = encode_baskets(s.baskets[:len(s.test_items)], T + 1)
-        out["refit_len"][r] = min(len(s.test_items), T + 1)
+        if refit:
+            out["refit_tokens"][r], out["refit_types"][r] = encode(s.test_items, s.test_types, T + 1, spec)
+            out["refit_baskets"][r] = encode_baskets(s.baskets[:len(s.test_items)], T + 1)
+            out["refit_len"][r] = min(len(s.test_items), T + 1)
         known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
         if s.val_items and known:
             out["val_tokens"][r], out["val_types"][r] = encode(s.val_items, s.val_types, T, spec)
@@ -200,7 +202,7 @@ def ray_sequences(files: list[str], columns: Sequence[str] = ("user_id", "item_i
 def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256, refit: bool = False):
     """{"train", "val"[, "refit"]}: Ray Datasets of padded arrays, computed in parallel tasks; never
     gathered."""
-    examples = sequences.map_batches(examples_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
+    examples = sequences.map_batches(examples_batch, fn_kwargs={"spec": spec, "refit": refit}, batch_size=batch_size,
                                      batch_format="numpy")
     # Materialised once (blocks stay distributed in the object store): every epoch re-reads them
     # instead of re-running the read + split pipeline.
