@@ -16,6 +16,7 @@ reuses it and changes nothing. ``LATEST`` moves only if the new validation NDCG@
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -232,13 +233,17 @@ def run(args: TrainArgs) -> dict[str, Any]:
         with result.checkpoint.as_directory() as folder:
             state = read_trainer_state(folder)
             best = load_file(str(Path(folder) / "best_model.safetensors"))
-        model = SeqRec(model_cfg)
+        # the scale validation chose for the dot product (train.loop.dot_scales), on top of any configured one
+        registered_cfg = dataclasses.replace(model_cfg, dot_scale=model_cfg.dot_scale * state.get("dot_scale", 1.0))
+        model = SeqRec(registered_cfg)
         model.load_state_dict(best)
         best_metrics = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         metrics = {**{k: v for k, v in best_metrics.items() if k.startswith("val_")}, "best_epoch": state["best_epoch"],
                    "epochs_run": state["epoch"], "history": state["history"], "train_seconds": round(train_seconds, 1),
                    "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers, "use_gpu": use_gpu,
-                   "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", [])}
+                   "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", []),
+                   "dot_scale": registered_cfg.dot_scale,
+                   "dot_scale_val_ndcg@10": state.get("val_ndcg10_by_dot_scale", {})}
         lineage = {"run_id": args.run_id, "run_date": str(args.run_date), "inputs": lineage_inputs,
                    "code_version": runtime.code_version(), "config": cfg.get("train"), "text_cache_key": text_key,
                    "ray_checkpoint": result.checkpoint.path, "catalogue_size": len(vocab)}
@@ -255,6 +260,7 @@ def run(args: TrainArgs) -> dict[str, Any]:
                "refit_epochs": state.get("refit_epochs", 0),
                "refit_sequences_per_epoch": (state.get("refit_history") or [{}])[-1].get("train_sequences"),
                "val_ndcg@10": metrics["val_ndcg@10"], "val_recall@10": metrics["val_recall@10"],
+               "dot_scale": registered_cfg.dot_scale,
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_seconds": round(train_seconds, 1),
                "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers,
                "path": str(registry.version_dir(args.models_root, name, version))}

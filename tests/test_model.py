@@ -265,6 +265,49 @@ def test_repeat_head_rebuy_term_counts_once_per_distinct_past_item(tmp_path):
     assert load_model(str(tmp_path), "m", "old").model.cfg.item_rebuy is False
 
 
+def test_validation_by_dot_scale_and_the_registered_scale(tmp_path):
+    """validate(dot_scales) sums NDCG@10 of a * u.e + r for each a; choose_dot_scale takes the best (ties:
+    the one nearest 1); a model registered with dot_scale a scores a * u.e + r wherever it scores."""
+    import contextlib
+    import dataclasses
+
+    from training.registry import load_model, save_version
+    from training.train_loop import choose_dot_scale, validate
+
+    m = tiny().eval()
+    tokens, types = batch(n=6, length=T)
+    targets = torch.full((6, 3), -1)
+    targets[:, 0] = torch.arange(6)
+    targets[:, 1] = tokens[:, 0] - FIRST_ITEM                   # a past item: the repeat head can find it
+    b = {"val_tokens": tokens, "val_types": types, "val_targets": targets}
+    sums = validate(m, [b], torch.device("cpu"), contextlib.nullcontext, (0.5, 1.0))
+    with torch.no_grad():
+        dot, rep = m.score_terms(tokens, types)
+    wanted = [row[row >= 0] for row in targets.numpy()]
+    for a in (0.5, 1.0):
+        by_hand = M.metric_sums((a * dot + rep).numpy(), wanted, (10,))["ndcg@10"]
+        assert sums[f"ndcg@10 x{a}"] == pytest.approx(by_hand)
+    assert sums["ndcg@10"] == pytest.approx(sums["ndcg@10 x1.0"])
+    assert choose_dot_scale({"users": 2.0, "ndcg@10 x0.5": 0.6, "ndcg@10 x1.0": 0.4}, (0.5, 1.0)) == \
+        (0.5, {"0.5": 0.3, "1.0": 0.2})
+    assert choose_dot_scale({"users": 2.0, "ndcg@10 x0.5": 0.4, "ndcg@10 x1.0": 0.4}, (0.5, 1.0))[0] == 1.0
+
+    ids = [f"i{k:02d}" for k in range(V)]
+    scaled = SeqRec(dataclasses.replace(m.cfg, dot_scale=0.5))
+    scaled.load_state_dict(m.state_dict())
+    save_version(str(tmp_path), "m", "half", scaled, ids, {}, {"val_ndcg@10": 0.1}, {})
+    save_version(str(tmp_path), "m", "one", m, ids, {}, {"val_ndcg@10": 0.1}, {})
+    half, one = load_model(str(tmp_path), "m", "half"), load_model(str(tmp_path), "m", "one")
+    seqs, kinds = [["i03", "i04", "i05"]], [["purchase", "view", "purchase"]]
+    assert half.model.cfg.dot_scale == 0.5
+    assert np.allclose(half.user_embeddings(seqs, kinds), 0.5 * one.user_embeddings(seqs, kinds), atol=1e-6)
+    indptr, idx, val = one.repeat_boosts(seqs, kinds)
+    dense = np.zeros((1, V), np.float32)
+    dense[0, idx] = val
+    dot_one = one.user_embeddings(seqs, kinds) @ one.catalogue_embeddings().T
+    assert np.allclose(half.catalogue_scores(seqs, kinds), 0.5 * dot_one + dense, atol=1e-5)
+
+
 def test_rebuy_counts_per_phase_and_log_odds_hand_computed():
     """Buyers / rebuyers (two or more baskets) of each item within each user's train input (before the
     validation basket) and refit input (before the test basket); log-odds against the overall rate."""

@@ -98,6 +98,12 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     assert metrics["val_ndcg@10"] == max(h["val_ndcg@10"] for h in metrics["history"])
     assert [h["refit_epoch"] for h in metrics["refit_history"]] == list(range(metrics["refit_epochs"]))
     assert 0.0 < metrics["val_ndcg@10"] <= 1.0
+    # the dot product's scale was chosen on the best epoch's validation NDCG@10 and registered
+    by_scale = {float(a): v for a, v in metrics["dot_scale_val_ndcg@10"].items()}
+    assert sorted(by_scale) == [0.25, 0.4, 0.5, 0.6, 0.75, 1.0]
+    assert by_scale[1.0] == pytest.approx(metrics["val_ndcg@10"], abs=1e-6)
+    assert metrics["dot_scale"] == first["dot_scale"] and by_scale[metrics["dot_scale"]] == max(by_scale.values())
+    assert json.loads((folder / "config.json").read_text())["model"]["dot_scale"] == metrics["dot_scale"]
     assert latest_version(str(tmp_path / "models"), "warmstart-seqrec") == first["version"]
     model = load_model(str(tmp_path / "models"))
     assert model.item_ids == sorted(items["item_id"])

@@ -73,6 +73,7 @@ class SeqRecConfig:
     repeat_head: bool = True            # score += learned weight of the user's own past items (sparse)
     item_rebuy: bool = True             # repeat head += learned weight x the item's rebuy log-odds (per past item)
     basket_targets: bool = True         # train on the next basket from each basket end (else next item)
+    dot_scale: float = 1.0              # the user vector's scale when it scores (the trainer picks it on validation)
     full_softmax_max_items: int = 20000  # above this catalogue size, sampled softmax with log-Q
     num_negatives: int = 1024           # sampled softmax: negatives per step (shared across the batch)
 
@@ -86,6 +87,8 @@ class SeqRecConfig:
             raise ValueError(f"encoder_mode must be 'frozen' or 'finetune', got {self.encoder_mode!r}")
         if self.max_seq_len < 2:
             raise ValueError("max_seq_len must be >= 2")
+        if not self.dot_scale > 0:
+            raise ValueError(f"dot_scale must be > 0, got {self.dot_scale}")
 
     @property
     def sampled(self) -> bool:
@@ -273,10 +276,10 @@ class SeqRec(nn.Module):
         return hidden
 
     def user_vectors(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, d): the output at each sequence's last real position."""
+        """(B, T) -> (B, d): the output at each sequence's last real position, times ``dot_scale``."""
         hidden = self.hidden_states(tokens, types)                                  # (B, T, d)
         last = ((tokens != PAD).sum(1) - 1).clamp(min=0)                            # (B,)
-        return hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
+        return self.cfg.dot_scale * hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
 
     # ---- repeat head
 
@@ -321,15 +324,22 @@ class SeqRec(nn.Module):
         last = ((tokens != PAD).sum(1) - 1).clamp(min=0)
         return self.repeat_weights(tokens, types, baskets, last)
 
+    def score_terms(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
+                    item_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) sequences -> the two (B, V) terms of the catalogue's scores: ``u . e_i`` and ``r_u(i)``
+        (None without a repeat head)."""
+        items = self.item_vectors() if item_vectors is None else item_vectors
+        dot = self.user_vectors(tokens, types).float() @ items.float().T
+        if not self.cfg.repeat_head:
+            return dot, None
+        rep_items, rep_w = self.last_repeat(tokens, types, baskets)
+        return dot, self.repeat_scores(rep_items, rep_w.float())
+
     def catalogue_scores(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
                          item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) sequences -> (B, V) scores of the whole catalogue: ``u . e_i + r_u(i)``."""
-        items = self.item_vectors() if item_vectors is None else item_vectors
-        scores = self.user_vectors(tokens, types).float() @ items.float().T
-        if self.cfg.repeat_head:
-            rep_items, rep_w = self.last_repeat(tokens, types, baskets)
-            scores = scores + self.repeat_scores(rep_items, rep_w.float())
-        return scores
+        dot, rep = self.score_terms(tokens, types, baskets, item_vectors)
+        return dot if rep is None else dot + rep
 
     # ---- loss
 
