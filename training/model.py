@@ -20,8 +20,9 @@ Ray Train worker), ``training.registry`` (load for scoring / evaluation) and ``b
   event type, plus (``item_rebuy``), once per distinct past item, a learned weight times the item's
   rebuy log-odds: how much more often than the average item its buyers bought it again in a later
   basket, counted over the training inputs (``training.data.rebuy_log_odds``; a buffer, 0 = unknown =
-  average). Some products are bought once (a gift), others every week (paper bags). It is sparse (at most N items per user): the scorer adds it exactly on top of the
-  dot-product top-K (``scoring.topk.topk_with_boosts``), evaluation adds it to the dense scores.
+  average). Some products are bought once (a gift), others every week (paper bags). It is sparse (at
+  most N items per user): the scorer adds it exactly on top of the dot-product top-K
+  (``scoring.topk.topk_with_boosts``), evaluation adds it to the dense scores.
 - loss: the next *basket* from the end of every basket (a basket = the events sharing one timestamp,
   an Online Retail invoice; events with their own timestamps are one-event baskets, i.e. next-item):
   cross-entropy over the whole catalogue for each item of the next basket, from the user vector at the
@@ -298,9 +299,13 @@ class SeqRec(nn.Module):
         lag = (b.gather(1, at[:, None]) - b).clamp(0, self.cfg.max_seq_len - 1)          # (n, T)
         w = self.repeat_lag[lag] + self.repeat_type[types]
         if self.cfg.item_rebuy:
-            # once per distinct item: on its last counted event (no later counted event of the same item)
-            later_same = (items[:, :, None] == items[:, None, :]) & (pos[None, :] > pos[:, None])[None]  # (n, T, T)
-            last = counted & ~(later_same & counted[:, None, :]).any(-1)
+            # once per distinct item, on its last counted event: after a stable sort equal items keep their
+            # order, so an item's last event is the one the next sorted entry differs from. O(n T log T)
+            # memory-light, where comparing every pair of positions would take n x T x T.
+            sorted_items, order = torch.sort(items, dim=1, stable=True)
+            last_sorted = torch.ones_like(sorted_items, dtype=torch.bool)
+            last_sorted[:, :-1] = sorted_items[:, :-1] != sorted_items[:, 1:]
+            last = torch.zeros_like(last_sorted).scatter_(1, order, last_sorted) & counted
             w = w + last.to(w.dtype) * self.repeat_rebuy * self.rebuy_log_odds[items.clamp(min=0)]
         return items, w * counted.to(w.dtype)
 
