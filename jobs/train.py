@@ -123,31 +123,22 @@ def start_ray(args: TrainArgs) -> bool:
     return True
 
 
-def vocabulary(sequences, items) -> tuple[list[str], np.ndarray]:
-    """Vocabulary (catalogue ∪ sequence items, sorted) and each item's count in the sequences."""
-    from training.data import build_vocabulary, item_counts_batch
+def vocabulary(sequences, items, target_event_types) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Vocabulary (catalogue ∪ sequence items, sorted), each item's count in the sequences, and each
+    item's rebuy log-odds over the inputs of each training phase ({"train", "refit"}), in one pass."""
+    from training.data import build_vocabulary, item_stats_batch, rebuy_log_odds
 
-    # Per-block (item, count) pairs come back to the driver: at most catalogue-size rows per block,
+    # Per-block (item, stats) rows come back to the driver: at most catalogue-size rows per block,
     # summed here (Ray Data's hash groupby costs far more than it saves at this size).
-    per_block = sequences.select_columns(["item_ids"]).map_batches(item_counts_batch, batch_format="numpy",
-                                                                   batch_size=None).to_pandas()
-    counts = per_block.groupby("item_id", as_index=False)["count"].sum()
-    vocab = build_vocabulary(items["item_id"].astype(str), counts["item_id"].astype(str))
-    per_item = dict(zip(counts["item_id"].astype(str), counts["count"].astype(np.int64)))
-    return vocab, np.array([per_item.get(i, 0) for i in vocab], dtype=np.int64)
-
-
-def rebuy_log_odds(sequences, vocab: list[str], target_event_types) -> dict[str, np.ndarray]:
-    """{"train", "refit"}: each vocabulary item's rebuy log-odds over the inputs of that training phase
-    (training.data.rebuy_counts_batch, summed here like the item counts)."""
-    from training.data import rebuy_counts_batch, rebuy_log_odds as log_odds
-
     per_block = sequences.select_columns(["item_ids", "event_types", "event_ts"]).map_batches(
-        rebuy_counts_batch, fn_kwargs={"target_event_types": tuple(target_event_types)}, batch_format="numpy",
+        item_stats_batch, fn_kwargs={"target_event_types": tuple(target_event_types)}, batch_format="numpy",
         batch_size=None).to_pandas()
-    sums = per_block.groupby("item_id").sum(numeric_only=True).reindex(vocab, fill_value=0)
-    return {phase: log_odds(sums[f"buyers_{phase}"].to_numpy(), sums[f"rebuyers_{phase}"].to_numpy())
-            for phase in ("train", "refit")}
+    sums = per_block.groupby("item_id").sum(numeric_only=True)
+    vocab = build_vocabulary(items["item_id"].astype(str), sums.index.astype(str))
+    sums = sums.reindex(vocab, fill_value=0)
+    rebuy = {phase: rebuy_log_odds(sums[f"buyers_{phase}"].to_numpy(), sums[f"rebuyers_{phase}"].to_numpy())
+             for phase in ("train", "refit")}
+    return vocab, sums["count"].to_numpy(dtype=np.int64), rebuy
 
 
 def model_and_loop_configs(cfg: runtime.Config, num_items: int):
@@ -203,19 +194,18 @@ def run(args: TrainArgs) -> dict[str, Any]:
     try:
         sequences = ray_sequences(inputs["files"])
         t0 = time.time()
-        vocab, counts = vocabulary(sequences, inputs["items"])
+        target_types = tuple(cfg.get("train.target_event_types", ["purchase"]))
+        vocab, counts, rebuy = vocabulary(sequences, inputs["items"], target_types)
         log.info("vocabulary: %d items in %.1fs", len(vocab), time.time() - t0)
         model_cfg, loop_cfg = model_and_loop_configs(cfg, len(vocab))
         text, text_key = text_embeddings(args, name, vocab, inputs["items"], model_cfg)
         spec = ExampleSpec(item_index={item: i for i, item in enumerate(vocab)}, max_seq_len=model_cfg.max_seq_len,
                            max_targets=int(cfg.get("train.max_val_targets", 100)),
-                           target_event_types=tuple(cfg.get("train.target_event_types", ["purchase"])),
+                           target_event_types=target_types,
                            event_types=model_cfg.event_types)
         datasets = ray_examples(sequences, spec, refit=loop_cfg.refit)
-        rebuy = (rebuy_log_odds(sequences, vocab, spec.target_event_types)
-                 if model_cfg.repeat_head and model_cfg.item_rebuy else None)
         loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": counts,
-                       "rebuy_log_odds": rebuy}
+                       "rebuy_log_odds": rebuy if model_cfg.repeat_head and model_cfg.item_rebuy else None}
         storage = str(Path(args.models_root).resolve() / name / "_ray") if not runtime.is_remote(args.models_root) \
             else f"{args.models_root}/{name}/_ray"
         trainer = build_trainer(loop_config, datasets, num_workers=workers, use_gpu=use_gpu,

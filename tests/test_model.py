@@ -311,17 +311,18 @@ def test_validation_by_dot_scale_and_the_registered_scale(tmp_path):
 def test_rebuy_counts_per_phase_and_log_odds_hand_computed():
     """Buyers / rebuyers (two or more baskets) of each item within each user's train input (before the
     validation basket) and refit input (before the test basket); log-odds against the overall rate."""
-    from training.data import rebuy_counts_batch, rebuy_log_odds
+    from training.data import item_stats_batch, rebuy_log_odds
 
     batch = {"item_ids": [["a", "b", "a", "c", "a"], ["b", "b", "d"]],
              "event_types": [["purchase"] * 5, ["purchase", "view", "purchase"]],
              "event_ts": [[1, 1, 2, 3, 4], [1, 2, 3]]}
     # user 1: baskets {a, b} {a} {c} {a}: test = the last, validation = {c}; train input a, b, a
     # user 2: baskets {b} {b viewed} {d}: test = {d}, validation = {b}; train input empty, refit b, b (view)
-    got = rebuy_counts_batch(batch)
-    assert got["item_id"].tolist() == ["a", "b", "c"]
-    assert got["buyers_train"].tolist() == [1, 1, 0] and got["rebuyers_train"].tolist() == [1, 0, 0]
-    assert got["buyers_refit"].tolist() == [1, 2, 1] and got["rebuyers_refit"].tolist() == [1, 0, 0]
+    got = item_stats_batch(batch)
+    assert got["item_id"].tolist() == ["a", "b", "c", "d"]
+    assert got["count"].tolist() == [3, 3, 1, 1]              # every event, for the vocabulary and popularity
+    assert got["buyers_train"].tolist() == [1, 1, 0, 0] and got["rebuyers_train"].tolist() == [1, 0, 0, 0]
+    assert got["buyers_refit"].tolist() == [1, 2, 1, 0] and got["rebuyers_refit"].tolist() == [1, 0, 0, 0]
     # overall rate p = 1/4; item rate (rebuyers + 20p) / (buyers + 20); log-odds minus logit(p)
     odds = rebuy_log_odds(np.array([1, 2, 1, 0]), np.array([1, 0, 0, 0]))
     assert np.allclose(odds, [np.log(1.2), np.log(15 / 17), np.log(0.9375), 0.0], atol=1e-6)

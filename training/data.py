@@ -142,23 +142,20 @@ def examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True)
     return out
 
 
-def item_counts_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-    """user_sequences rows -> (item_id, count) within the batch (summed later for vocabulary + popularity)."""
-    ids, counts = np.unique(np.concatenate([np.asarray(x, dtype=object) for x in batch["item_ids"]])
-                            if len(batch["item_ids"]) else np.array([], dtype=object), return_counts=True)
-    return {"item_id": ids.astype(str), "count": counts.astype(np.int64)}
-
-
 REBUY_PRIOR_BUYERS = 20.0   # rebuy rates shrink toward the average as if every item had 20 more buyers
 
 
-def rebuy_counts_batch(batch: dict[str, Any], target_event_types: Sequence[str] = ("purchase",)) -> dict[str, np.ndarray]:
-    """user_sequences rows -> per item of the batch: its buyers and rebuyers (bought in two or more
-    baskets) within each user's ``train`` input (before the validation basket) and ``refit`` input
-    (before the test basket), the inputs each training phase sees (summed later; rebuy_log_odds)."""
+def item_stats_batch(batch: dict[str, Any], target_event_types: Sequence[str] = ("purchase",)) -> dict[str, np.ndarray]:
+    """user_sequences rows -> per item of the batch (summed later, one pass over the sequences): ``count``,
+    its events (vocabulary and popularity); ``buyers_*`` / ``rebuyers_*``, the users who bought it, and
+    in two or more baskets, within each user's ``train`` input (before the validation basket) and
+    ``refit`` input (before the test basket), the inputs each training phase sees (rebuy_log_odds)."""
     wanted = set(target_event_types)
+    counts: dict[str, int] = {}
     tally: dict[str, list[int]] = {}
     for items, kinds, stamps in zip(batch["item_ids"], batch["event_types"], batch["event_ts"]):
+        for item in items:
+            counts[str(item)] = counts.get(str(item), 0) + 1
         s = split_sequence(items, kinds, stamps, target_event_types)
         for col, end in ((0, len(s.train_items)), (2, len(s.test_items))):
             baskets_of: dict[str, set[int]] = {}
@@ -169,10 +166,11 @@ def rebuy_counts_batch(batch: dict[str, Any], target_event_types: Sequence[str] 
                 row = tally.setdefault(item, [0, 0, 0, 0])
                 row[col] += 1
                 row[col + 1] += len(baskets) > 1
-    ids = sorted(tally)
-    counts = np.array([tally[i] for i in ids], dtype=np.int64).reshape(len(ids), 4)
-    return {"item_id": np.array(ids, dtype=str), "buyers_train": counts[:, 0], "rebuyers_train": counts[:, 1],
-            "buyers_refit": counts[:, 2], "rebuyers_refit": counts[:, 3]}
+    ids = sorted(counts)
+    stats = np.array([tally.get(i, [0, 0, 0, 0]) for i in ids], dtype=np.int64).reshape(len(ids), 4)
+    return {"item_id": np.array(ids, dtype=str), "count": np.array([counts[i] for i in ids], dtype=np.int64),
+            "buyers_train": stats[:, 0], "rebuyers_train": stats[:, 1],
+            "buyers_refit": stats[:, 2], "rebuyers_refit": stats[:, 3]}
 
 
 def rebuy_log_odds(buyers: np.ndarray, rebuyers: np.ndarray, prior_buyers: float = REBUY_PRIOR_BUYERS) -> np.ndarray:
