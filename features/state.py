@@ -14,15 +14,17 @@ events of those days: adding the unseen events of a leaving day and subtracting 
 exactly what B had counted. The all-history window has no leaving days. A full build is the same
 formula with an empty state and every event unseen, so the two share one code path.
 
-Values that only merge (last times, first event, price min/max, all-history category counts and HLL
-sketches) take the merge of B's value and the new events': ingest only ever inserts events, so nothing B
-counted goes away.
+Values that only merge (last times, first event, price min/max, all-history category counts, each
+category's last event date and the HLL sketches) take the merge of B's value and the new events': ingest
+only ever inserts events, so nothing B counted goes away.
 
-Distinct counts cannot be subtracted. Over all history they come from the state's HLL sketch (items,
-users) or its category counts (categories, exact); over the 1, 7, 30 and 90-day windows,
-:func:`windowed_distinct` unions the daily sketches of the last 90 days (the days' category names for
-categories, exactly), each day once, in disjoint bands that are then unioned cumulatively. That part of a nightly run follows the longest
-window (90 days of daily rows), not the length of the history.
+Distinct counts cannot be subtracted. Distinct categories, a small domain, are exact: over all history
+the keys of the state's category counts, over a window of n days the categories whose last event date
+(``category_last_dates``) is in the window. Distinct items (users, for items) come from HLL sketches:
+over all history the state's sketch; over the 1, 7, 30 and 90-day windows :func:`windowed_distinct`
+unions the daily sketches of the last 90 days, each day once, in disjoint bands that are then unioned
+cumulatively. That part of a nightly run follows the longest window (90 days of daily rows), not the
+length of the history.
 
 Called by jobs/build_features.py. Pure: DataFrames and dates in, DataFrame out.
 """
@@ -68,14 +70,10 @@ def window_changes(unseen: DataFrame, leaving: DataFrame | None, key: str, stems
     return signed.groupBy(key).agg(*sums)
 
 
-def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_of: dt.date,
-                      key_sets: dict[str, str] | None = None) -> DataFrame:
+def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_of: dt.date) -> DataFrame:
     """Per ``key`` with daily rows in the longest finite window: ``<stem>_<window>`` for every finite
     window. ``sketches`` maps a sketch column of ``daily`` (features/user_daily or item_daily rows) to
-    its output stem: the estimated distinct count of the union of the days' sketches. ``key_sets`` maps
-    a map column of ``daily`` to its output stem: the exact number of distinct keys over the days (for a
-    small domain such as categories, cheaper than a sketch and exact)."""
-    key_sets = key_sets or {}
+    its output stem: the estimated distinct count of the union of the days' sketches."""
     windows = sorted(FINITE_WINDOWS.items(), key=lambda w: w[1])
     date = F.col("event_date")
     band = F.lit(len(windows) - 1)
@@ -86,9 +84,7 @@ def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_o
     in_band = [F.col("_band") == i for i in range(len(windows))]
     per_band = recent.groupBy(key).agg(
         *[F.hll_union_agg(F.when(in_band[i], F.col(sketch))).alias(f"_{sketch}_{i}")
-          for sketch in sketches for i in range(len(windows))],
-        *[F.array_distinct(F.flatten(F.collect_list(F.when(in_band[i], F.map_keys(column))))).alias(f"_{column}_{i}")
-          for column in key_sets for i in range(len(windows))])
+          for sketch in sketches for i in range(len(windows))])
     out = []
     for sketch, stem in sketches.items():
         union = None
@@ -97,12 +93,6 @@ def windowed_distinct(daily: DataFrame, key: str, sketches: dict[str, str], as_o
             union = part if union is None else F.when(union.isNull(), part).when(part.isNull(), union) \
                 .otherwise(F.hll_union(union, part))
             out.append(F.coalesce(F.hll_sketch_estimate(union), F.lit(0)).alias(f"{stem}_{w}"))
-    for column, stem in key_sets.items():
-        union = None
-        for i, (w, _) in enumerate(windows):
-            part = F.col(f"_{column}_{i}")
-            union = part if union is None else F.array_union(union, part)
-            out.append(F.size(union).cast("long").alias(f"{stem}_{w}"))
     return per_band.select(key, *out)
 
 
@@ -113,7 +103,8 @@ def _empty(table: Table, column: str) -> Column:
 def _merge(previous: DataFrame, change: DataFrame, table: Table, key: str, as_of: dt.date,
            rules: dict[str, str]) -> DataFrame:
     """Full outer join of B's state with the per-key change; ``rules`` says how each non-sum column
-    merges: sum, max, min, counts (maps summed per key) or sketch (HLL union)."""
+    merges: sum, max, min, counts (maps summed per key), latest (maps, the later value per key) or sketch
+    (HLL union)."""
     old = previous.select(key, *[F.col(c).alias(f"_old_{c}") for c in previous.columns if c not in (key, "as_of_date")])
     joined = old.join(change, key, "full_outer")
 
@@ -129,6 +120,9 @@ def _merge(previous: DataFrame, change: DataFrame, table: Table, key: str, as_of
         if rule == "counts":
             return F.map_zip_with(F.coalesce(a, _empty(table, c)), F.coalesce(b, _empty(table, c)),
                                   lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0)))
+        if rule == "latest":
+            return F.map_zip_with(F.coalesce(a, _empty(table, c)), F.coalesce(b, _empty(table, c)),
+                                  lambda _, x, y: F.greatest(x, y))
         if rule == "sketch":
             return F.when(a.isNull(), b).when(b.isNull(), a).otherwise(F.hll_union(a, b))
         raise ValueError(f"unknown merge rule {rule!r} for {c}")
@@ -150,13 +144,15 @@ def user_state(previous: DataFrame, unseen_daily: DataFrame, leaving_daily: Data
         F.max("last_event_at").alias("last_event_at"),
         F.max("last_purchase_at").alias("last_purchase_at"),
         F.hll_union_agg("items_sketch").alias("items_sketch"))
-    categories = (unseen_daily.select("user_id", F.explode("category_counts").alias("category", "n"))
-                  .groupBy("user_id", "category").agg(F.sum("n").alias("n"))
-                  .groupBy("user_id").agg(F.map_from_entries(F.collect_list(F.struct("category", "n")))
-                                          .alias("category_counts")))
+    categories = (unseen_daily.select("user_id", "event_date", F.explode("category_counts").alias("category", "n"))
+                  .groupBy("user_id", "category").agg(F.sum("n").alias("n"), F.max("event_date").alias("last"))
+                  .groupBy("user_id").agg(
+                      F.map_from_entries(F.collect_list(F.struct("category", "n"))).alias("category_counts"),
+                      F.map_from_entries(F.collect_list(F.struct("category", "last"))).alias("category_last_dates")))
     change = sums.join(totals, "user_id", "left").join(categories, "user_id", "left")
     return _merge(previous, change, USER_STATE, "user_id", as_of, {
-        "last_event_at": "max", "last_purchase_at": "max", "category_counts": "counts", "items_sketch": "sketch"})
+        "last_event_at": "max", "last_purchase_at": "max", "category_counts": "counts",
+        "category_last_dates": "latest", "items_sketch": "sketch"})
 
 
 def item_state(previous: DataFrame, unseen_daily: DataFrame, leaving_daily: DataFrame | None,

@@ -20,6 +20,9 @@ class Table:
     partition_by: str | None       # the partition column, or None
     write: str                     # "merge" | "replace_partition" | "append"
     properties: dict[str, str] = field(default_factory=dict)  # Delta table properties
+    # Columns declared after the table first shipped: nullable in Delta, added to an existing table by
+    # jobs.lake.ensure; partitions written before them hold nulls there.
+    added_later: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -204,10 +207,14 @@ USER_STATE = Table(
         ("last_purchase_at", TS, True),
         ("category_counts", T.MapType(S, L), False),   # events per known category, all history
         ("items_sketch", SKETCH, False),               # HLL of item_id, all history
+        # the last event_date of each known category: distinct categories over a window, exactly and
+        # without re-reading the window's daily rows (null in partitions written before 2026-12-04)
+        ("category_last_dates", T.MapType(S, DT), True),
     ),
     keys=("user_id",),
     partition_by="as_of_date",
     write="replace_partition",
+    added_later=("category_last_dates",),
 )
 
 ITEM_STATE = Table(

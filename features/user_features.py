@@ -4,7 +4,8 @@ A projection of ``features/user_state`` (features/state.py), which the nightly r
 previous build by one day of events. Windows (``1d, 7d, 30d, 90d, all``) are the days
 ``[as_of - n + 1, as_of]``; ``all`` is every day up to as_of. Distinct items are HLL
 estimates (exact in practice below a few hundred distinct values; ~1.6% relative standard error above,
-at the default lg_config_k=12); distinct categories are exact (the union of the days' category names).
+at the default lg_config_k=12); distinct categories are exact (the categories whose last event date, kept
+in the state, falls in the window).
 
 Called by jobs/build_features.py. Pure: DataFrames and the as_of date in, DataFrame out.
 """
@@ -28,11 +29,16 @@ def days_between(as_of: dt.date, ts: str) -> Column:
 def user_features(state: DataFrame, daily: DataFrame, as_of: dt.date, cold_start_min_events: int) -> DataFrame:
     """Features as of ``as_of`` from the ``features/user_state`` rows of as_of and the
     ``features/user_daily`` rows (only the longest finite window's days are read)."""
-    windowed = windowed_distinct(daily, "user_id", {"items_sketch": "distinct_items"}, as_of,
-                                 key_sets={"category_counts": "distinct_categories"})
+    windowed = windowed_distinct(daily, "user_id", {"items_sketch": "distinct_items"}, as_of)
     columns: dict[str, Column] = {f"spend_{w}": F.col(f"spend_{w}").cast("double") for w in FEATURE_WINDOWS}
     columns["distinct_items_all"] = F.coalesce(F.hll_sketch_estimate("items_sketch"), F.lit(0))
-    columns["distinct_categories_all"] = F.size("category_counts")
+    for w, days in FEATURE_WINDOWS.items():
+        if days is None:
+            columns[f"distinct_categories_{w}"] = F.size("category_counts")
+        else:
+            since = F.lit(as_of - dt.timedelta(days=days))
+            columns[f"distinct_categories_{w}"] = F.size(
+                F.map_filter("category_last_dates", lambda _, last: last > since)).cast("long")
     state = (state.where(F.col("as_of_date") == F.lit(as_of))
              .join(windowed, "user_id", "left").fillna(0, subset=windowed.columns[1:]))
     top = top_category("category_counts")

@@ -90,13 +90,17 @@ def _items(spark: SparkSession, args: BuildFeaturesArgs) -> tuple[DataFrame, int
 
 
 def _state_of(spark: SparkSession, args: BuildFeaturesArgs, table: Table, as_of: dt.date | None) -> DataFrame | None:
-    """The state rows of ``as_of`` (an empty frame for None), or None when that partition is missing."""
+    """The state rows of ``as_of`` (an empty frame for None), or None when that partition is missing or
+    was written before a column the state now keeps (``Table.added_later``: null there)."""
     if as_of is None:
         return spark.createDataFrame([], table.schema)
     if not lake.exists(spark, args.lake, table):
         return None
     rows = lake.read(spark, args.lake, table).where(F.col("as_of_date") == F.lit(as_of))
-    return rows if rows.limit(1).count() else None
+    if any(c not in rows.columns for c in table.added_later):
+        return None
+    first = rows.select(F.lit(True), *[F.col(c).isNotNull() for c in table.added_later]).first()
+    return rows if first is not None and all(first) else None
 
 
 def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full_refresh: bool) -> dict[str, Any]:
@@ -110,7 +114,7 @@ def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full
     base = None if full_refresh else _latest_build_before(spark, args, as_of)
     b = base["as_of_date"] if base else None
     previous = {t.name: _state_of(spark, args, t, b) for t in (USER_STATE, ITEM_STATE)}
-    if any(p is None for p in previous.values()):   # a base built before the rolling state existed
+    if any(p is None for p in previous.values()):   # a base built before the rolling state (or its newest column) existed
         base, b = None, None
         previous = {t.name: _state_of(spark, args, t, None) for t in (USER_STATE, ITEM_STATE)}
     mode = "full" if base is None else "incremental"

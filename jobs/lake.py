@@ -30,13 +30,22 @@ def version(spark: SparkSession, lake: str, table: Table) -> int | None:
 
 
 def ensure(spark: SparkSession, lake: str, table: Table) -> DeltaTable:
-    """Create the table empty with its declared schema, partitioning and properties if it is missing."""
+    """Create the table empty with its declared schema, partitioning and properties if it is missing;
+    add the declared columns an existing table lacks (``Table.added_later``: nullable, so the rows
+    already there read them as null)."""
     builder = DeltaTable.createIfNotExists(spark).location(path_of(lake, table)).addColumns(table.schema)
     if table.partition_by:
         builder = builder.partitionedBy(table.partition_by)
     for key, value in table.properties.items():
         builder = builder.property(key, value)
-    return builder.execute()
+    target = builder.execute()
+    present = set(target.toDF().columns)
+    missing = [f for f in table.schema.fields if f.name not in present]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path_of(lake, table)}` ADD COLUMNS ({columns})")
+        target = DeltaTable.forPath(spark, path_of(lake, table))
+    return target
 
 
 def read(spark: SparkSession, lake: str, table: Table, version: int | None = None) -> DataFrame:

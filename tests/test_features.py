@@ -263,6 +263,29 @@ def test_a_base_without_rolling_state_makes_a_full_build(spark, tmp_path, config
                          spark.createDataFrame(EXPECTED_USERS, USER_FEATURES.schema), rtol=1e-9)
 
 
+def test_a_state_written_before_its_newest_column_makes_a_full_build(spark, tmp_path, config):
+    """A previous build whose user_state predates ``category_last_dates`` (the table rewritten without it):
+    the next run adds the column to the table, builds in full (that state cannot be rolled forward) and
+    its rows are the hand-computed ones; the run after it is incremental again."""
+    lake = str(tmp_path / "lake")
+    write_bronze(spark, lake, EVENTS_ROWS)
+    run_job(spark, lake, config, run_date=D - dt.timedelta(days=1))
+    path = lake_io.path_of(lake, USER_STATE)
+    old = lake_io.read(spark, lake, USER_STATE).drop(*USER_STATE.added_later).localCheckpoint()
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("as_of_date").save(path)
+    assert "category_last_dates" not in lake_io.read(spark, lake, USER_STATE).columns
+    summary = run_job(spark, lake, config)
+    assert summary["mode"] == "full" and summary["base_as_of_date"] is None
+    state = lake_io.read(spark, lake, USER_STATE)
+    assert state.columns == USER_STATE.columns
+    assert state.where(F.col("as_of_date") == F.lit(D - dt.timedelta(days=1)))\
+        .where(F.col("category_last_dates").isNull()).count() > 0      # the old partition reads it as null
+    assertDataFrameEqual(partition(spark, lake, USER_FEATURES),
+                         spark.createDataFrame(EXPECTED_USERS, USER_FEATURES.schema), rtol=1e-9)
+    summary = run_job(spark, lake, config, run_date=D + dt.timedelta(days=1))
+    assert summary["mode"] == "incremental" and summary["base_as_of_date"] == D.isoformat()
+
+
 def test_future_events_do_not_leak(spark, built, tmp_path, config):
     """The built lake (hand rows + events after D) and a lake without the future events give the same
     D partitions, row for row."""
