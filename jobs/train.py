@@ -81,6 +81,7 @@ def text_embeddings(args: TrainArgs, name: str, vocab: list[str], items, model_c
     catalogue fingerprint under models/<name>/_text_cache/ (safetensors)."""
     from safetensors.numpy import load_file, save_file
 
+    from training import registry
     from training.model import encode_texts, item_text, texts_fingerprint
 
     if not model_cfg.use_text or model_cfg.encoder_mode != "frozen":
@@ -95,9 +96,7 @@ def text_embeddings(args: TrainArgs, name: str, vocab: list[str], items, model_c
     emb = encode_texts(texts, model_cfg.encoder_path, model_cfg.text_max_tokens).numpy()
     log.info("encoded %d item texts in %.1fs (cached as %s)", len(texts), time.time() - started, cache.name)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    save_file({"text_embeddings": emb}, str(tmp))
-    os.replace(tmp, cache)
+    registry.replace_file(cache, lambda tmp: save_file({"text_embeddings": emb}, str(tmp)))
     return emb, key
 
 

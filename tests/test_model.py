@@ -176,6 +176,23 @@ def test_registry_round_trip(tmp_path):
     assert promote(root, "m", "v3", margin=0.0, force=True) == (True, "forced")
     assert load_model(root, "m").version == "v3"
     assert json.loads((tmp_path / "models" / "m" / "v1" / "item_vocab.json").read_text()) == ids
+    assert sorted(p.name for p in (tmp_path / "models" / "m").iterdir()) == ["LATEST", "v1", "v2", "v3"]
+
+
+def test_replace_file_is_whole_or_untouched(tmp_path):
+    from training.registry import replace_file
+
+    target = tmp_path / "LATEST"
+    replace_file(target, lambda tmp: tmp.write_text("v1\n"))
+    assert target.read_text() == "v1\n"
+
+    def dies(tmp):
+        tmp.write_text("v2 half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_file(target, dies)
+    assert target.read_text() == "v1\n" and [p.name for p in tmp_path.iterdir()] == ["LATEST"]   # no temp file left
 
 
 def test_basket_loss_predicts_each_basket_from_the_end_of_the_one_before():

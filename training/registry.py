@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,11 +83,21 @@ def promote(models_root: str, name: str, version: str, margin: float, force: boo
         reason = f"val_ndcg@10 {new_ndcg} vs LATEST {current}'s {cur_ndcg} within margin {margin}"
     elif current == version:
         return True, "already LATEST"
-    pointer = Path(models_root) / name / "LATEST"
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(version + "\n")
-    os.replace(tmp, pointer)
+    replace_file(Path(models_root) / name / "LATEST", lambda tmp: tmp.write_text(version + "\n"))
     return True, reason
+
+
+def replace_file(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a temporary file beside it, which is then
+    renamed over it, so a reader sees the old file or the new one, never part of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
