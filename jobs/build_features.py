@@ -114,7 +114,7 @@ def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full
     base = None if full_refresh else _latest_build_before(spark, args, as_of)
     b = base["as_of_date"] if base else None
     previous = {t.name: _state_of(spark, args, t, b) for t in (USER_STATE, ITEM_STATE)}
-    if any(p is None for p in previous.values()):   # a base built before the rolling state (or its newest column) existed
+    if any(p is None for p in previous.values()):   # a base built before the state (or its newest column)
         base, b = None, None
         previous = {t.name: _state_of(spark, args, t, None) for t in (USER_STATE, ITEM_STATE)}
     mode = "full" if base is None else "incremental"

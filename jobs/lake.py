@@ -31,8 +31,8 @@ def version(spark: SparkSession, lake: str, table: Table) -> int | None:
 
 def ensure(spark: SparkSession, lake: str, table: Table) -> DeltaTable:
     """Create the table empty with its declared schema, partitioning and properties if it is missing;
-    add the declared columns an existing table lacks (``Table.added_later``: nullable, so the rows
-    already there read them as null)."""
+    add the ``Table.added_later`` columns an existing table lacks (nullable, so the rows already there
+    read them as null). Any other difference from the declared schema is left for the write to reject."""
     builder = DeltaTable.createIfNotExists(spark).location(path_of(lake, table)).addColumns(table.schema)
     if table.partition_by:
         builder = builder.partitionedBy(table.partition_by)
@@ -40,7 +40,7 @@ def ensure(spark: SparkSession, lake: str, table: Table) -> DeltaTable:
         builder = builder.property(key, value)
     target = builder.execute()
     present = set(target.toDF().columns)
-    missing = [f for f in table.schema.fields if f.name not in present]
+    missing = [f for f in table.schema.fields if f.name in table.added_later and f.name not in present]
     if missing:
         columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE delta.`{path_of(lake, table)}` ADD COLUMNS ({columns})")
