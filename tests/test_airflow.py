@@ -54,6 +54,7 @@ if dag is not None:
             "application": getattr(t, "application", None),
             "application_args": getattr(t, "application_args", None),
             "bash_command": getattr(t, "bash_command", None),
+            "conf": getattr(t, "conf", None),
         }
 print("DESCRIBE" + json.dumps(out))
 '''
@@ -94,8 +95,10 @@ def describe(tmp_path: Path, **env) -> dict:
 
 
 def test_dag_loads_with_the_designed_graph(tmp_path):
+    archive = tmp_path / "spark-cds.jsa"
+    archive.write_bytes(b"archive")
     info = describe(tmp_path, WARMSTART_LAKE="/data/lake", WARMSTART_DROPS="/data/drops",
-                    WARMSTART_RAY_ADDRESS="http://ray-head:8265")
+                    WARMSTART_RAY_ADDRESS="http://ray-head:8265", WARMSTART_CDS_ARCHIVE=str(archive))
     assert info["errors"] == {}
     assert info["dag_ids"] == ["warmstart_nightly"]
     tasks = info["tasks"]
@@ -107,6 +110,9 @@ def test_dag_loads_with_the_designed_graph(tmp_path):
     assert tasks["ingest"]["application_args"] == [
         "--run-date", "{{ ds }}", "--events", "/data/drops/{{ ds }}/events", "--items", "/data/drops/{{ ds }}/items",
         "--format", "auto", "--lake", "/data/lake"]
+    # every spark-submit maps the drivers' class-data-sharing archive when there is one
+    assert {t: v["conf"]["spark.driver.extraJavaOptions"].split()[0] for t, v in tasks.items()
+            if t in spark_tasks} == {t: f"-XX:SharedArchiveFile={archive}" for t in spark_tasks}
     assert tasks["gate_user_sequences"]["application_args"] == [
         "--table", "features/user_sequences", "--run-date", "{{ ds }}", "--lake", "/data/lake"]
     train = tasks["train"]["bash_command"]

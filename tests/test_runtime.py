@@ -174,3 +174,60 @@ def test_spark_tuning_defaults_yield_to_what_spark_submit_set():
     submitted = runtime._tuning(spark_section, {"spark.master": "submitted", "spark.sql.shuffle.partitions": "400"})
     assert "spark.sql.shuffle.partitions" not in submitted               # the properties file wins
     assert submitted["spark.databricks.delta.snapshotPartitions"] == "8"
+
+
+def test_cds_options_follow_the_archive_and_keep_the_users_own_after_them(tmp_path):
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    cfg = runtime.load_config(overrides={"spark.jars_dir": str(jars)})
+    assert runtime.cds_java_options(cfg) == "" and runtime.driver_java_options(cfg) == {}   # no archive yet
+    (jars / runtime.CDS_ARCHIVE_NAME).write_bytes(b"archive")
+    options = runtime.cds_java_options(cfg)
+    assert options.split()[:2] == [f"-XX:SharedArchiveFile={jars / runtime.CDS_ARCHIVE_NAME}", "-Xshare:auto"]
+    assert "-Xlog:all=warning:stderr" in options      # a JVM that cannot use it says so on stderr, not stdout
+    assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": "off"})) == ""
+    assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": False})) == ""   # YAML's `off`
+    elsewhere = tmp_path / "other.jsa"
+    assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": str(elsewhere)})) == ""
+    elsewhere.write_bytes(b"archive")
+    assert str(elsewhere) in runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": str(elsewhere)}))
+    mine = cfg.with_overrides({"spark.conf": {"spark.driver.extraJavaOptions": "-Xss4m"}})
+    assert runtime.driver_java_options(mine) == {"spark.driver.extraJavaOptions": options + " -Xss4m"}
+    assert runtime.driver_java_options(mine.with_overrides({"spark.cds_archive": "off"})) == {
+        "spark.driver.extraJavaOptions": "-Xss4m"}
+
+
+CDS_DRIVER = r'''
+import sys
+from jobs import runtime
+
+cfg = runtime.load_config(overrides={"spark.master": "local[1]", "spark.driver_memory": "512m",
+                                     "spark.conf": {"spark.driver.extraJavaOptions": "-Xshare:on"}})
+spark = runtime.spark_session(cfg, app_name="cds-check")
+jvm_args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+print("ARGS", " ".join(jvm_args))
+print("ROWS", spark.range(5).count())
+spark.stop()
+'''
+
+
+@pytest.mark.slow
+def test_the_setup_archive_maps_into_a_local_spark_driver(tmp_path):
+    """`make setup` builds .jars/spark-cds.jsa (infra/spark/build_cds_archive.py). A driver started with
+    -Xshare:on (after the archive options, so it wins) refuses to start unless the JVM maps the archive:
+    this JVM build, this pyspark's classpath."""
+    import os
+    import subprocess
+    import sys
+
+    archive = runtime._jars_dir(runtime.load_config()) / runtime.CDS_ARCHIVE_NAME
+    assert archive.is_file(), f"{archive} is missing: run `make cds` (part of `make setup`)"
+    script = tmp_path / "driver.py"
+    script.write_text(CDS_DRIVER)
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(runtime.REPO_ROOT)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    args = next(l for l in done.stdout.splitlines() if l.startswith("ARGS")).split()[1:]
+    assert f"-XX:SharedArchiveFile={archive}" in args and args.index("-Xshare:on") > args.index("-Xshare:auto")
+    assert "ROWS 5" in done.stdout
