@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import INTERPRETED_SQL
 
+from jobs import runtime
+
 REPO = Path(__file__).resolve().parent.parent
 D = "2024-01-31"
 pytestmark = pytest.mark.slow
@@ -129,6 +131,8 @@ def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> sub
            "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.databricks.delta.snapshotPartitions=2",
            *(a for k, v in INTERPRETED_SQL.items() for a in ("--conf", f"{k}={v}")),   # tiny inputs: see conftest
            "--jars", jars, "--py-files", str(package),
+           # the client-mode driver runs here: it maps the class-data-sharing archive, as docs/operations.md says
+           *(["--driver-java-options", cds] if (cds := runtime.cds_java_options(runtime.load_config())) else []),
            str(REPO / "jobs" / f"{job}.py"), *args]
     with open(log, "w") as out:
         result = subprocess.run(cmd, env={**cluster["env"], "WARMSTART_SPARK_LOG_LEVEL": "WARN"}, stdout=out,
