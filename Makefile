@@ -47,7 +47,7 @@ $(JARS_DIR)/delta-spark_$(DELTA_SCALA)-$(DELTA_VERSION).jar:
 $(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar:
 	mvn -q -B dependency:copy -Dartifact=io.delta:delta-storage:$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
 
-# Spark drivers map their classes from this archive and start ~4 s sooner (infra/spark/build_cds_archive.py).
+# Spark drivers map their classes from this archive and start 3-5 s sooner (infra/spark/build_cds_archive.py).
 # Optional: without it (another JVM, a failed build) jobs run as before, so a failure here only warns.
 CDS_ARCHIVE := $(JARS_DIR)/spark-cds.jsa
 cds: $(CDS_ARCHIVE)

@@ -272,8 +272,8 @@ JVM_WARNINGS_TO_STDERR = "-Xlog:disable -Xlog:all=warning:stderr"
 def cds_java_options(cfg: Config) -> str:
     """Driver JVM options that map the class-data-sharing archive of Spark's and Delta's classes
     (infra/spark/build_cds_archive.py, `make cds`), or "" when there is none or ``spark.cds_archive``
-    is off. The JVM then maps the classes it would otherwise load and verify one by one: a gate's
-    spark-submit on a small table 18.3 -> 13.3-13.9 s. An archive made by another JVM or for another
+    is off. The JVM then maps the classes it would otherwise load and verify one by one: 2.8-5.3 s
+    less per driver start (bench/results/startup.md). An archive made by another JVM or for another
     classpath is ignored (a warning on stderr), never an error."""
     setting = cfg.get("spark.cds_archive")
     if setting is False or str(setting).lower() in ("off", "false"):

@@ -60,7 +60,7 @@ SPARK_PROPERTIES = os.environ.get("WARMSTART_SPARK_PROPERTIES") or None
 JARS = os.environ.get("WARMSTART_JARS") or ",".join(sorted(glob.glob(f"{HOME}/.jars/*.jar")))
 PY_FILES = os.environ.get("WARMSTART_PY_FILES") or None
 CDS_ARCHIVE = os.environ.get("WARMSTART_CDS_ARCHIVE") or f"{HOME}/.jars/spark-cds.jsa"
-# A spark-submit driver starts ~4 s sooner with the archive mapped (jobs/runtime.py cds_java_options does the
+# A spark-submit driver starts 3-5 s sooner with the archive mapped (jobs/runtime.py cds_java_options does the
 # same for local drivers); a JVM that cannot use it warns on stderr and runs without.
 DRIVER_CONF = ({"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={CDS_ARCHIVE} -Xshare:auto "
                                                  "-Xlog:disable -Xlog:all=warning:stderr"}

@@ -3,10 +3,11 @@
     python infra/spark/build_cds_archive.py            # -> .jars/spark-cds.jsa (`make cds`, part of `make setup`)
     python infra/spark/build_cds_archive.py --out PATH
 
-A fresh driver JVM loads and verifies some 20,000 Spark, Scala and Delta classes one by one before its
-first query; with the archive it maps most of them from one file. A gate's spark-submit on a small table
-took 18.3 s without and 13.3-13.9 s with it (2 cores, 2026-12-04). Every short job pays that start:
-the Airflow DAG runs ten spark-submits a night.
+A fresh driver JVM loads and verifies 17,000 classes one by one before it can count one row of a Spark
+session with Delta; with the archive, 11,700 of them (Spark's, Scala's and their libraries') are mapped
+from this one file instead. bench/startup.py (bench/results/startup.md): 2.8-5.3 s less per spark-submit
+(an empty session 7.7 -> 5.0 s, a gate 17.8 -> 14.2 s; 2 cores, 2026-12-04). Every short job pays that
+start: the Airflow DAG runs ten spark-submits a night.
 
 How: a child driver JVM started with ``-XX:ArchiveClassesAtExit`` runs two real jobs on a tiny generated
 drop (ingest, then a gate), and writes every class it loaded when it exits. The archive
