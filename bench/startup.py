@@ -39,8 +39,7 @@ assert spark.range(1).count() == 1
 """
 
 
-def spark_submit(args: list[str], java_options: str, env: dict[str, str]) -> float:
-    jars = ",".join(runtime._jars(runtime.load_config()))
+def spark_submit(args: list[str], java_options: str, jars: str, env: dict[str, str]) -> float:
     cmd = [str(Path(sys.executable).with_name("spark-submit")), "--master", "local[2]", "--driver-memory", "1g",
            "--jars", jars, "--conf", f"spark.driver.extraJavaOptions={java_options}", *args]
     started = time.perf_counter()
@@ -57,9 +56,10 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = p.parse_args()
     cfg = runtime.load_config()
-    cds = runtime.cds_java_options(cfg)
+    cds, archive = runtime.cds_java_options(cfg), runtime.cds_archive(cfg)
     if not cds:
         raise SystemExit("bench/startup.py: no CDS archive: run `make cds`")
+    jars = ",".join(runtime._jars(cfg))
     work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "GX_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(REPO),
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
@@ -70,7 +70,7 @@ def main() -> int:
         # The lake, made once (not timed), the same way.
         for job, extra in (("ingest", ["--events", str(work / "drop" / "events"), "--items", str(work / "drop" / "items")]),
                            ("build_features", [])):
-            spark_submit([f"jobs/{job}.py", *extra, *common], "", env)
+            spark_submit([f"jobs/{job}.py", *extra, *common], "", jars, env)
         (work / "empty.py").write_text(EMPTY_SESSION)
         jobs = {"empty session": [str(work / "empty.py")],
                 "gate (validate bronze/items)": ["jobs/validate.py", "--table", "bronze/items", *common],
@@ -80,16 +80,15 @@ def main() -> int:
             for name, args in jobs.items():
                 order = [("without", ""), ("with", cds)]
                 for label, options in (order if r % 2 == 0 else order[::-1]):
-                    times[name][label].append(spark_submit(args, options, env))
+                    times[name][label].append(spark_submit(args, options, jars, env))
                     print(f"round {r + 1} {name} {label}: {times[name][label][-1]:.1f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write(a, times, cds)
+    write(a, times, archive)
     return 0
 
 
-def write(a, times: dict[str, dict[str, list[float]]], cds: str) -> None:
-    archive = cds.split()[0].split("=", 1)[1]
+def write(a, times: dict[str, dict[str, list[float]]], archive: Path) -> None:
     rows = []
     for name, t in times.items():
         without, with_ = statistics.median(t["without"]), statistics.median(t["with"])
@@ -102,7 +101,7 @@ def write(a, times: dict[str, dict[str, list[float]]], cds: str) -> None:
     lines = ["# Driver start-up benchmark (bench/startup.py)", "",
              f"spark-submit `--master local[2]` with the Delta jars, on a small generated lake (200 users, 10 days), "
              f"{a.rounds} rounds, alternating which variant runs first. With: `-XX:SharedArchiveFile` = "
-             f"`{Path(archive).name}` ({Path(archive).stat().st_size / 2**20:.0f} MiB). {time.strftime('%Y-%m-%d %H:%M')}, "
+             f"`{archive.name}` ({archive.stat().st_size / 2**20:.0f} MiB). {time.strftime('%Y-%m-%d %H:%M')}, "
              f"{platform.machine()}, {os.cpu_count()} cores visible, load average at end {load:.1f}.", "",
              "| spark-submit of | without archive (s, median) | with archive (s, median) | saved (s) | with / without |",
              "|---|---:|---:|---:|---:|"]

@@ -269,17 +269,23 @@ CDS_ARCHIVE_NAME = "spark-cds.jsa"
 JVM_WARNINGS_TO_STDERR = "-Xlog:disable -Xlog:all=warning:stderr"
 
 
+def cds_archive(cfg: Config) -> Path | None:
+    """Where the drivers' class-data-sharing archive is (``spark.cds_archive``, default
+    ``<jars_dir>/spark-cds.jsa``, whether or not it was built yet), or None when that setting is off."""
+    setting = cfg.get("spark.cds_archive")
+    if setting is False or str(setting).lower() in ("off", "false"):
+        return None
+    return Path(setting) if setting else _jars_dir(cfg) / CDS_ARCHIVE_NAME
+
+
 def cds_java_options(cfg: Config) -> str:
     """Driver JVM options that map the class-data-sharing archive of Spark's and Delta's classes
     (infra/spark/build_cds_archive.py, `make cds`), or "" when there is none or ``spark.cds_archive``
     is off. The JVM then maps the classes it would otherwise load and verify one by one: 2.8-5.3 s
     less per driver start (bench/results/startup.md). An archive made by another JVM or for another
     classpath is ignored (a warning on stderr), never an error."""
-    setting = cfg.get("spark.cds_archive")
-    if setting is False or str(setting).lower() in ("off", "false"):
-        return ""
-    path = Path(setting) if setting else _jars_dir(cfg) / CDS_ARCHIVE_NAME
-    return f"-XX:SharedArchiveFile={path} -Xshare:auto {JVM_WARNINGS_TO_STDERR}" if path.is_file() else ""
+    path = cds_archive(cfg)
+    return f"-XX:SharedArchiveFile={path} -Xshare:auto {JVM_WARNINGS_TO_STDERR}" if path and path.is_file() else ""
 
 
 def driver_java_options(cfg: Config) -> dict[str, str]:

@@ -185,6 +185,8 @@ def test_cds_options_follow_the_archive_and_keep_the_users_own_after_them(tmp_pa
     options = runtime.cds_java_options(cfg)
     assert options.split()[:2] == [f"-XX:SharedArchiveFile={jars / runtime.CDS_ARCHIVE_NAME}", "-Xshare:auto"]
     assert "-Xlog:all=warning:stderr" in options      # a JVM that cannot use it says so on stderr, not stdout
+    assert runtime.cds_archive(cfg) == jars / runtime.CDS_ARCHIVE_NAME
+    assert runtime.cds_archive(cfg.with_overrides({"spark.cds_archive": "off"})) is None
     assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": "off"})) == ""
     assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": False})) == ""   # YAML's `off`
     elsewhere = tmp_path / "other.jsa"
@@ -198,7 +200,6 @@ def test_cds_options_follow_the_archive_and_keep_the_users_own_after_them(tmp_pa
 
 
 CDS_DRIVER = r'''
-import sys
 from jobs import runtime
 
 cfg = runtime.load_config(overrides={"spark.master": "local[1]", "spark.driver_memory": "512m",
@@ -220,7 +221,7 @@ def test_the_setup_archive_maps_into_a_local_spark_driver(tmp_path):
     import subprocess
     import sys
 
-    archive = runtime._jars_dir(runtime.load_config()) / runtime.CDS_ARCHIVE_NAME
+    archive = runtime.cds_archive(runtime.load_config())
     assert archive.is_file(), f"{archive} is missing: run `make cds` (part of `make setup`)"
     script = tmp_path / "driver.py"
     script.write_text(CDS_DRIVER)

@@ -71,14 +71,20 @@ def build(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / ".jars" / "spark-cds.jsa")
+    p.add_argument("--out", type=Path, help="default: where drivers look for it (jobs.runtime.cds_archive)")
     p.add_argument("--workload", type=Path, help=argparse.SUPPRESS)   # the child's side
     p.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.workload:
         workload(ns.workload, ns.dump)
     else:
-        build(ns.out)
+        sys.path.insert(0, str(REPO))
+        from jobs import runtime
+
+        out = ns.out or runtime.cds_archive(runtime.load_config())
+        if out is None:
+            raise SystemExit("build_cds_archive: spark.cds_archive is off: give --out")
+        build(out)
     return 0
 
 
