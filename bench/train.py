@@ -57,7 +57,7 @@ def main() -> int:
     seq_len = 50
     vocab, train, val = examples(a.users, seq_len)
     model_cfg = SeqRecConfig(num_items=len(vocab), dim=64, num_layers=2, num_heads=2, max_seq_len=seq_len,
-                             dropout=0.1, use_text=False)
+                             dropout=0.1, use_text=False, recent_days=0)   # generated sequences: no item_daily
     text = None
     n = len(train["train_tokens"])
     rows = []

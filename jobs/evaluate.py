@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from features.tables import ITEMS, USER_SEQUENCES
+from features.tables import ITEM_DAILY, ITEMS, USER_SEQUENCES
 from jobs import lake, runtime
+from jobs import train as train_job
 
 log = logging.getLogger("warmstart.evaluate")
 
@@ -56,10 +57,11 @@ def parser():
 def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases: int,
                    not_recommended: np.ndarray | None = None):
     """Split every row; keep users with enough purchases, some history and a target that could be
-    recommended (in the catalogue and not of an excluded category; other targets are dropped)."""
-    from training.data import split_sequence
+    recommended (in the catalogue and not of an excluded category; other targets are dropped). Returns
+    (users, inputs, types, input stamps, histories, targets, the targets' days since 1970-01-01, skipped)."""
+    from training.data import event_days, split_sequence
 
-    users, inputs, types, stamps, histories, targets = [], [], [], [], [], []
+    users, inputs, types, stamps, histories, targets, days = [], [], [], [], [], [], []
     skipped = {"few_purchases": 0, "no_history": 0, "targets_outside_catalogue": 0, "targets_not_recommended": 0}
     for r in rows:
         s = split_sequence(r["item_ids"], r["event_types"], r["event_ts"], target_types)
@@ -80,7 +82,8 @@ def eligible_users(rows, item_index: dict[str, int], target_types, min_purchases
         stamps.append(list(r["event_ts"])[:len(s.test_items)])
         histories.append([item_index[i] for i in s.test_items if i in item_index])
         targets.append(tgt)
-    return users, inputs, types, stamps, histories, targets, skipped
+        days.append(int(event_days(list(r["event_ts"])[len(s.test_items):len(s.test_items) + 1])[0]))
+    return users, inputs, types, stamps, histories, targets, days, skipped
 
 
 def not_recommended_items(spark, args: EvaluateArgs, item_ids: list[str]) -> tuple[np.ndarray, int | None]:
@@ -157,10 +160,16 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     target_types = tuple(model.config.get("train", {}).get("target_event_types") or cfg.get("train.target_event_types", ["purchase"]))
     not_recommended, items_version = not_recommended_items(spark, args, model.item_ids)
     candidates = int(V - not_recommended.sum())
-    users, inputs, types, stamps, histories, targets, skipped = eligible_users(
+    users, inputs, types, stamps, histories, targets, target_days, skipped = eligible_users(
         rows, item_index, target_types, int(cfg.get("evaluate.min_purchases", 3)), not_recommended)
     if not users:
         raise runtime.WarmstartError(f"no user qualifies for evaluation on {args.run_date} (skipped: {skipped})")
+    daily_version = None
+    if model.model.cfg.recent_days:
+        # each user's target day gets the recent popularity of the days before it, as scoring on the eve does
+        daily_version, log_counts, first_day = train_job.recent_popularity(
+            args.lake, args.run_date, item_index, model.model.cfg.recent_days, target_types)
+        model.set_recent_popularity(log_counts, first_day)
     ks = tuple(int(k) for k in cfg.get("evaluate.ks", [10, 20]))
 
     counts = B.item_counts(histories, V)
@@ -170,7 +179,7 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     def scores_for(method: str, lo: int, hi: int) -> np.ndarray:
         h = histories[lo:hi]
         if method == "model":
-            return model.catalogue_scores(inputs[lo:hi], types[lo:hi], stamps[lo:hi])
+            return model.catalogue_scores(inputs[lo:hi], types[lo:hi], stamps[lo:hi], days=target_days[lo:hi])
         if method == "popularity":
             return B.popularity_scores(counts, hi - lo).copy()
         if method == "cooccurrence":
@@ -206,6 +215,8 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
             results[v][method] = {k: round(float(x), 6) if isinstance(x, float) else x for k, x in res.items()}
         log.info("%s: ndcg@10 %.4f", method, results["all"][method]["ndcg@10"])
 
+    inputs_read = {USER_SEQUENCES.name: seq_version, ITEMS.name: items_version,
+                   **({ITEM_DAILY.name: daily_version} if daily_version is not None else {})}
     main_results = results["all"]
     best = max(wanted, key=lambda b: main_results[b]["ndcg@10"]) if wanted else None
     lift = (main_results["model"]["ndcg@10"] / main_results[best]["ndcg@10"] - 1.0
@@ -213,7 +224,7 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     repurchase = sum(len(set(t) & set(h)) for t, h in zip(targets, histories)) / sum(len(t) for t in targets)
     evaluation = {
         "run_date": str(args.run_date), "model": name, "model_version": model.version,
-        "inputs": {USER_SEQUENCES.name: seq_version, ITEMS.name: items_version},
+        "inputs": inputs_read,
         "protocol": (f"temporal leave-last-out (target = each user's last {'/'.join(target_types)} basket), "
                      f"users with >= {cfg.get('evaluate.min_purchases', 3)} purchase events, full ranking over "
                      f"the {candidates} recommendable items of the {V}-item catalogue, seen items eligible"),
@@ -233,9 +244,7 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
                **{f"{m}_ndcg@10": r["ndcg@10"] for m, r in main_results.items()},
                "model_recall@10": main_results["model"]["recall@10"], "best_baseline": best,
                "lift_ndcg10_vs_best_baseline": round(lift, 4), "report": str(out / "index.html")}
-    runtime.record_lineage(args, run_date=args.run_date, inputs={USER_SEQUENCES.name: seq_version,
-                                                                  ITEMS.name: items_version,
-                                                                  f"models/{name}": model.version},
+    runtime.record_lineage(args, run_date=args.run_date, inputs={**inputs_read, f"models/{name}": model.version},
                            outputs={"reports/model": str(out)}, summary=summary)
     return summary
 

@@ -153,11 +153,13 @@ def snapshot_files(lake: str, table: Table, version: int | None = None,
     return snap.version(), snap.file_uris(partition_filters=filters)
 
 
-def read_pandas(lake: str, table: Table, version: int | None = None, columns: list[str] | None = None):
-    """(version, pandas DataFrame) of a small table (the item catalogue) without Spark."""
+def read_pandas(lake: str, table: Table, version: int | None = None, columns: list[str] | None = None,
+                filters: list[tuple] | None = None):
+    """(version, pandas DataFrame) of a small table (the item catalogue) without Spark; ``filters`` as
+    delta-rs takes them, e.g. ``[("event_date", "<=", date)]`` (partitions are pruned)."""
     from deltalake import DeltaTable as RsTable
 
     if not RsTable.is_deltatable(path_of(lake, table)):
         raise FileNotFoundError(f"no Delta table at {path_of(lake, table)}")
     snap = RsTable(path_of(lake, table), version=version)
-    return snap.version(), snap.to_pandas(columns=columns)
+    return snap.version(), snap.to_pandas(columns=columns, filters=filters)

@@ -6,7 +6,8 @@
     warmstart score --run-date 2011-12-09 [--model-version V] [--k K] [key=value ...]
 
 Reads ``bronze/items`` (the catalogue), ``features/user_sequences`` and ``features/user_features``
-(as_of_date = run date) and ``bronze/events`` (exclusions, popular lists), and a model version from the
+(as_of_date = run date), ``bronze/events`` (exclusions, popular lists), ``features/item_daily`` (the
+model's recent-popularity column, when it has one) and a model version from the
 registry (``paths.models``, default LATEST). The catalogue is embedded once on the driver (it has to be
 broadcast anyway) in item_id order; users are scored on the executors by ``mapInArrow`` (see
 ``scoring/candidates.py``), each Python worker loading the model once.
@@ -29,8 +30,9 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from features.tables import EVENTS, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
+from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
 from jobs import lake, runtime
+from jobs import train as train_job
 from scoring import candidates as cand
 
 
@@ -100,11 +102,20 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
     if catalogue.empty:
         raise runtime.UsageError(f"{ITEMS.name} is empty under {args.lake}; nothing to recommend")
     item_ids = catalogue["item_id"].astype(str).tolist()
-    matrix = np.ascontiguousarray(model.item_embeddings(catalogue), dtype=np.float32)
-    if matrix.shape != (len(item_ids), model.dim) or not np.isfinite(matrix).all():
-        raise runtime.WarmstartError(f"model {name}/{model.version} gave item embeddings of shape {matrix.shape} "
-                                     f"(want ({len(item_ids)}, {model.dim})) or non-finite values")
     item_index = {item: i for i, item in enumerate(item_ids)}
+    recent, daily_version = None, None
+    if model.model.cfg.recent_days:
+        # the recent popularity of the day these candidates serve (D + 1): the items' purchases on the
+        # model's recent_days days up to D, one more column of the item matrix
+        days = model.model.cfg.recent_days
+        target_types = model.config.get("train", {}).get("target_event_types") or ["purchase"]
+        daily_version, log_counts, _ = train_job.recent_popularity(args.lake, d, item_index, days, target_types,
+                                                                   since=d - dt.timedelta(days=days - 1))
+        recent = log_counts[-1]
+    matrix = np.ascontiguousarray(model.item_embeddings(catalogue, recent=recent), dtype=np.float32)
+    if matrix.shape != (len(item_ids), model.width) or not np.isfinite(matrix).all():
+        raise runtime.WarmstartError(f"model {name}/{model.version} gave item embeddings of shape {matrix.shape} "
+                                     f"(want ({len(item_ids)}, {model.width})) or non-finite values")
 
     excluded = cand.exclusions(events, d, list(cfg.get("score.exclude_event_types") or []))
     users = cand.scoring_users(sequences, user_features, excluded,
@@ -161,6 +172,7 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
     runtime.record_lineage(args, run_date=d,
                            inputs={ITEMS.name: items_version, EVENTS.name: events_version,
                                    USER_SEQUENCES.name: sequences_version, USER_FEATURES.name: user_features_version,
+                                   **({ITEM_DAILY.name: daily_version} if daily_version is not None else {}),
                                    "model": f"{name}/{model.version}"},
                            outputs={USER_CANDIDATES.name: out_version}, summary=summary)
     return summary

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from features.tables import ITEMS, USER_SEQUENCES
+from features.tables import EVENT_COUNT_NAMES, ITEM_DAILY, ITEMS, USER_SEQUENCES
 from jobs import lake, runtime
 
 log = logging.getLogger("warmstart.train")
@@ -122,6 +122,28 @@ def start_ray(args: TrainArgs) -> bool:
     return True
 
 
+def recent_popularity(lake_root: str, as_of: dt.date, item_index: dict[str, int], recent_days: int,
+                      target_event_types, version: int | None = None, since: dt.date | None = None
+                      ) -> tuple[int | None, np.ndarray, int]:
+    """The model's recent-popularity input from ``features/item_daily`` up to ``as_of`` (from ``since``):
+    (Delta version read, (D, V) log1p counts of the target event types, first day); see
+    training.data.recent_purchase_matrix. Version None and one zero row when the table does not exist
+    (a lake whose sequences did not come from ``warmstart features``): the term is then 0."""
+    from training.data import recent_purchase_matrix
+
+    last_day = (as_of - dt.date(1970, 1, 1)).days
+    columns = [f"count_{EVENT_COUNT_NAMES[t]}" for t in target_event_types if t in EVENT_COUNT_NAMES]
+    filters = [("event_date", "<=", as_of)] + ([("event_date", ">=", since)] if since else [])
+    try:
+        version, daily = lake.read_pandas(lake_root, ITEM_DAILY, columns=["item_id", "event_date", *columns], filters=filters)
+    except FileNotFoundError:
+        log.warning("%s not found: training without the recent-popularity input", ITEM_DAILY.name)
+        return None, np.zeros((1, len(item_index)), np.float32), last_day + 1
+    daily = daily.assign(count=daily[columns].sum(axis=1) if columns else 0)
+    counts, first_day = recent_purchase_matrix(daily, item_index, recent_days, last_day)
+    return version, counts, first_day
+
+
 def vocabulary(sequences, items, target_event_types) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
     """Vocabulary (catalogue ∪ sequence items, sorted), each item's count in the sequences, and each
     item's rebuy log-odds over the inputs of each training phase ({"train", "refit"}), in one pass."""
@@ -203,8 +225,16 @@ def run(args: TrainArgs) -> dict[str, Any]:
                            target_event_types=target_types,
                            event_types=model_cfg.event_types)
         datasets = ray_examples(sequences, spec, refit=loop_cfg.refit)
+        recent = None
+        if model_cfg.recent_days:
+            daily_version, log_counts, first_day = recent_popularity(args.lake, args.run_date, spec.item_index,
+                                                                     model_cfg.recent_days, target_types)
+            if daily_version is not None:
+                lineage_inputs[ITEM_DAILY.name] = daily_version
+            recent = {"log_counts": log_counts, "first_day": first_day}
         loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": counts,
-                       "rebuy_log_odds": rebuy if model_cfg.repeat_head and model_cfg.item_rebuy else None}
+                       "rebuy_log_odds": rebuy if model_cfg.repeat_head and model_cfg.item_rebuy else None,
+                       "recent_popularity": recent}
         storage = str(Path(args.models_root).resolve() / name / "_ray") if not runtime.is_remote(args.models_root) \
             else f"{args.models_root}/{name}/_ray"
         trainer = build_trainer(loop_config, datasets, num_workers=workers, use_gpu=use_gpu,
@@ -222,17 +252,22 @@ def run(args: TrainArgs) -> dict[str, Any]:
         with result.checkpoint.as_directory() as folder:
             state = read_trainer_state(folder)
             best = load_file(str(Path(folder) / "best_model.safetensors"))
-        # the scale validation chose for the dot product (train.loop.dot_scales), on top of any configured one
+        # the scales validation chose for the dot product and the recent popularity (train.loop.dot_scales,
+        # recent_scales), on top of any configured dot scale
         registered_cfg = dataclasses.replace(model_cfg, dot_scale=model_cfg.dot_scale * state.get("dot_scale", 1.0))
         model = SeqRec(registered_cfg)
         model.load_state_dict(best)
+        if registered_cfg.recent_days:
+            with torch.no_grad():
+                model.recent_weight.mul_(state.get("recent_scale", 1.0))
         best_metrics = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         metrics = {**{k: v for k, v in best_metrics.items() if k.startswith("val_")}, "best_epoch": state["best_epoch"],
                    "epochs_run": state["epoch"], "history": state["history"], "train_seconds": round(train_seconds, 1),
                    "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers, "use_gpu": use_gpu,
                    "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", []),
-                   "dot_scale": registered_cfg.dot_scale,
-                   "dot_scale_val_ndcg@10": state.get("val_ndcg10_by_dot_scale", {})}
+                   "dot_scale": registered_cfg.dot_scale, "recent_scale": state.get("recent_scale"),
+                   "recent_weight": model.recent_weight.item() if registered_cfg.recent_days else None,
+                   "scales_val_ndcg@10": state.get("val_ndcg10_by_scales", {})}
         lineage = {"run_id": args.run_id, "run_date": str(args.run_date), "inputs": lineage_inputs,
                    "code_version": runtime.code_version(), "config": cfg.get("train"), "text_cache_key": text_key,
                    "ray_checkpoint": result.checkpoint.path, "catalogue_size": len(vocab)}
@@ -249,7 +284,7 @@ def run(args: TrainArgs) -> dict[str, Any]:
                "refit_epochs": state.get("refit_epochs", 0),
                "refit_sequences_per_epoch": (state.get("refit_history") or [{}])[-1].get("train_sequences"),
                "val_ndcg@10": metrics["val_ndcg@10"], "val_recall@10": metrics["val_recall@10"],
-               "dot_scale": registered_cfg.dot_scale,
+               "dot_scale": registered_cfg.dot_scale, "recent_scale": state.get("recent_scale"),
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_seconds": round(train_seconds, 1),
                "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers,
                "path": str(registry.version_dir(args.models_root, name, version))}

@@ -138,3 +138,16 @@ def test_items_scoring_never_recommends_are_neither_candidates_nor_targets(spark
     for variant in ev["variants"].values():
         for method in variant.values():
             assert method["coverage@20"] <= 1.0
+
+
+def test_eligible_users_give_each_target_baskets_day():
+    """The day each user's target basket falls on (days since 1970-01-01): the day the model's
+    recent-popularity term is read for, as a nightly scoring on the eve would."""
+    from jobs.evaluate import eligible_users
+
+    rows = [{"user_id": u, "item_ids": i, "event_types": t, "event_ts": s} for u, (i, t, s) in ROWS.items()]
+    index = {item: k for k, item in enumerate("ABCDE")}
+    users, *_, days, skipped = eligible_users(rows, index, ("purchase",), 3)
+    epoch = dt.date(1970, 1, 1)
+    assert users == ["u1", "u2"] and skipped["few_purchases"] == 1
+    assert days == [(dt.date(2024, 2, 3) - epoch).days] * 2

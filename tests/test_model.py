@@ -32,6 +32,16 @@ def batch(n=4, length=T + 1, seed=0):
     return tokens, types
 
 
+def with_recent(weight: float, days: int, first_day: int) -> tuple[SeqRec, torch.Tensor]:
+    """tiny() with recent-popularity weight ``weight`` and a random (days, V) matrix from ``first_day``."""
+    m = tiny().eval()
+    with torch.no_grad():
+        m.recent_weight.fill_(weight)
+    recent = torch.rand(days, V)
+    m.set_recent_popularity(recent, first_day=first_day)
+    return m, recent
+
+
 def test_shapes():
     m = tiny().eval()
     tokens, types = batch()
@@ -159,14 +169,14 @@ def test_registry_round_trip(tmp_path):
     assert tokens[0, :4].tolist() == [5, 6, 1, 0]             # unknown item -> UNK (1), then padding
     assert baskets is None                                    # no timestamps: every event its own basket
     m.eval()
-    assert got.dtype == np.float32 and got.shape == (2, D)
-    assert np.allclose(got, m.user_vectors(tokens, types).detach().numpy(), atol=1e-5)
+    assert got.dtype == np.float32 and got.shape == (2, D + 1)            # + 1: the recent-popularity column
+    assert np.allclose(got[:, :D], m.user_vectors(tokens, types).detach().numpy(), atol=1e-5) and (got[:, D] == 1).all()
     items = pd.DataFrame({"item_id": ["i02", "new"], "title": ["x", "brand new lamp"], "category": ["a", "lamps"],
                           "description": [None, None]})
     emb = loaded.item_embeddings(items)
-    assert np.allclose(emb[0], m.item_vectors(torch.tensor([2])).detach().numpy()[0], atol=1e-6)
+    assert np.allclose(emb[0, :D], m.item_vectors(torch.tensor([2])).detach().numpy()[0], atol=1e-6)
     text = encode_texts(["brand new lamp | lamps"])
-    assert np.allclose(emb[1], m.text_proj(text).detach().numpy()[0], atol=1e-5)
+    assert np.allclose(emb[1, :D], m.text_proj(text).detach().numpy()[0], atol=1e-5) and (emb[:, D] == 0).all()
     # LATEST moves only within the margin (or forced)
     save_version(root, "m", "v2", m, ids, {}, {"val_ndcg@10": 0.48}, {})
     moved, reason = promote(root, "m", "v2", margin=0.01)
@@ -282,32 +292,36 @@ def test_repeat_head_rebuy_term_counts_once_per_distinct_past_item(tmp_path):
     assert load_model(str(tmp_path), "m", "old").model.cfg.item_rebuy is False
 
 
-def test_validation_by_dot_scale_and_the_registered_scale(tmp_path):
-    """validate(dot_scales) sums NDCG@10 of a * u.e + r for each a; choose_dot_scale takes the best (ties:
-    the one nearest 1); a model registered with dot_scale a scores a * u.e + r wherever it scores."""
+def test_validation_by_scales_and_the_registered_scale(tmp_path):
+    """validate(scales) sums NDCG@10 of a * u.e + r + c * recent for each (a, c); choose_scales takes the
+    best (ties: the pair nearest (1, 1)); a model registered with dot_scale a scores a * u.e + r wherever
+    it scores."""
     import contextlib
     import dataclasses
 
     from training.registry import load_model, save_version
-    from training.train_loop import choose_dot_scale, validate
+    from training.train_loop import choose_scales, validate
 
-    m = tiny().eval()
+    m, recent = with_recent(weight=0.7, days=3, first_day=100)
     tokens, types = batch(n=6, length=T)
     targets = torch.full((6, 3), -1)
     targets[:, 0] = torch.arange(6)
     targets[:, 1] = tokens[:, 0] - FIRST_ITEM                   # a past item: the repeat head can find it
-    b = {"val_tokens": tokens, "val_types": types, "val_targets": targets}
-    sums = validate(m, [b], torch.device("cpu"), contextlib.nullcontext, (0.5, 1.0))
+    days = torch.tensor([100, 101, 102, 101, 100, 102])
+    b = {"val_tokens": tokens, "val_types": types, "val_targets": targets, "val_day": days}
+    grid = ((0.5, 1.0), (1.0, 1.0), (1.0, 0.5))
+    sums = validate(m, [b], torch.device("cpu"), contextlib.nullcontext, grid)
     with torch.no_grad():
         dot, rep = m.score_terms(tokens, types)
+    by_day = 0.7 * recent[days - 100]
     wanted = [row[row >= 0] for row in targets.numpy()]
-    for a in (0.5, 1.0):
-        by_hand = M.metric_sums((a * dot + rep).numpy(), wanted, (10,))["ndcg@10"]
-        assert sums[f"ndcg@10 x{a}"] == pytest.approx(by_hand)
-    assert sums["ndcg@10"] == pytest.approx(sums["ndcg@10 x1.0"])
-    assert choose_dot_scale({"users": 2.0, "ndcg@10 x0.5": 0.6, "ndcg@10 x1.0": 0.4}, (0.5, 1.0)) == \
-        (0.5, {"0.5": 0.3, "1.0": 0.2})
-    assert choose_dot_scale({"users": 2.0, "ndcg@10 x0.5": 0.4, "ndcg@10 x1.0": 0.4}, (0.5, 1.0))[0] == 1.0
+    for a, c in grid:
+        by_hand = M.metric_sums((a * dot + rep + c * by_day).numpy(), wanted, (10,))["ndcg@10"]
+        assert sums[f"ndcg@10 x{a} r{c}"] == pytest.approx(by_hand)
+    assert sums["ndcg@10"] == pytest.approx(sums["ndcg@10 x1.0 r1.0"])
+    assert choose_scales({"users": 2.0, "ndcg@10 x0.5 r1.0": 0.6, "ndcg@10 x1.0 r1.0": 0.4}, grid[:2]) == \
+        ((0.5, 1.0), {"0.5 1.0": 0.3, "1.0 1.0": 0.2})
+    assert choose_scales({"users": 2.0, "ndcg@10 x0.5 r1.0": 0.4, "ndcg@10 x1.0 r1.0": 0.4}, grid[:2])[0] == (1.0, 1.0)
 
     ids = [f"i{k:02d}" for k in range(V)]
     scaled = SeqRec(dataclasses.replace(m.cfg, dot_scale=0.5))
@@ -317,12 +331,79 @@ def test_validation_by_dot_scale_and_the_registered_scale(tmp_path):
     half, one = load_model(str(tmp_path), "m", "half"), load_model(str(tmp_path), "m", "one")
     seqs, kinds = [["i03", "i04", "i05"]], [["purchase", "view", "purchase"]]
     assert half.model.cfg.dot_scale == 0.5
-    assert np.allclose(half.user_embeddings(seqs, kinds), 0.5 * one.user_embeddings(seqs, kinds), atol=1e-6)
+    assert np.allclose(half.user_embeddings(seqs, kinds)[:, :D], 0.5 * one.user_embeddings(seqs, kinds)[:, :D], atol=1e-6)
     indptr, idx, val = one.repeat_boosts(seqs, kinds)
     dense = np.zeros((1, V), np.float32)
     dense[0, idx] = val
     dot_one = one.user_embeddings(seqs, kinds) @ one.catalogue_embeddings().T
     assert np.allclose(half.catalogue_scores(seqs, kinds), 0.5 * dot_one + dense, atol=1e-5)
+
+
+def test_recent_purchase_matrix_hand_computed():
+    """Row r = log1p(each item's count over the recent_days days before day first_day + r, that day
+    excluded); rows run to last_day + 1; later dates and unknown items are ignored."""
+    from training.data import recent_purchase_matrix
+
+    day = lambda n: pd.Timestamp("1970-01-01") + pd.Timedelta(days=n)  # noqa: E731
+    daily = pd.DataFrame({"item_id": ["a", "b", "a", "a", "zz", "b"],
+                          "event_date": [day(10), day(10), day(11), day(13), day(12), day(15)],
+                          "count": [2, 1, 3, 4, 9, 7]})
+    counts, first = recent_purchase_matrix(daily, {"a": 0, "b": 1}, recent_days=2, last_day=13)
+    assert first == 10 and counts.shape == (5, 2)              # days 10..14
+    want = np.array([[0, 0],                                   # day 10: nothing before it
+                     [2, 1],                                   # day 11: day 10
+                     [5, 1],                                   # day 12: days 10, 11
+                     [3, 0],                                   # day 13: days 11, 12
+                     [4, 0]])                                  # day 14 (scores day 13): days 12, 13; day 15 is later
+    assert np.allclose(counts, np.log1p(want))
+    empty, first = recent_purchase_matrix(daily.iloc[:0], {"a": 0, "b": 1}, 7, last_day=13)
+    assert first == 14 and empty.shape == (1, 2) and not empty.any()
+
+
+def test_recent_term_in_loss_scores_and_the_scorers_extra_column(tmp_path):
+    """The recent-popularity term: w x the row of the day predicted, 0 for days outside the matrix; the
+    loss trains w; LoadedModel's item matrix + user 1-column reproduces the dense scores of that day;
+    examples carry each event's day and the validation basket's day."""
+    from training.registry import load_model, save_version
+
+    m, recent = with_recent(weight=0.5, days=2, first_day=50)
+    tokens, types = batch(n=3, length=T)
+    days = torch.tensor([50, 51, 52])                          # 52: after the matrix, no term
+    with_days = m.catalogue_scores(tokens, types, days=days)
+    without = m.catalogue_scores(tokens, types)
+    assert torch.allclose(with_days[:2] - without[:2], 0.5 * recent, atol=1e-6)
+    assert torch.allclose(with_days[2], without[2])
+
+    m.train()
+    seq, seq_types = batch(n=3, length=T + 1)
+    m.zero_grad()
+    m(seq, seq_types, None, torch.full((3, T + 1), 51)).backward()
+    assert m.recent_weight.grad is not None and float(m.recent_weight.grad.abs()) > 0
+    m.eval()
+
+    ids = [f"i{k:02d}" for k in range(V)]
+    save_version(str(tmp_path), "m", "v", m, ids, {}, {"val_ndcg@10": 0.1}, {})
+    loaded = load_model(str(tmp_path), "m", "v")
+    assert loaded.width == D + 1
+    loaded.set_recent_popularity(recent.numpy(), 50)
+    seqs, kinds = [["i03", "i04", "i05"], ["i07"]], [["purchase", "view", "purchase"], ["view"]]
+    dense = loaded.catalogue_scores(seqs, kinds, days=[51, 51])
+    indptr, idx, val = loaded.repeat_boosts(seqs, kinds)
+    boosts = np.zeros((2, V), np.float32)
+    for u in range(2):
+        boosts[u, idx[indptr[u]:indptr[u + 1]]] = val[indptr[u]:indptr[u + 1]]
+    matrix = loaded.item_embeddings(pd.DataFrame({"item_id": ids}), recent=recent[1].numpy())
+    assert matrix.shape == (V, D + 1)
+    assert np.allclose(loaded.user_embeddings(seqs, kinds) @ matrix.T + boosts, dense, atol=1e-5)
+
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abc")}, max_seq_len=4)
+    stamps = [pd.Timestamp("2024-01-01 10:00", tz="UTC"), pd.Timestamp("2024-01-03 09:00", tz="UTC"),
+              pd.Timestamp("2024-01-05 23:00", tz="UTC"), pd.Timestamp("2024-01-08 08:00", tz="UTC")]
+    ex = examples_batch({"user_id": ["u"], "item_ids": [["a", "b", "c", "a"]], "event_types": [["purchase"] * 4],
+                         "event_ts": [stamps]}, spec)
+    d0 = (pd.Timestamp("2024-01-01") - pd.Timestamp("1970-01-01")).days
+    assert ex["train_days"][0].tolist() == [d0, d0 + 2, -1, -1, -1]      # before the validation basket
+    assert ex["val_day"][0] == d0 + 4 and ex["refit_days"][0].tolist()[:3] == [d0, d0 + 2, d0 + 4]
 
 
 def test_rebuy_counts_per_phase_and_log_odds_hand_computed():

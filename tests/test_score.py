@@ -24,7 +24,8 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from features.tables import EVENTS, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
+from features import daily
+from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
 from jobs import lake as lakeio, runtime, score
 from scoring.topk import brute_force
 
@@ -97,11 +98,15 @@ def tiny_lake(spark, lake, tmp_path):
     lakeio.append(spark, lake, ITEMS, _items(spark))
     lakeio.replace_partition(spark, lake, USER_SEQUENCES, _sequences(spark), RUN)
     lakeio.replace_partition(spark, lake, USER_FEATURES, _user_features(spark), RUN)
+    lakeio.append(spark, lake, ITEM_DAILY, daily.item_daily(_events(spark), 12).select(*ITEM_DAILY.columns))
     torch.manual_seed(0)
     cfg = SeqRecConfig(num_items=len(VOCAB), dim=16, num_layers=1, num_heads=2, max_seq_len=8, dropout=0.0,
-                       use_text=False)
+                       use_text=False, recent_days=7)
+    model = SeqRec(cfg).eval()
+    with torch.no_grad():
+        model.recent_weight.fill_(0.8)             # the recent-popularity column counts in the ranking
     models = tmp_path / "models"
-    save_version(str(models), "warmstart-seqrec", "v1", SeqRec(cfg).eval(), VOCAB, {}, {"val_ndcg@10": 0.1}, {})
+    save_version(str(models), "warmstart-seqrec", "v1", model, VOCAB, {}, {"val_ndcg@10": 0.1}, {})
     promote(str(models), "warmstart-seqrec", "v1", margin=0.0)
     return {"lake": lake, "models": str(models), "reports": str(tmp_path / "reports")}
 
@@ -140,7 +145,11 @@ def _reference(tiny_lake, k, excluded):
     items = pd.DataFrame([{"item_id": i, "title": f"title {i}", "description": None,
                            "category": "garden" if i < "i05" else "kitchen", "brand": "brand", "price": 1.0,
                            "updated_at": TS("2024-01-01T00:00:00")} for i in CATALOGUE])
-    matrix = model.item_embeddings(items)
+    # recent popularity of the day served (RUN + 1): purchases on RUN - 6 .. RUN, counted here by hand
+    window = {RUN - dt.timedelta(days=n) for n in range(7)}
+    bought = [item for _, item, kind, ts in EVENT_ROWS if kind == "purchase" and TS(ts).date() in window]
+    matrix = model.item_embeddings(items, recent=np.log1p([bought.count(i) for i in CATALOGUE]))
+    assert matrix[:, -1].tolist() == pytest.approx([0.8 * np.log1p(n) for n in (0, 2, 0, 0, 1, 1, 0, 0, 0)])
     out = {}
     for user in ("u1", "u2", "u5", "u6"):
         steps = sorted((TS(ts), item, kind) for u, item, kind, ts in EVENT_ROWS if u == user and TS(ts) < TS("2024-03-11T00:00:00"))

@@ -98,11 +98,15 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     assert metrics["val_ndcg@10"] == max(h["val_ndcg@10"] for h in metrics["history"])
     assert [h["refit_epoch"] for h in metrics["refit_history"]] == list(range(metrics["refit_epochs"]))
     assert 0.0 < metrics["val_ndcg@10"] <= 1.0
-    # the dot product's scale was chosen on the best epoch's validation NDCG@10 and registered
-    by_scale = {float(a): v for a, v in metrics["dot_scale_val_ndcg@10"].items()}
-    assert sorted(by_scale) == [0.25, 0.4, 0.5, 0.6, 0.75, 1.0]
-    assert by_scale[1.0] == pytest.approx(metrics["val_ndcg@10"], abs=1e-6)
-    assert metrics["dot_scale"] == first["dot_scale"] and by_scale[metrics["dot_scale"]] == max(by_scale.values())
+    # the dot product's and recent popularity's scales were chosen on the best epoch's validation NDCG@10
+    # and registered; this lake has no features/item_daily, so the recent term is 0 and its ties go to 1
+    by_pair = {tuple(float(x) for x in pair.split()): v for pair, v in metrics["scales_val_ndcg@10"].items()}
+    assert sorted({a for a, _ in by_pair}) == [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0]
+    assert sorted({c for _, c in by_pair}) == [0.25, 0.5, 0.75, 1.0] and len(by_pair) == 40
+    assert by_pair[(1.0, 1.0)] == pytest.approx(metrics["val_ndcg@10"], abs=1e-6)
+    chosen = (metrics["dot_scale"], metrics["recent_scale"])
+    assert chosen == (first["dot_scale"], first["recent_scale"]) and by_pair[chosen] == max(by_pair.values())
+    assert metrics["recent_scale"] == 1.0
     assert json.loads((folder / "config.json").read_text())["model"]["dot_scale"] == metrics["dot_scale"]
     assert latest_version(str(tmp_path / "models"), "warmstart-seqrec") == first["version"]
     model = load_model(str(tmp_path / "models"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from training.model import EVENT_TYPES, FIRST_ITEM, PAD, UNK
 
@@ -101,6 +102,22 @@ def encode(items: Sequence[str], types: Sequence[str], width: int, spec: Example
     return tok, typ
 
 
+def event_days(event_ts: Sequence[Any]) -> np.ndarray:
+    """Timestamps -> their UTC dates as days since 1970-01-01 (int64), the recent-popularity row key."""
+    if len(event_ts) == 0:
+        return np.zeros(0, np.int64)
+    stamps = pd.to_datetime(pd.Series(list(event_ts)), utc=True).dt.tz_localize(None)
+    return stamps.to_numpy(dtype="datetime64[D]").astype(np.int64)
+
+
+def encode_days(days: np.ndarray, width: int) -> np.ndarray:
+    """Last ``width`` event days, right-padded with -1 (width,)."""
+    out = np.full(width, -1, dtype=np.int64)
+    tail = days[-width:] if width else days[:0]
+    out[:len(tail)] = tail
+    return out
+
+
 def encode_baskets(baskets: Sequence[int], width: int) -> np.ndarray:
     """Last ``width`` basket ordinals, right-padded with -1 (width,)."""
     out = np.full(width, -1, dtype=np.int64)
@@ -111,33 +128,40 @@ def encode_baskets(baskets: Sequence[int], width: int) -> np.ndarray:
 
 def examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True) -> dict[str, np.ndarray]:
     """A batch of user_sequences rows -> padded training + validation arrays (Ray Data map_batches).
-    train_tokens / train_types / train_baskets (B, T+1): the training events (see SeqRec.loss). val_*
-    (B, T): the validation input; val_targets (B, max_targets) catalogue indices padded with -1.
-    refit_* (B, T+1), with ``refit``: the events before the test basket, the same way as train_*."""
+    train_tokens / train_types / train_baskets / train_days (B, T+1): the training events (see
+    SeqRec.loss). val_* (B, T): the validation input; val_targets (B, max_targets) catalogue indices
+    padded with -1; val_day (B,) the validation basket's day. refit_* (B, T+1), with ``refit``: the
+    events before the test basket, the same way as train_*."""
     T, M = spec.max_seq_len, spec.max_targets
     rows = len(batch["user_id"])
     out = {"train_tokens": np.zeros((rows, T + 1), np.int64), "train_types": np.zeros((rows, T + 1), np.int64),
-           "train_baskets": np.full((rows, T + 1), -1, np.int64),
+           "train_baskets": np.full((rows, T + 1), -1, np.int64), "train_days": np.full((rows, T + 1), -1, np.int64),
            "train_len": np.zeros(rows, np.int64), "val_tokens": np.zeros((rows, T), np.int64),
            "val_types": np.zeros((rows, T), np.int64), "val_baskets": np.full((rows, T), -1, np.int64),
-           "val_targets": np.full((rows, M), -1, np.int64), "has_val": np.zeros(rows, np.int64)}
+           "val_targets": np.full((rows, M), -1, np.int64), "val_day": np.full(rows, -1, np.int64),
+           "has_val": np.zeros(rows, np.int64)}
     if refit:
         out.update({"refit_tokens": np.zeros((rows, T + 1), np.int64), "refit_types": np.zeros((rows, T + 1), np.int64),
-                    "refit_baskets": np.full((rows, T + 1), -1, np.int64), "refit_len": np.zeros(rows, np.int64)})
+                    "refit_baskets": np.full((rows, T + 1), -1, np.int64),
+                    "refit_days": np.full((rows, T + 1), -1, np.int64), "refit_len": np.zeros(rows, np.int64)})
     for r in range(rows):
         s = split_sequence(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.target_event_types)
+        days = event_days(batch["event_ts"][r])
         out["train_tokens"][r], out["train_types"][r] = encode(s.train_items, s.train_types, T + 1, spec)
         out["train_baskets"][r] = encode_baskets(s.baskets[:len(s.train_items)], T + 1)
+        out["train_days"][r] = encode_days(days[:len(s.train_items)], T + 1)
         out["train_len"][r] = min(len(s.train_items), T + 1)
         if refit:
             out["refit_tokens"][r], out["refit_types"][r] = encode(s.test_items, s.test_types, T + 1, spec)
             out["refit_baskets"][r] = encode_baskets(s.baskets[:len(s.test_items)], T + 1)
+            out["refit_days"][r] = encode_days(days[:len(s.test_items)], T + 1)
             out["refit_len"][r] = min(len(s.test_items), T + 1)
         known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
         if s.val_items and known:
             out["val_tokens"][r], out["val_types"][r] = encode(s.val_items, s.val_types, T, spec)
             out["val_baskets"][r] = encode_baskets(s.baskets[:len(s.val_items)], T)
             out["val_targets"][r, :len(known)] = known
+            out["val_day"][r] = days[len(s.val_items)]
             out["has_val"][r] = 1
     return out
 
@@ -184,6 +208,30 @@ def rebuy_log_odds(buyers: np.ndarray, rebuyers: np.ndarray, prior_buyers: float
     return (np.log(rate / (1 - rate)) - np.log(p / (1 - p))).astype(np.float32)
 
 
+def recent_purchase_matrix(daily: pd.DataFrame, item_index: dict[str, int], recent_days: int,
+                           last_day: int) -> tuple[np.ndarray, int]:
+    """Per-day recent popularity for SeqRec.set_recent_popularity: ``daily`` rows (item_id, event_date,
+    count) -> ((D, V) float32, first_day), where row r holds log1p(each item's count over the
+    ``recent_days`` days before day first_day + r), that day itself excluded. Rows run from the first
+    date in ``daily`` to ``last_day`` + 1 (the day a model scored on ``last_day`` predicts); dates after
+    ``last_day`` are ignored (point in time). Days are days since 1970-01-01."""
+    V = len(item_index)
+    days = (np.asarray(pd.to_datetime(daily["event_date"]).to_numpy(dtype="datetime64[D]"), dtype=np.int64)
+            if len(daily) else np.zeros(0, np.int64))
+    cols = np.array([item_index.get(str(i), -1) for i in daily["item_id"]], dtype=np.int64)
+    keep = (cols >= 0) & (days <= last_day)
+    if not keep.any():
+        return np.zeros((1, V), np.float32), last_day + 1
+    first_day = int(days[keep].min())
+    D = last_day + 2 - first_day
+    per_day = np.zeros((D, V), np.float64)
+    np.add.at(per_day, (days[keep] - first_day, cols[keep]), np.asarray(daily["count"], np.float64)[keep])
+    cum = np.vstack([np.zeros((1, V)), np.cumsum(per_day, axis=0)])      # cum[r] = days first_day .. first_day + r - 1
+    r = np.arange(D)
+    window = cum[r] - cum[np.maximum(r - recent_days, 0)]
+    return np.log1p(window).astype(np.float32), first_day
+
+
 def build_vocabulary(catalogue_ids: Iterable[str], sequence_ids: Iterable[str]) -> list[str]:
     """Sorted union of the catalogue's and the sequences' item ids: the model's index order."""
     return sorted(set(map(str, catalogue_ids)) | set(map(str, sequence_ids)))
@@ -205,10 +253,12 @@ def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256, refit: boo
     # Materialised once (blocks stay distributed in the object store): every epoch re-reads them
     # instead of re-running the read + split pipeline.
     examples = examples.materialize()
-    train = examples.filter(expr="train_len >= 2").select_columns(["train_tokens", "train_types", "train_baskets"]).materialize()
-    val = examples.filter(expr="has_val == 1").select_columns(["val_tokens", "val_types", "val_baskets", "val_targets"]).materialize()
+    train = (examples.filter(expr="train_len >= 2")
+             .select_columns(["train_tokens", "train_types", "train_baskets", "train_days"]).materialize())
+    val = (examples.filter(expr="has_val == 1")
+           .select_columns(["val_tokens", "val_types", "val_baskets", "val_targets", "val_day"]).materialize())
     out = {"train": train, "val": val}
     if refit:
-        out["refit"] = (examples.filter(expr="refit_len >= 2").select_columns(["refit_tokens", "refit_types", "refit_baskets"])
-                        .materialize())
+        out["refit"] = (examples.filter(expr="refit_len >= 2")
+                        .select_columns(["refit_tokens", "refit_types", "refit_baskets", "refit_days"]).materialize())
     return out

@@ -23,6 +23,12 @@ Ray Train worker), ``training.registry`` (load for scoring / evaluation) and ``b
   average). Some products are bought once (a gift), others every week (paper bags). It is sparse (at
   most N items per user): the scorer adds it exactly on top of the dot-product top-K
   (``scoring.topk.topk_with_boosts``), evaluation adds it to the dense scores.
+- recent popularity (``recent_days``, default 7; 0 = off): score += a learned weight x log(1 + the
+  item's purchases over the ``recent_days`` days before the day being predicted), from
+  ``features/item_daily`` (``training.data.recent_purchase_matrix``). Retail demand moves with the
+  season (Online Retail's last weeks before Christmas); the item vectors are fitted over the whole year.
+  It is the same for every user on a day, so the scorer folds it into the item matrix as one more
+  column (``training.registry.LoadedModel.item_embeddings``).
 - loss: the next *basket* from the end of every basket (a basket = the events sharing one timestamp,
   an Online Retail invoice; events with their own timestamps are one-event baskets, i.e. next-item):
   cross-entropy over the whole catalogue for each item of the next basket, from the user vector at the
@@ -75,6 +81,7 @@ class SeqRecConfig:
     item_rebuy: bool = True             # repeat head += learned weight x the item's rebuy log-odds (per past item)
     basket_targets: bool = True         # train on the next basket from each basket end (else next item)
     dot_scale: float = 1.0              # the user vector's scale when it scores (the trainer picks it on validation)
+    recent_days: int = 7                # score += learned weight x log1p(item purchases in the days before); 0 = off
     full_softmax_max_items: int = 20000  # above this catalogue size, sampled softmax with log-Q
     num_negatives: int = 1024           # sampled softmax: negatives per step (shared across the batch)
 
@@ -90,6 +97,8 @@ class SeqRecConfig:
             raise ValueError("max_seq_len must be >= 2")
         if not self.dot_scale > 0:
             raise ValueError(f"dot_scale must be > 0, got {self.dot_scale}")
+        if self.recent_days < 0:
+            raise ValueError(f"recent_days must be >= 0, got {self.recent_days}")
 
     @property
     def sampled(self) -> bool:
@@ -219,6 +228,12 @@ class SeqRec(nn.Module):
                 self.repeat_rebuy = nn.Parameter(torch.zeros(1))
                 # Set from the training inputs (set_rebuy_log_odds); 0 = the average item.
                 self.register_buffer("rebuy_log_odds", torch.zeros(V), persistent=True)
+        if cfg.recent_days:
+            self.recent_weight = nn.Parameter(torch.zeros(1))
+        # Recent popularity by day (set_recent_popularity): not a buffer, it is an input (calendar-sized)
+        # that neither the checkpoint nor DDP's buffer broadcast should carry.
+        self.recent_log_counts: torch.Tensor | None = None
+        self.recent_first_day = 0
         self.register_buffer("log_q", torch.full((V,), -math.log(V)), persistent=True)  # sampled softmax proposal
 
     # ---- item tower
@@ -330,28 +345,55 @@ class SeqRec(nn.Module):
         return self.repeat_weights(tokens, types, baskets, last)
 
     def score_terms(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
-                    item_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T) sequences -> the two (B, V) terms of the catalogue's scores: ``u . e_i`` and ``r_u(i)``
-        (None without a repeat head)."""
+                    item_vectors: torch.Tensor | None = None, days: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) sequences -> the two (B, V) terms of the catalogue's scores: ``u . e_i`` and the rest,
+        ``r_u(i)`` plus the recent-popularity term on ``days`` (B,) (the day predicted for each user);
+        None when neither applies."""
         items = self.item_vectors() if item_vectors is None else item_vectors
         dot = self.user_vectors(tokens, types).float() @ items.float().T
-        if not self.cfg.repeat_head:
-            return dot, None
-        rep_items, rep_w = self.last_repeat(tokens, types, baskets)
-        return dot, self.repeat_scores(rep_items, rep_w.float())
+        rest = None
+        if self.cfg.repeat_head:
+            rep_items, rep_w = self.last_repeat(tokens, types, baskets)
+            rest = self.repeat_scores(rep_items, rep_w.float())
+        recent = self.recent_scores(days)
+        if recent is not None:
+            rest = recent.float() if rest is None else rest + recent.float()
+        return dot, rest
 
     def catalogue_scores(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
-                         item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) sequences -> (B, V) scores of the whole catalogue: ``u . e_i + r_u(i)``."""
-        dot, rep = self.score_terms(tokens, types, baskets, item_vectors)
-        return dot if rep is None else dot + rep
+                         item_vectors: torch.Tensor | None = None, days: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) sequences -> (B, V) scores of the whole catalogue: ``u . e_i + r_u(i)`` (+ the recent
+        popularity of ``days``)."""
+        dot, rest = self.score_terms(tokens, types, baskets, item_vectors, days)
+        return dot if rest is None else dot + rest
+
+    # ---- recent popularity
+
+    def set_recent_popularity(self, log_counts: torch.Tensor | None, first_day: int) -> None:
+        """(D, V) ``log1p`` purchase counts of the ``recent_days`` days before day ``first_day + r`` in row
+        r (``training.data.recent_purchase_matrix``); days are days since 1970-01-01."""
+        self.recent_log_counts = None if log_counts is None else torch.as_tensor(log_counts, dtype=torch.float32)
+        self.recent_first_day = int(first_day)
+
+    def recent_scores(self, days: torch.Tensor | None) -> torch.Tensor | None:
+        """(n,) days predicted -> (n, V) the recent-popularity term; rows for days outside the matrix are
+        0 (no information). None when the model has no such term or no matrix / days were given."""
+        if not self.cfg.recent_days or self.recent_log_counts is None or days is None:
+            return None
+        table = self.recent_log_counts.to(days.device)
+        rows = days - self.recent_first_day
+        known = (rows >= 0) & (rows < table.shape[0])
+        counts = table[rows.clamp(0, table.shape[0] - 1)] * known[:, None].to(table.dtype)
+        return self.recent_weight * counts
 
     # ---- loss
 
-    def loss(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-basket loss over sequences tokens, types, baskets (B, T+1): every item at position s is
-        predicted from the last position of the basket before s's basket (``basket_targets``), or from
-        s - 1 (next item)."""
+    def loss(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
+             days: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-basket loss over sequences tokens, types, baskets, days (B, T+1): every item at position s
+        is predicted from the last position of the basket before s's basket (``basket_targets``), or from
+        s - 1 (next item), with the recent popularity of s's day."""
         B, T1 = tokens.shape
         inputs, in_types = tokens[:, :-1], types[:, :-1]                            # (B, T)
         hidden = self.hidden_states(inputs, in_types)                               # (B, T, d)
@@ -374,10 +416,13 @@ class SeqRec(nn.Module):
         y = targets[valid] - FIRST_ITEM                                              # (n,)
         rep_items, rep_w = self.repeat_weights(inputs[row], in_types[row],
                                                None if baskets is None else baskets[:, :-1][row], at)
+        recent = self.recent_scores(None if days is None else days[:, 1:][valid])  # (n, V) or None
         if not self.cfg.sampled:
             logits = h @ self.item_vectors().T                                       # (n, V)
             if self.cfg.repeat_head:
                 logits = logits + self.repeat_scores(rep_items, rep_w.to(logits.dtype))
+            if recent is not None:
+                logits = logits + recent.to(logits.dtype)
             return F.cross_entropy(logits.float(), y)
         # Sampled softmax: one shared negative set drawn from q, logits corrected by -log q so the
         # estimate is unbiased for the full softmax (Bengio & Senecal; Yi et al. 2019).
@@ -388,6 +433,8 @@ class SeqRec(nn.Module):
         logits_u = h @ vec.T                                                         # (n, u)
         if self.cfg.repeat_head:
             logits_u = logits_u + self.repeat_scores(rep_items, rep_w.to(logits_u.dtype), uniq)
+        if recent is not None:
+            logits_u = logits_u + recent[:, uniq].to(logits_u.dtype)
         n = y.shape[0]
         pos_logit = logits_u[torch.arange(n, device=y.device), inverse[:n]] - self.log_q[y]   # (n,)
         neg_logit = logits_u[:, inverse[n:]] - self.log_q[neg]                        # (n, K)
@@ -395,9 +442,10 @@ class SeqRec(nn.Module):
         logits = torch.cat([pos_logit[:, None], neg_logit], dim=1).float()           # (n, 1+K)
         return F.cross_entropy(logits, torch.zeros_like(y))
 
-    def forward(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
+                days: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss (DDP syncs gradients only through forward)."""
-        return self.loss(tokens, types, baskets)
+        return self.loss(tokens, types, baskets, days)
 
     def set_rebuy_log_odds(self, log_odds: torch.Tensor) -> None:
         """(V,) the items' rebuy log-odds against the average item (training.data.rebuy_log_odds)."""

@@ -124,18 +124,39 @@ class LoadedModel:
     def max_seq_len(self) -> int:
         return self.model.cfg.max_seq_len
 
-    @torch.no_grad()
-    def catalogue_embeddings(self) -> np.ndarray:
-        """(V, dim) float32: every vocabulary item, in ``item_ids`` order."""
-        return self.model.item_vectors().float().numpy()
+    @property
+    def width(self) -> int:
+        """Columns of the user and item embeddings: ``dim``, plus one when the model has the recent-popularity
+        term (the items carry weight x log1p(recent purchases), the users a 1)."""
+        return self.dim + (1 if self.model.cfg.recent_days else 0)
+
+    def _recent_column(self, vectors: np.ndarray, recent: np.ndarray | None) -> np.ndarray:
+        if not self.model.cfg.recent_days:
+            return vectors
+        col = np.zeros((len(vectors), 1), np.float32)
+        if recent is not None:
+            col[:, 0] = float(self.model.recent_weight.detach()) * np.asarray(recent, np.float32)
+        return np.hstack([vectors, col])
+
+    def set_recent_popularity(self, log_counts: np.ndarray | None, first_day: int) -> None:
+        """The per-day recent popularity (jobs.train.recent_popularity) for ``catalogue_scores``' days."""
+        self.model.set_recent_popularity(None if log_counts is None else torch.from_numpy(np.asarray(log_counts)),
+                                         first_day)
 
     @torch.no_grad()
-    def item_embeddings(self, items: pd.DataFrame) -> np.ndarray:
-        """Rows of ``items`` (bronze/items columns) -> (n, dim) float32 in the same order. Items outside
-        the vocabulary get a text-only vector (the encoder runs on their title / category / description)."""
+    def catalogue_embeddings(self, recent: np.ndarray | None = None) -> np.ndarray:
+        """(V, width) float32: every vocabulary item, in ``item_ids`` order; ``recent`` (V,) the items'
+        log1p recent purchases on the day scored (the extra column; 0 without it)."""
+        return self._recent_column(self.model.item_vectors().float().numpy(), recent)
+
+    @torch.no_grad()
+    def item_embeddings(self, items: pd.DataFrame, recent: np.ndarray | None = None) -> np.ndarray:
+        """Rows of ``items`` (bronze/items columns) -> (n, width) float32 in the same order. Items outside
+        the vocabulary get a text-only vector (the encoder runs on their title / category / description).
+        ``recent`` (n,): the rows' log1p recent purchases on the day scored (see ``width``)."""
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         if len(items) == 0:
-            return out
+            return self._recent_column(out, recent)
         ids = items["item_id"].astype(str).tolist()
         known = np.array([i in self._index for i in ids])
         if known.any():
@@ -149,7 +170,7 @@ class LoadedModel:
             text = (encode_texts(texts, cfg.encoder_path, cfg.text_max_tokens) if cfg.use_text
                     else torch.zeros(len(texts), cfg.text_dim))
             out[~known] = self.model.text_only_vectors(text).float().numpy()
-        return out
+        return self._recent_column(out, recent)
 
     def encode_sequences(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
                          event_ts: Sequence[Sequence[Any]] | None = None
@@ -184,11 +205,13 @@ class LoadedModel:
     @torch.no_grad()
     def user_embeddings(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
                         event_ts: Sequence[Sequence[Any]] | None = None, batch_size: int = 512) -> np.ndarray:
-        """Sequences (oldest first, as in features/user_sequences) -> (n, dim) float32. Unknown items
+        """Sequences (oldest first, as in features/user_sequences) -> (n, width) float32. Unknown items
         use the learned UNK vector; an empty sequence gives the UNK-only user vector."""
-        out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
+        out = np.zeros((len(item_ids), self.width), dtype=np.float32)
+        if self.width > self.dim:
+            out[:, self.dim] = 1.0                      # times the items' recent-popularity column
         for start, (tokens, types, _) in self._batches(item_ids, event_types, event_ts, batch_size):
-            out[start:start + len(tokens)] = self.model.user_vectors(tokens, types).float().numpy()
+            out[start:start + len(tokens), :self.dim] = self.model.user_vectors(tokens, types).float().numpy()
         return out
 
     @torch.no_grad()
@@ -215,12 +238,16 @@ class LoadedModel:
 
     @torch.no_grad()
     def catalogue_scores(self, item_ids: Sequence[Sequence[str]], event_types: Sequence[Sequence[str]],
-                         event_ts: Sequence[Sequence[Any]] | None = None, batch_size: int = 512) -> np.ndarray:
-        """(n, V) float32 scores of every vocabulary item (dense; for evaluation-sized user sets)."""
+                         event_ts: Sequence[Sequence[Any]] | None = None, batch_size: int = 512,
+                         days: Sequence[int] | None = None) -> np.ndarray:
+        """(n, V) float32 scores of every vocabulary item (dense; for evaluation-sized user sets). ``days``
+        (n,): the day predicted for each user (days since 1970-01-01), for the recent-popularity term
+        (``set_recent_popularity`` first)."""
         items = self.model.item_vectors()
         out = np.zeros((len(item_ids), len(self.item_ids)), dtype=np.float32)
         for start, (tokens, types, baskets) in self._batches(item_ids, event_types, event_ts, batch_size):
-            out[start:start + len(tokens)] = self.model.catalogue_scores(tokens, types, baskets, items).numpy()
+            d = None if days is None else torch.as_tensor(np.asarray(days[start:start + len(tokens)], np.int64))
+            out[start:start + len(tokens)] = self.model.catalogue_scores(tokens, types, baskets, items, d).numpy()
         return out
 
 
@@ -237,8 +264,9 @@ def load_model(models_root: str, name: str = DEFAULT_NAME, version: str = "lates
         raise RegistryError(f"model {name}/{version} under {models_root} is missing {', '.join(missing)}")
     config = _read(folder / "config.json")
     # Versions registered before the repeat head existed have neither key: they are plain dot-product models;
-    # those from before the item rebuy term have a repeat head without it.
-    cfg = SeqRecConfig.from_dict({"repeat_head": False, "basket_targets": False, "item_rebuy": False, **config["model"]})
+    # those from before the item rebuy term have a repeat head without it, and so on for recent popularity.
+    cfg = SeqRecConfig.from_dict({"repeat_head": False, "basket_targets": False, "item_rebuy": False, "recent_days": 0,
+                                  **config["model"]})
     model = SeqRec(cfg)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()

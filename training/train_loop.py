@@ -46,9 +46,12 @@ class TrainConfig:
     gate_lr_scale: float = 20.0         # the few scalar weights (repeat head, history skip) learn this much faster
     refit: bool = True                  # after early stopping, the chosen epoch count again from the start on
                                         # the examples up to each test basket; those weights are registered
-    dot_scales: tuple[float, ...] = (0.25, 0.4, 0.5, 0.6, 0.75, 1.0)
+    dot_scales: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0)
                                         # after early stopping, the best epoch's validation NDCG@10 with the dot
                                         # product at each of these scales; the best is registered (model.dot_scale)
+    recent_scales: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+                                        # with dot_scales, the same for the recent-popularity term (every pair is
+                                        # tried); the best scales the registered model.recent_weight
     chaos_kill_at_epoch: int | None = None   # tests only: rank 1 SIGKILLs itself once at this epoch
     chaos_marker: str | None = None          # file that marks the kill as done (so it happens once)
     chaos_delay_s: float = 15.0               # tests only: seconds the doomed rank lives on (see the kill)
@@ -59,8 +62,10 @@ class TrainConfig:
         if self.chaos_kill_at_epoch is not None and not self.chaos_marker:
             raise ValueError("chaos_kill_at_epoch needs chaos_marker")
         self.dot_scales = tuple(float(a) for a in self.dot_scales)
-        if any(not a > 0 for a in self.dot_scales):
-            raise ValueError(f"dot_scales must all be > 0, got {list(self.dot_scales)}")
+        self.recent_scales = tuple(float(c) for c in self.recent_scales)
+        if any(not a > 0 for a in self.dot_scales + self.recent_scales):
+            raise ValueError(f"dot_scales and recent_scales must all be > 0, got {list(self.dot_scales)}, "
+                             f"{list(self.recent_scales)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -73,7 +78,7 @@ def optimizer(model: SeqRec, lr: float, weight_decay: float, gate_lr_scale: floa
     that set how much the user's own past counts) get ``gate_lr_scale`` x the learning rate and no
     weight decay: at the shared rate they barely move before the embeddings overfit (measured on
     Online Retail: the repeat weights stayed within 0.2 of their start while validation NDCG peaked)."""
-    gates = {"repeat_lag", "repeat_type", "repeat_rebuy", "history_weight"}
+    gates = {"repeat_lag", "repeat_type", "repeat_rebuy", "history_weight", "recent_weight"}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if n not in gates], "lr": lr, "weight_decay": weight_decay},
               {"params": [p for n, p in named if n in gates], "lr": lr * gate_lr_scale, "weight_decay": 0.0}]
@@ -138,9 +143,10 @@ def _all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate(model: SeqRec, batches, device, autocast, dot_scales: tuple[float, ...] = ()) -> dict[str, float]:
-    """Full-catalogue ranking of this worker's validation users; returns metric *sums*. With
-    ``dot_scales``, also ``ndcg@10 x<a>``: the NDCG@10 sum with the scores ``a * u . e_i + r_u(i)``."""
+def validate(model: SeqRec, batches, device, autocast, scales: tuple[tuple[float, float], ...] = ()) -> dict[str, float]:
+    """Full-catalogue ranking of this worker's validation users; returns metric *sums*. With ``scales``
+    (a, c) pairs, also ``ndcg@10 x<a> r<c>``: the NDCG@10 sum with the scores ``a * u . e_i + r_u(i) +
+    c * recent(i)``."""
     model.eval()
     with autocast():
         items = model.item_vectors().float()                                         # (V, d)
@@ -149,30 +155,42 @@ def validate(model: SeqRec, batches, device, autocast, dot_scales: tuple[float, 
         baskets = b["val_baskets"].to(device) if "val_baskets" in b else None
         with autocast():
             dot, rep = model.score_terms(b["val_tokens"].to(device), b["val_types"].to(device), baskets, items)
+            recent = model.recent_scores(b["val_day"].to(device) if "val_day" in b else None)
         dot = dot.float().cpu().numpy()                                              # (B, V)
         rep = np.zeros_like(dot) if rep is None else rep.float().cpu().numpy()
+        recent = np.zeros_like(dot) if recent is None else recent.float().cpu().numpy()
         targets = [row[row >= 0] for row in b["val_targets"].cpu().numpy()]
-        for k, v in M.metric_sums(dot + rep, targets).items():
+        for k, v in M.metric_sums(dot + rep + recent, targets).items():
             sums[k] = sums.get(k, 0.0) + v
-        for a in dot_scales:
-            key = f"ndcg@10 x{a}"
-            sums[key] = sums.get(key, 0.0) + M.metric_sums(a * dot + rep, targets, (10,))["ndcg@10"]
+        for a, c in scales:
+            key = f"ndcg@10 x{a} r{c}"
+            sums[key] = sums.get(key, 0.0) + M.metric_sums(a * dot + rep + c * recent, targets, (10,))["ndcg@10"]
     return sums
 
 
-def choose_dot_scale(sums: dict[str, float], dot_scales: tuple[float, ...]) -> tuple[float, dict[str, float]]:
-    """(the scale with the best validation NDCG@10, ties to the one nearest 1; NDCG@10 by scale)."""
+def choose_scales(sums: dict[str, float], scales: tuple[tuple[float, float], ...]
+                  ) -> tuple[tuple[float, float], dict[str, float]]:
+    """(the (dot, recent) scales with the best validation NDCG@10, ties to the pair nearest (1, 1);
+    NDCG@10 by pair as {"<a> <c>": value})."""
     users = max(sums.get("users", 0.0), 1.0)
-    by_scale = {a: sums[f"ndcg@10 x{a}"] / users for a in dot_scales}
-    best = max(dot_scales, key=lambda a: (round(by_scale[a], 9), -abs(a - 1.0)))
-    return best, {str(a): round(v, 6) for a, v in by_scale.items()}
+    by_pair = {(a, c): sums[f"ndcg@10 x{a} r{c}"] / users for a, c in scales}
+    best = max(scales, key=lambda p: (round(by_pair[p], 9), -abs(p[0] - 1.0) - abs(p[1] - 1.0)))
+    return best, {f"{a} {c}": round(v, 6) for (a, c), v in by_pair.items()}
+
+
+def scale_grid(tcfg: TrainConfig, model_cfg: SeqRecConfig) -> tuple[tuple[float, float], ...]:
+    """The (dot, recent) pairs validation tries: recent scales only when the model has that term."""
+    recent = tcfg.recent_scales if model_cfg.recent_days and tcfg.recent_scales else (1.0,)
+    dots = tcfg.dot_scales or (1.0,)
+    return tuple((a, c) for a in dots for c in recent) if len(dots) * len(recent) > 1 else ()
 
 
 def train_worker(loop_config: dict) -> None:
     """Ray Train worker function. ``loop_config``: {"model": SeqRecConfig dict, "train": TrainConfig
     dict, "text_embeddings": (V, text_dim) float32 array or None, "item_counts": (V,) or None,
     "rebuy_log_odds": {"train": (V,), "refit": (V,)} or None (the items' rebuy log-odds over each phase's
-    inputs: the selection run's come from before the validation baskets, the refit's from before the test ones)}."""
+    inputs: the selection run's come from before the validation baskets, the refit's from before the test ones),
+    "recent_popularity": {"log_counts": (D, V), "first_day": int} or None (training.data.recent_purchase_matrix)}."""
     import ray.train
     import ray.train.torch as rt
 
@@ -211,6 +229,13 @@ def train_worker(loop_config: dict) -> None:
         state["resumed_from_epoch"] = state["epoch"]
     model = rt.prepare_model(model)       # DDP on >1 worker, moved to the device
     inner: SeqRec = model.module if hasattr(model, "module") else model
+    if cfg.recent_days:
+        # Without a matrix the term is 0 but still in the graph (DDP wants every parameter used).
+        recent = loop_config.get("recent_popularity") or {}
+        counts = recent.get("log_counts")
+        inner.set_recent_popularity(torch.as_tensor(np.asarray(counts if counts is not None else np.zeros((1, cfg.num_items)),
+                                                               dtype=np.float32)).to(device),
+                                    int(recent.get("first_day", 0)))
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -223,7 +248,8 @@ def train_worker(loop_config: dict) -> None:
                                               local_shuffle_buffer_size=4 * tcfg.batch_size,
                                               local_shuffle_seed=tcfg.seed + epoch):
             with autocast():
-                loss = model(batch[f"{prefix}_tokens"], batch[f"{prefix}_types"], batch.get(f"{prefix}_baskets"))
+                loss = model(batch[f"{prefix}_tokens"], batch[f"{prefix}_types"], batch.get(f"{prefix}_baskets"),
+                             batch.get(f"{prefix}_days"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
@@ -271,16 +297,19 @@ def train_worker(loop_config: dict) -> None:
         stop = state["bad_epochs"] >= tcfg.patience or state["epoch"] >= tcfg.epochs
         metrics.update(best_val_ndcg10=state["best_ndcg"], best_epoch=state["best_epoch"], stopping=stop)
         if stop:
-            if tcfg.dot_scales and state["best_epoch"] >= 0:
-                # How much the dot product should count against the repeat head at the top of the list:
-                # the cross-entropy over the whole catalogue weighs it more than NDCG@10 wants (Online
-                # Retail: validation NDCG@10 0.245 at 1, 0.253 at 0.4). Chosen on the best epoch's weights.
+            grid = scale_grid(tcfg, cfg)
+            if grid and state["best_epoch"] >= 0:
+                # How much the dot product and the recent popularity should count against the repeat head
+                # at the top of the list: the cross-entropy over the whole catalogue weighs them more than
+                # NDCG@10 wants (Online Retail: validation NDCG@10 0.245 at 1, 0.253 at 0.4 before the
+                # recent term). Chosen on the best epoch's weights.
                 inner.load_state_dict(best_state)
                 sums_by_scale = _all_reduce_sums(validate(
                     inner, val_shard.iter_torch_batches(batch_size=tcfg.eval_batch_size, dtypes=torch.long),
-                    device, autocast, tcfg.dot_scales))
-                state["dot_scale"], state["val_ndcg10_by_dot_scale"] = choose_dot_scale(sums_by_scale, tcfg.dot_scales)
-                metrics.update(dot_scale=state["dot_scale"])
+                    device, autocast, grid))
+                (state["dot_scale"], state["recent_scale"]), state["val_ndcg10_by_scales"] = \
+                    choose_scales(sums_by_scale, grid)
+                metrics.update(dot_scale=state["dot_scale"], recent_scale=state["recent_scale"])
             state["phase"] = "refit" if tcfg.refit and state["best_epoch"] >= 0 else "done"
             if state["phase"] == "refit":
                 # The final fit starts over from the same initial weights with a fresh optimizer.
