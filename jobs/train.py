@@ -123,8 +123,7 @@ def start_ray(args: TrainArgs) -> bool:
 
 
 def recent_popularity(lake_root: str, as_of: dt.date, item_index: dict[str, int], recent_days: int,
-                      target_event_types, version: int | None = None, since: dt.date | None = None
-                      ) -> tuple[int | None, np.ndarray, int]:
+                      target_event_types, since: dt.date | None = None) -> tuple[int | None, np.ndarray, int]:
     """The model's recent-popularity input from ``features/item_daily`` up to ``as_of`` (from ``since``):
     (Delta version read, (D, V) log1p counts of the target event types, first day); see
     training.data.recent_purchase_matrix. Version None and one zero row when the table does not exist
