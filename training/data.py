@@ -103,7 +103,8 @@ def encode(items: Sequence[str], types: Sequence[str], width: int, spec: Example
 
 
 def event_days(event_ts: Sequence[Any]) -> np.ndarray:
-    """Timestamps -> their UTC dates as days since 1970-01-01 (int64), the recent-popularity row key."""
+    """Timestamps (or dates) -> their UTC dates as days since 1970-01-01 (int64), the recent-popularity
+    row key."""
     if len(event_ts) == 0:
         return np.zeros(0, np.int64)
     stamps = pd.to_datetime(pd.Series(list(event_ts)), utc=True).dt.tz_localize(None)
@@ -216,8 +217,7 @@ def recent_purchase_matrix(daily: pd.DataFrame, item_index: dict[str, int], rece
     date in ``daily`` to ``last_day`` + 1 (the day a model scored on ``last_day`` predicts); dates after
     ``last_day`` are ignored (point in time). Days are days since 1970-01-01."""
     V = len(item_index)
-    days = (np.asarray(pd.to_datetime(daily["event_date"]).to_numpy(dtype="datetime64[D]"), dtype=np.int64)
-            if len(daily) else np.zeros(0, np.int64))
+    days = event_days(daily["event_date"])
     cols = np.array([item_index.get(str(i), -1) for i in daily["item_id"]], dtype=np.int64)
     keep = (cols >= 0) & (days <= last_day)
     if not keep.any():
