@@ -12,8 +12,7 @@ bench/results/features.md and bench/results/features.json.
     .venv/bin/python bench/features.py --events 10000000            # the issue's target size
     .venv/bin/python bench/features.py --events 1000000 --threads 2  # a quick run on a 2-core machine
 
-Events come from features/synthetic.generate when it is there (the project's generator), else from a
-small numpy generator below with the same schema.
+Events come from features/synthetic.generate (sessions, Zipf item popularity, taste categories).
 """
 from __future__ import annotations
 
@@ -28,67 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
-EVENT_TYPES = np.array(["view", "click", "add_to_cart", "purchase", "return"])
-
-
-def _strings(codes: np.ndarray, values: np.ndarray) -> pa.Array:
-    """Strings picked by integer codes, without building millions of Python strings."""
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values)).cast(pa.string())
-
-
-def generate_numpy(out: Path, events: int, users: int, items: int, days: int, start: dt.date, seed: int) -> None:
-    """Write ``out/events/day=*.parquet`` and ``out/items.parquet`` (bronze columns, without the ingest
-    bookkeeping ones). Skewed users and items (Zipf-like), a category per item, baskets of purchases."""
-    rng = np.random.default_rng(seed)
-    (out / "events").mkdir(parents=True, exist_ok=True)
-    item_price = np.round(rng.lognormal(1.5, 0.8, items), 2)
-    item_ids = np.array([f"it{i:07d}" for i in range(items)])
-    categories = np.array([f"cat{i:03d}" for i in range(200)])
-    item_category = categories[rng.zipf(1.3, items) % len(categories)]
-    pq.write_table(pa.table({
-        "item_id": item_ids, "title": [f"item {i}" for i in range(items)], "description": [None] * items,
-        "category": item_category, "brand": [None] * items, "price": item_price,
-        "updated_at": pa.array([dt.datetime.combine(start, dt.time())] * items, pa.timestamp("us")),
-    }), out / "items.parquet")
-    user_ids = np.array([f"us{i:08d}" for i in range(users)])
-    user_weight = 1.0 / np.arange(1, users + 1) ** 0.7
-    user_weight /= user_weight.sum()
-    item_weight = 1.0 / np.arange(1, items + 1) ** 0.9
-    item_weight /= item_weight.sum()
-    per_day = rng.multinomial(events, np.ones(days) / days)
-    for day, n in enumerate(per_day):
-        date = start + dt.timedelta(days=day)
-        u = rng.choice(users, n, p=user_weight)
-        i = rng.choice(items, n, p=item_weight)
-        kind = rng.choice(5, n, p=[0.55, 0.2, 0.1, 0.12, 0.03])
-        seconds = rng.integers(0, 86400, n)
-        ts = np.datetime64(date.isoformat()) + seconds.astype("timedelta64[s]")
-        qty = np.where(kind == 4, -1, 1) * rng.integers(1, 4, n)
-        priced = kind >= 3
-        pq.write_table(pa.table({
-            "user_id": _strings(u, user_ids), "item_id": _strings(i, item_ids), "event_type": _strings(kind, EVENT_TYPES),
-            "event_ts": pa.array(ts.astype("datetime64[us]"), pa.timestamp("us")),
-            "quantity": pa.array(qty.astype(np.int32), mask=~priced),
-            "price": pa.array(item_price[i], mask=~priced),
-            "session_id": pa.array([None] * n, pa.string()),
-        }), out / "events" / f"day={date.isoformat()}.parquet")
-
-
-def generate(out: Path, events: int, users: int, items: int, days: int, start: dt.date, seed: int) -> str:
-    try:
-        from features import synthetic
-    except ImportError:
-        generate_numpy(out, events, users, items, days, start, seed)
-        return "bench/features.py numpy generator"
-    synthetic.generate(str(out), users=users, items=items, days=days, start_date=start, seed=seed, events=events)
-    return "features.synthetic.generate (sessions, Zipf item popularity, taste categories)"
 
 
 def load_bronze(spark, lake: str, source: Path, last_day: dt.date) -> int:
@@ -100,7 +41,6 @@ def load_bronze(spark, lake: str, source: Path, last_day: dt.date) -> int:
     from jobs import lake as lake_io
 
     events = spark.read.parquet(str(source / "events"))
-    events = events.drop(*[c for c in events.columns if c not in EVENTS.columns or c.startswith("day")])
     bronze = (events
               .withColumn("event_date", F.to_date("event_ts"))
               .withColumn("event_id", F.sha2(F.concat_ws("|", F.monotonically_increasing_id().cast("string"),
@@ -109,9 +49,8 @@ def load_bronze(spark, lake: str, source: Path, last_day: dt.date) -> int:
     for batch, ingested in ((bronze.where(F.col("event_date") < F.lit(last_day)), "2000-01-01 00:00:00"),
                             (bronze.where(F.col("event_date") >= F.lit(last_day)), "2000-01-02 00:00:00")):
         lake_io.append(spark, lake, EVENTS, batch.withColumn("ingested_at", F.lit(ingested).cast("timestamp")))
-    items = spark.read.parquet(str(source / "items.parquet") if (source / "items.parquet").exists()
-                               else str(source / "items"))
-    lake_io.append(spark, lake, ITEMS, items.select(*[c for c in ITEMS.columns]))
+    items = spark.read.parquet(str(source / "items"))
+    lake_io.append(spark, lake, ITEMS, items.select(*ITEMS.columns))
     return lake_io.read(spark, lake, EVENTS).count()
 
 
@@ -173,16 +112,15 @@ COPY (
 
 
 def duckdb_sql(events_glob: str, items_path: str, as_of: dt.date, out: str, n: int) -> str:
-    windows = {"1d": 1, "7d": 7, "30d": 30, "90d": 90, "all": None}
-    kinds = {"view": "views", "click": "clicks", "add_to_cart": "add_to_carts", "purchase": "purchases",
-             "return": "returns"}
+    from features.tables import EVENT_COUNT_NAMES, FEATURE_WINDOWS
 
     def since(days):
         return "TRUE" if days is None else f"event_date >= DATE '{(as_of - dt.timedelta(days=days - 1)).isoformat()}'"
 
     user, item = [], []
-    for w, days in windows.items():
-        counts = [f"count(*) FILTER (WHERE {since(days)} AND event_type = '{k}') AS count_{name}_{w}" for k, name in kinds.items()]
+    for w, days in FEATURE_WINDOWS.items():
+        counts = [f"count(*) FILTER (WHERE {since(days)} AND event_type = '{k}') AS count_{name}_{w}"
+                  for k, name in EVENT_COUNT_NAMES.items()]
         counts.append(f"count(*) FILTER (WHERE {since(days)}) AS count_events_{w}")
         user += counts + [f"coalesce(sum(amount) FILTER (WHERE {since(days)}), 0) AS spend_{w}",
                           f"approx_count_distinct(item_id) FILTER (WHERE {since(days)}) AS distinct_items_{w}",
@@ -195,7 +133,7 @@ def duckdb_sql(events_glob: str, items_path: str, as_of: dt.date, out: str, n: i
 
 def stop_jvm(spark) -> None:
     """Stop Spark and end its JVM before DuckDB is timed: a stopped session's JVM stays alive and busy
-    for a while (GC, cleanup) and slowed the DuckDB query on the same 2 cores from 12.7 s to 16-31 s."""
+    for a while (GC, cleanup) and slows DuckDB on the same cores (docs/features.md, "Benchmark")."""
     from pyspark import SparkContext
 
     gateway = SparkContext._gateway
@@ -216,7 +154,7 @@ def timed_duckdb(lake: str, items_path: str, as_of: dt.date, out: str, threads: 
     Path(out).mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
-    con.execute(f"SET memory_limit = '4GB'")
+    con.execute("SET memory_limit = '4GB'")
     sql = duckdb_sql(f"{lake}/bronze/events/*/*.parquet", items_path, as_of, out, n)
     started = time.perf_counter()
     con.execute(sql)
@@ -225,7 +163,7 @@ def timed_duckdb(lake: str, items_path: str, as_of: dt.date, out: str, threads: 
     return elapsed
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=None, help="default: events / 100")
@@ -235,7 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-memory", default="2g")
     parser.add_argument("--workdir", default=None, help="default: a temporary folder, removed at the end")
     parser.add_argument("--seed", type=int, default=0)
-    ns = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from features import synthetic
+    from jobs import runtime
+
+    ns = _parse_args(argv)
     users = ns.users or max(100, ns.events // 100)
     items = ns.items or max(50, ns.events // 500)
     start = dt.date(2024, 1, 1)
@@ -243,9 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(ns.workdir or tempfile.mkdtemp(prefix="bench-features-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-
-    from jobs import runtime
-
     config = runtime.load_config(overrides={"spark.master": f"local[{ns.threads}]",
                                             "spark.driver_memory": ns.driver_memory,
                                             "spark.shuffle_partitions": max(4, ns.threads * 2),
@@ -253,37 +195,21 @@ def main(argv: list[str] | None = None) -> int:
                                             # cluster-sized; locally it is fixed overhead on every read.
                                             "spark.conf": {"spark.databricks.delta.snapshotPartitions": ns.threads}})
     t0 = time.perf_counter()
-    generator = generate(work / "generated", ns.events, users, items, ns.days, start, ns.seed)
-    generate_s = time.perf_counter() - t0
-    spark = runtime.spark_session(config, app_name="bench-features")
-    lake = str(work / "lake")
-    t0 = time.perf_counter()
-    n_events = load_bronze(spark, lake, work / "generated", last)
-    load_s = time.perf_counter() - t0
-
-    # The nightly case: the build for D - 1 exists (a full build here), day D arrived later.
-    previous_s, _ = timed_build(spark, lake, config, last - dt.timedelta(days=1), full_refresh=True)
-    incremental_s, incremental = timed_build(spark, lake, config, last, full_refresh=False)
-    full_s, full = timed_build(spark, lake, config, last, full_refresh=True)
-    stop_jvm(spark)
-
-    items_path = str(work / "generated" / "items.parquet") if (work / "generated" / "items.parquet").exists() \
-        else str(work / "generated" / "items" / "*.parquet")
-    n = int(config.get("features.sequence_length", 50))
-    duckdb_s = timed_duckdb(lake, items_path, last, str(work / "duckdb"), ns.threads, n)
-
+    synthetic.generate(str(work / "generated"), users=users, items=items, days=ns.days, start_date=start,
+                       seed=ns.seed, events=ns.events)
+    figures = {"generate_s": time.perf_counter() - t0, **_spark_builds(config, work, last)}
+    duckdb_s = timed_duckdb(figures.pop("lake"), str(work / "generated" / "items" / "*.parquet"), last,
+                            str(work / "duckdb"), ns.threads, config.features.sequence_length)
     result = {
-        "events": n_events, "users": users, "items": items, "days": ns.days, "as_of_date": last.isoformat(),
-        "generator": generator, "threads": ns.threads, "spark_driver_memory": ns.driver_memory,
+        "events": figures.pop("events"), "users": users, "items": items, "days": ns.days,
+        "as_of_date": last.isoformat(), "generator": "features.synthetic.generate (sessions, Zipf item popularity, "
+                                                     "taste categories)",
+        "threads": ns.threads, "spark_driver_memory": ns.driver_memory,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores visible, load average at end "
                    f"{os.getloadavg()[0]:.1f}",
-        "generate_s": round(generate_s, 1), "load_bronze_s": round(load_s, 1),
-        "full_build_s": round(full_s, 1), "full_build_previous_day_s": round(previous_s, 1),
-        "incremental_build_s": round(incremental_s, 1), "duckdb_s": round(duckdb_s, 1),
-        "incremental_over_full": round(incremental_s / full_s, 3),
-        "full_over_duckdb": round(full_s / duckdb_s, 2),
-        "rows": {k: v for k, v in full.items() if k.startswith("rows_")},
-        "incremental_daily_partitions_rebuilt": incremental["daily_partitions_rebuilt"],
+        **{k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}, "duckdb_s": round(duckdb_s, 1),
+        "incremental_over_full": round(figures["incremental_build_s"] / figures["full_build_s"], 3),
+        "full_over_duckdb": round(figures["full_build_s"] / duckdb_s, 2),
         "aims": {"incremental_over_full": "<= 0.10", "full_over_duckdb": "<= 3"},
     }
     write_results(result)
@@ -291,6 +217,26 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _spark_builds(config, work: Path, last: dt.date) -> dict:
+    """Load bronze, then time the nightly case (the build for D - 1 exists, a full one here; day D
+    arrived later) and a full build for D, in seconds; ends Spark's JVM before DuckDB is timed."""
+    from jobs import runtime
+
+    spark = runtime.spark_session(config, app_name="bench-features")
+    lake = str(work / "lake")
+    t0 = time.perf_counter()
+    n_events = load_bronze(spark, lake, work / "generated", last)
+    load_s = time.perf_counter() - t0
+    previous_s, _ = timed_build(spark, lake, config, last - dt.timedelta(days=1), full_refresh=True)
+    incremental_s, incremental = timed_build(spark, lake, config, last, full_refresh=False)
+    full_s, full = timed_build(spark, lake, config, last, full_refresh=True)
+    stop_jvm(spark)
+    return {"lake": lake, "events": n_events, "load_bronze_s": load_s, "full_build_s": full_s,
+            "full_build_previous_day_s": previous_s, "incremental_build_s": incremental_s,
+            "rows": {k: v for k, v in full.items() if k.startswith("rows_")},
+            "incremental_daily_partitions_rebuilt": incremental["daily_partitions_rebuilt"]}
 
 
 def write_results(r: dict) -> None:

@@ -55,48 +55,18 @@ def main() -> int:
 
 def _run(a, work: Path) -> int:
     t0 = time.perf_counter()
-    gen = synthetic.generate(work / "gen", users=a.users, items=a.items, days=a.days, start_date="2024-01-01",
-                             seed=0, events=a.events)
+    synthetic.generate(work / "gen", users=a.users, items=a.items, days=a.days, start_date="2024-01-01",
+                       seed=0, events=a.events)
     gen_s = time.perf_counter() - t0
     files = sorted(str(p) for p in (work / "gen" / "events").glob("*.parquet"))
     input_bytes = sum(Path(f).stat().st_size for f in files)
-
-    cfg = runtime.load_config(overrides={"spark.master": a.master, "spark.driver_memory": a.driver_memory})
-    spark = runtime.spark_session(cfg, app_name="bench-ingest")
-    spark.range(1).count()     # JVM warm-up outside the timings
-
-    t0 = time.perf_counter()
-    spark.read.parquet(*files).write.mode("overwrite").parquet(str(work / "spark_copy"))
-    spark_copy_s = time.perf_counter() - t0
-
-    import duckdb
-
-    t0 = time.perf_counter()
-    con = duckdb.connect()
-    con.execute("SET threads TO 2")
-    con.execute(f"COPY (SELECT * FROM read_parquet({files!r})) TO '{work / 'duck_copy.parquet'}' (FORMAT parquet)")
-    duck_s = time.perf_counter() - t0
-
-    lake = str(work / "lake")
-    end = dt.date(2024, 1, 1) + dt.timedelta(days=a.days - 1)
-    args = runtime.job_args("ingest", lake, config=cfg, run_date=end)
-    iargs = ingest.IngestArgs(job="ingest", lake=args.lake, config=cfg, run_id=args.run_id, run_date=end,
-                              events=(str(work / "gen" / "events"),), format="parquet")
-    t0 = time.perf_counter()
-    summary = ingest.run(spark, iargs)
-    ingest_s = time.perf_counter() - t0
+    timings, summary = _timed_paths(a, work, files)
     assert summary["events_inserted"] == a.events, summary
-    spark.stop()
 
     n = a.events
-    rows = [
-        {"path": "warmstart ingest (parse, validate, sha256 id, dedupe, MERGE into Delta)", "seconds": ingest_s},
-        {"path": "spark copy: Parquet read + write, same session (bound)", "seconds": spark_copy_s},
-        {"path": "duckdb copy: Parquet read + write, 2 threads (peer)", "seconds": duck_s},
-    ]
-    for r in rows:
-        r["events_per_second"] = round(n / r["seconds"])
-        r["seconds"] = round(r["seconds"], 1)
+    rows = [{"path": path, "seconds": round(seconds, 1), "events_per_second": round(n / seconds)}
+            for path, seconds in timings.items()]
+    ingest_s, spark_copy_s, duck_s = timings.values()
     result = {
         "events": n, "input_files": len(files), "input_mb": round(input_bytes / 2**20, 1),
         "generate_seconds": round(gen_s, 1), "generate_events_per_second": round(n / gen_s),
@@ -108,13 +78,50 @@ def _run(a, work: Path) -> int:
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "ingest_summary": {k: summary[k] for k in ("records_read", "events_inserted", "duplicates", "quarantined")},
     }
-    out = Path(a.out)
+    _write_results(Path(a.out), a, result)
+    return 0
+
+
+def _timed_paths(a, work: Path, files: list[str]) -> tuple[dict[str, float], dict]:
+    """Seconds of warmstart ingest and of the two plain copies of the same files (the bound and the
+    peer), and the ingest summary."""
+    import duckdb
+
+    cfg = runtime.load_config(overrides={"spark.master": a.master, "spark.driver_memory": a.driver_memory})
+    spark = runtime.spark_session(cfg, app_name="bench-ingest")
+    spark.range(1).count()     # JVM warm-up outside the timings
+
+    t0 = time.perf_counter()
+    spark.read.parquet(*files).write.mode("overwrite").parquet(str(work / "spark_copy"))
+    spark_copy_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    con.execute(f"COPY (SELECT * FROM read_parquet({files!r})) TO '{work / 'duck_copy.parquet'}' (FORMAT parquet)")
+    duck_s = time.perf_counter() - t0
+
+    end = dt.date(2024, 1, 1) + dt.timedelta(days=a.days - 1)
+    args = runtime.job_args("ingest", str(work / "lake"), config=cfg, run_date=end)
+    iargs = ingest.IngestArgs(job="ingest", lake=args.lake, config=cfg, run_id=args.run_id, run_date=end,
+                              events=(str(work / "gen" / "events"),), format="parquet")
+    t0 = time.perf_counter()
+    summary = ingest.run(spark, iargs)
+    ingest_s = time.perf_counter() - t0
+    spark.stop()
+    return {"warmstart ingest (parse, validate, sha256 id, dedupe, MERGE into Delta)": ingest_s,
+            "spark copy: Parquet read + write, same session (bound)": spark_copy_s,
+            "duckdb copy: Parquet read + write, 2 threads (peer)": duck_s}, summary
+
+
+def _write_results(out: Path, a, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ingest.json").write_text(json.dumps(result, indent=2))
+    rows = result["rows"]
     lines = [
         "# Ingest throughput", "",
-        f"{n:,} generated events ({len(files)} Parquet files, {result['input_mb']} MB), Spark `{a.master}`, "
-        f"driver {a.driver_memory}; {result['machine']}; {result['measured_at']}.", "",
+        f"{result['events']:,} generated events ({result['input_files']} Parquet files, {result['input_mb']} MB), "
+        f"Spark `{a.master}`, driver {a.driver_memory}; {result['machine']}; {result['measured_at']}.", "",
         "| path | seconds | events/s |", "|---|---:|---:|",
         *[f"| {r['path']} | {r['seconds']} | {r['events_per_second']:,} |" for r in rows], "",
         f"Ingest takes {result['ingest_vs_spark_copy']}x the time of a plain Spark copy of the same files and "
@@ -123,7 +130,6 @@ def _run(a, work: Path) -> int:
     ]
     (out / "ingest.md").write_text("\n".join(lines))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

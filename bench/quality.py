@@ -35,6 +35,7 @@ RESULTS = REPO / "bench" / "results"
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 FEATURE_TABLES = ("features/user_features", "features/item_features", "features/user_sequences")
+START = dt.date(2024, 1, 1)
 
 
 def _timed(fn, *a, **kw):
@@ -50,69 +51,12 @@ def _job(module, argv: list[str]) -> float:
     return seconds
 
 
-def native_gx(spark, df, table_name: str, run_date: dt.date, previous_df, config: dict) -> dict:
+def native_gx(df, table_name: str, run_date: dt.date, previous_df, config) -> dict:
     """The peer: the table's suite as native GX expectations, evaluated by GX on the Spark frame."""
     import great_expectations as gx
-    import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
-    from pyspark.sql import functions as F
 
-    from features import quality, suites
-
-    cfg = quality.settings(config)
-    declared = set(df.columns)
-    prev_count = previous_df.count() if previous_df is not None else None
-    prev_stats = {}
-    if previous_df is not None:
-        exprs = {}
-        for check in suites.suite(table_name):
-            exprs.update(quality._comparable_exprs(check, cfg))
-        prev_stats = quality._aggregate(previous_df, exprs)
-    expectations = []
-    for check in suites.suite(table_name):
-        if any(c not in declared for c in check.reads):
-            continue
-        k, col, p = check.kind, check.column, check.params
-        if k == "not_null":
-            e = gxe.ExpectColumnValuesToNotBeNull(column=col)
-        elif k == "unique":
-            e = (gxe.ExpectColumnValuesToBeUnique(column=check.columns[0]) if len(check.columns) == 1
-                 else gxe.ExpectCompoundColumnsToBeUnique(column_list=list(check.columns)))
-        elif k == "in_set":
-            e = gxe.ExpectColumnValuesToBeInSet(column=col, value_set=list(p["values"]))
-        elif k == "between":
-            lo, hi = quality._param(check, "min_value", cfg), quality._param(check, "max_value", cfg)
-            e = gxe.ExpectColumnValuesToBeBetween(column=col, min_value=lo, max_value=hi,
-                                                  strict_min=bool(p.get("strict_min")))
-        elif k in ("matches", "not_matches"):
-            pattern = quality._param(check, "pattern", cfg)
-            if not pattern:
-                continue
-            e = (gxe.ExpectColumnValuesToMatchRegex if k == "matches" else gxe.ExpectColumnValuesToNotMatchRegex)(
-                column=col, regex=pattern)
-        elif k == "rows_satisfy":
-            predicate = p["predicate"].format(run_date=run_date.isoformat(), **cfg)
-            e = gxe.UnexpectedRowsExpectation(unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE NOT ({predicate})",
-                                              description=check.description)
-        elif k == "freshness":
-            e = gxe.UnexpectedRowsExpectation(
-                unexpected_rows_query=f"SELECT max({p['expr']}) AS latest FROM {{batch}} "
-                                      f"HAVING datediff(DATE'{run_date}', to_date(max({p['expr']}))) > "
-                                      f"{cfg['freshness_max_lag_days']}", description=check.description)
-        elif k == "row_count_change" and prev_count is not None:
-            band = cfg["row_count_max_change"]
-            e = gxe.ExpectTableRowCountToBeBetween(min_value=int(prev_count * (1 - band)),
-                                                   max_value=int(prev_count * (1 + band)) + 1)
-        elif k in ("drift_mean", "drift_quantile") and prev_stats.get(check.name) is not None:
-            v = prev_stats[check.name]
-            lo, hi = v - cfg["drift_max_change"] * abs(v), v + cfg["drift_max_change"] * abs(v)
-            e = (gxe.ExpectColumnMeanToBeBetween(column=col, min_value=lo, max_value=hi) if k == "drift_mean" else
-                 gxe.ExpectColumnQuantileValuesToBeBetween(column=col, quantile_ranges={
-                     "quantiles": [p["quantile"]], "value_ranges": [[lo, hi]]}))
-        else:
-            continue
-        expectations.append(e)
-
+    expectations = _native_expectations(df, table_name, run_date, previous_df, config)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     name = f"native_{uuid.uuid4().hex[:6]}"
@@ -127,6 +71,71 @@ def native_gx(spark, df, table_name: str, run_date: dt.date, previous_df, config
             "failed": sorted(r.expectation_config.type for r in result.results if not r.success)}
 
 
+def _native_expectations(df, table_name: str, run_date: dt.date, previous_df, config) -> list:
+    """One GX expectation per check of the suite that plain GX can run on the frame."""
+    from features import quality, suites
+
+    cfg = quality.settings(config)
+    prev_count = previous_df.count() if previous_df is not None else None
+    prev_stats = {}
+    if previous_df is not None:
+        exprs = {}
+        for check in suites.suite(table_name):
+            exprs.update(quality._comparable_exprs(check, cfg))
+        prev_stats = quality._aggregate(previous_df, exprs)
+    expectations = []
+    for check in suites.suite(table_name):
+        if all(c in df.columns for c in check.reads):
+            expectation = _native_expectation(check, cfg, run_date, prev_count, prev_stats)
+            expectations += [expectation] if expectation is not None else []
+    return expectations
+
+
+def _native_expectation(check, cfg: dict, run_date: dt.date, prev_count: int | None, prev_stats: dict):
+    import great_expectations.expectations as gxe
+
+    from features import quality
+
+    k, col, p = check.kind, check.column, check.params
+    if k == "not_null":
+        return gxe.ExpectColumnValuesToNotBeNull(column=col)
+    if k == "unique":
+        return (gxe.ExpectColumnValuesToBeUnique(column=check.columns[0]) if len(check.columns) == 1
+                else gxe.ExpectCompoundColumnsToBeUnique(column_list=list(check.columns)))
+    if k == "in_set":
+        return gxe.ExpectColumnValuesToBeInSet(column=col, value_set=list(p["values"]))
+    if k == "between":
+        lo, hi = quality._param(check, "min_value", cfg), quality._param(check, "max_value", cfg)
+        return gxe.ExpectColumnValuesToBeBetween(column=col, min_value=lo, max_value=hi,
+                                                 strict_min=bool(p.get("strict_min")))
+    if k in ("matches", "not_matches"):
+        pattern = quality._param(check, "pattern", cfg)
+        if not pattern:
+            return None
+        return (gxe.ExpectColumnValuesToMatchRegex if k == "matches" else gxe.ExpectColumnValuesToNotMatchRegex)(
+            column=col, regex=pattern)
+    if k == "rows_satisfy":
+        predicate = quality._predicate(check, cfg, run_date)
+        return gxe.UnexpectedRowsExpectation(unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE NOT ({predicate})",
+                                             description=check.description)
+    if k == "freshness":
+        return gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=f"SELECT max({p['expr']}) AS latest FROM {{batch}} "
+                                  f"HAVING datediff(DATE'{run_date}', to_date(max({p['expr']}))) > "
+                                  f"{cfg['freshness_max_lag_days']}", description=check.description)
+    if k == "row_count_change" and prev_count is not None:
+        band = cfg["row_count_max_change"]
+        return gxe.ExpectTableRowCountToBeBetween(min_value=int(prev_count * (1 - band)),
+                                                  max_value=int(prev_count * (1 + band)) + 1)
+    if k in ("drift_mean", "drift_quantile") and prev_stats.get(check.name) is not None:
+        v = prev_stats[check.name]
+        lo, hi = v - cfg["drift_max_change"] * abs(v), v + cfg["drift_max_change"] * abs(v)
+        return (gxe.ExpectColumnMeanToBeBetween(column=col, min_value=lo, max_value=hi) if k == "drift_mean" else
+                gxe.ExpectColumnQuantileValuesToBeBetween(column=col, quantile_ranges={
+                    "quantiles": [p["quantile"]], "value_ranges": [[lo, hi]]}))
+    return None
+
+
 def _jobs_in(spark, fn):
     """(result, seconds, Spark jobs run) of ``fn()``."""
     from features.quality import SparkJobCount
@@ -136,7 +145,7 @@ def _jobs_in(spark, fn):
     return out, seconds, count.jobs
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--users", type=int, default=None, help="default: events / 100")
@@ -147,64 +156,30 @@ def main() -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip the plain-GX-on-Spark peer")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed after)")
     ap.add_argument("--reuse", action="store_true", help="with --work: keep its ingested bronze tables")
-    a = ap.parse_args()
+    return ap.parse_args()
 
-    from features import quality, synthetic
-    from features.tables import table as declared_table
-    from jobs import build_features, ingest, lake
+
+def main() -> int:
     from jobs.runtime import load_config, spark_session
 
+    a = _parse_args()
     users = a.users or max(a.events // 100, 100)
     items = a.items or max(a.events // 500, 200)
-    start = dt.date(2024, 1, 1)
-    run_date = start + dt.timedelta(days=a.days - 1)
-    prev_date = run_date - dt.timedelta(days=1)
+    run_date = START + dt.timedelta(days=a.days - 1)
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-quality-"))
-    lake_root = str(work / "lake")
     overrides = {"spark.master": a.master, "spark.driver_memory": a.driver_memory,
                  "spark.shuffle_partitions": 4 if a.master == "local[2]" else 16}
     cfg = load_config(overrides=overrides)
     spark = spark_session(cfg, app_name="bench-quality")
-    common = ["--lake", lake_root] + [f"{k}={v}" for k, v in overrides.items()]
     figures: dict = {"events": a.events, "users": users, "items": items, "days": a.days,
                      "run_date": run_date.isoformat(), "master": a.master, "driver_memory": a.driver_memory,
                      "cpu_count": os.cpu_count(), "platform": platform.platform()}
     try:
-        if a.reuse and (work / "lake" / "bronze" / "events" / "_delta_log").is_dir():
-            figures["generate_s"] = figures["ingest_s"] = None      # a kept --work folder: bronze is there
-        else:
-            _, figures["generate_s"] = _timed(synthetic.generate, work / "gen", users=users, items=items,
-                                              days=a.days, start_date=start, seed=0, events=a.events, fmt="parquet")
-            figures["ingest_s"] = _job(ingest, common + ["--run-date", run_date.isoformat(), "--format", "parquet",
-                                                         "--events", str(work / "gen" / "events"),
-                                                         "--items", str(work / "gen" / "items")])
-        figures["build_full_prev_s"] = _job(build_features, common + ["--run-date", prev_date.isoformat(),
-                                                                      "--full-refresh"])
-        figures["build_incremental_s"] = _job(build_features, common + ["--run-date", run_date.isoformat()])
-
+        common = ["--lake", str(work / "lake")] + [f"{k}={v}" for k, v in overrides.items()]
+        figures.update(_build(a, work, common, users, items, run_date))
         # GX's import is paid once per process (the nightly flow imports it once): measured apart.
         _, figures["gx_import_s"] = _timed(__import__, "great_expectations")
-        qcfg = cfg.section("quality")
-        qcfg["max_sequence_length"] = cfg.get("features.sequence_length")
-
-        def partitions(name):
-            """The run date's and the previous date's partition of a feature table."""
-            t = declared_table(name)
-            df = lake.read(spark, lake_root, t)
-            return (df.where(f"{t.partition_by} = DATE'{run_date}'"),
-                    df.where(f"{t.partition_by} = DATE'{prev_date}'"))
-
-        per_table = {}
-        for name in FEATURE_TABLES:
-            current, previous = partitions(name)
-            result, seconds, jobs = _jobs_in(spark, lambda: quality.validate_table(
-                spark, current, name, run_date, previous, {}, config=qcfg))
-            row = {"rows": result.rows, "previous_rows": result.previous_rows, "validate_s": round(seconds, 3),
-                   "spark_jobs": jobs, "checks": len(result.results),
-                   "failed": [f"{f['check']} ({f['severity']})" for f in result.failures],
-                   "timings": result.timings}
-            per_table[name] = row
-            print(name, json.dumps(row, default=str), flush=True)
+        per_table = _validate_tables(spark, str(work / "lake"), run_date, cfg.quality_bounds)
         figures["tables"] = per_table
         total = sum(r["validate_s"] for r in per_table.values())
         figures["validate_total_s"] = round(total, 3)
@@ -212,15 +187,7 @@ def main() -> int:
         figures["ratio_validate_to_full_build"] = round(total / figures["build_full_prev_s"], 3)
         write_results(figures)     # the required figures first; the peer below can take long
         if not a.no_peer:
-            for name in FEATURE_TABLES:
-                current, previous = partitions(name)
-                peer, p_seconds, p_jobs = _jobs_in(spark, lambda: native_gx(spark, current, name, run_date,
-                                                                             previous, qcfg))
-                per_table[name].update({"native_gx_s": round(p_seconds, 3), "native_gx_spark_jobs": p_jobs,
-                                        "native_gx_expectations": peer["expectations"],
-                                        "native_gx_failed": peer["failed"]})
-                print(name, "plain GX", json.dumps(per_table[name], default=str), flush=True)
-            peer_total = sum(r["native_gx_s"] for r in per_table.values())
+            peer_total = _peer(spark, str(work / "lake"), run_date, cfg.quality_bounds, per_table)
             figures["native_gx_total_s"] = round(peer_total, 3)
             figures["ratio_native_gx_to_incremental_build"] = round(peer_total / figures["build_incremental_s"], 3)
             figures["speedup_vs_native_gx"] = round(peer_total / total, 2)
@@ -229,6 +196,67 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     write_results(figures)
     return 0
+
+
+def _build(a: argparse.Namespace, work: Path, common: list[str], users: int, items: int,
+           run_date: dt.date) -> dict:
+    """Generate and ingest the events (unless --reuse finds them), build the features as of D - 1 (full)
+    and D (incremental); returns the step times."""
+    from features import synthetic
+    from jobs import build_features, ingest
+
+    figures: dict = {}
+    if a.reuse and (work / "lake" / "bronze" / "events" / "_delta_log").is_dir():
+        figures["generate_s"] = figures["ingest_s"] = None      # a kept --work folder: bronze is there
+    else:
+        _, figures["generate_s"] = _timed(synthetic.generate, work / "gen", users=users, items=items,
+                                          days=a.days, start_date=START, seed=0, events=a.events, fmt="parquet")
+        figures["ingest_s"] = _job(ingest, common + ["--run-date", run_date.isoformat(), "--format", "parquet",
+                                                     "--events", str(work / "gen" / "events"),
+                                                     "--items", str(work / "gen" / "items")])
+    prev_date = run_date - dt.timedelta(days=1)
+    figures["build_full_prev_s"] = _job(build_features, common + ["--run-date", prev_date.isoformat(), "--full-refresh"])
+    figures["build_incremental_s"] = _job(build_features, common + ["--run-date", run_date.isoformat()])
+    return figures
+
+
+def _partitions(spark, lake_root: str, name: str, run_date: dt.date):
+    """The run date's and the previous date's partition of a feature table."""
+    from features.tables import table as declared_table
+    from jobs import lake
+
+    t = declared_table(name)
+    df = lake.read(spark, lake_root, t)
+    prev_date = run_date - dt.timedelta(days=1)
+    return df.where(f"{t.partition_by} = DATE'{run_date}'"), df.where(f"{t.partition_by} = DATE'{prev_date}'")
+
+
+def _validate_tables(spark, lake_root: str, run_date: dt.date, config) -> dict:
+    from features import quality
+
+    per_table = {}
+    for name in FEATURE_TABLES:
+        current, previous = _partitions(spark, lake_root, name, run_date)
+        result, seconds, jobs = _jobs_in(spark, lambda: quality.validate_table(
+            spark, current, name, run_date, previous, {}, config=config))
+        row = {"rows": result.rows, "previous_rows": result.previous_rows, "validate_s": round(seconds, 3),
+               "spark_jobs": jobs, "checks": len(result.results),
+               "failed": [f"{f['check']} ({f['severity']})" for f in result.failures],
+               "timings": result.timings}
+        per_table[name] = row
+        print(name, json.dumps(row, default=str), flush=True)
+    return per_table
+
+
+def _peer(spark, lake_root: str, run_date: dt.date, config, per_table: dict) -> float:
+    """The same suites as plain GX expectations; adds their figures to ``per_table``, returns the total."""
+    for name in FEATURE_TABLES:
+        current, previous = _partitions(spark, lake_root, name, run_date)
+        peer, p_seconds, p_jobs = _jobs_in(spark, lambda: native_gx(current, name, run_date, previous, config))
+        per_table[name].update({"native_gx_s": round(p_seconds, 3), "native_gx_spark_jobs": p_jobs,
+                                "native_gx_expectations": peer["expectations"], "native_gx_failed": peer["failed"]})
+        print(name, "plain GX", json.dumps(per_table[name], default=str), flush=True)
+    return sum(r["native_gx_s"] for r in per_table.values())
 
 
 def write_results(f: dict) -> None:

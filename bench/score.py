@@ -7,8 +7,8 @@ catalogues of 10K, 50K and 200K items (dim 64), for
   ratings; only recommendForAllUsers is timed, on fewer users: --als-users, users/s stated as measured);
 - ``bound``: 2 * items * dim FLOPs per user over the dense float32 matmul rate measured here (torch sgemm
   of a 2048 x 2048 square, same threads; measured before and after the sizes, the higher rate kept).
-Each of warmstart, warmstart + repeat head and faiss is timed as the best of ``REPEAT`` calls (a first
-call in a process ran up to 40% slower here than the next ones, for either).
+Each of warmstart, warmstart + repeat head and faiss is timed as the best of ``REPEAT`` calls (a
+process's first call is slower than the next ones, for either; docs/scoring.md, Benchmark).
 Plus the reader's load time and memory for --reader-users users x 100 candidates (a Delta table written
 with delta-rs, read by scoring.reader.load_run).
 
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 D, K = 64, 100
-REPEAT = 3            # every timed call is the best of this many: this VM's speed moves by 30% from run to run
+REPEAT = 3            # every timed call is the best of this many: the machine's speed moves between runs
 
 
 def timed(fn, repeat=1):
@@ -122,7 +122,6 @@ def bench_reader(n_users, tmp):
     time scoring.reader.load_run; report resident memory growth."""
     import pyarrow as pa
     from deltalake import write_deltalake
-
 
     path = f"{tmp}/lake/candidates/user_candidates"
     run_date = dt.date(2024, 1, 1)

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from features import synthetic  # noqa: E402
-from jobs import runtime  # noqa: E402
+from jobs import jvm, runtime  # noqa: E402
 
 RUN_DATE = "2024-01-10"
 EMPTY_SESSION = """
@@ -56,10 +56,10 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = p.parse_args()
     cfg = runtime.load_config()
-    cds, archive = runtime.cds_java_options(cfg), runtime.cds_archive(cfg)
+    cds, archive = jvm.cds_java_options(cfg), jvm.cds_archive(cfg)
     if not cds:
         raise SystemExit("bench/startup.py: no CDS archive: run `make cds`")
-    jars = ",".join(runtime._jars(cfg))
+    jars = ",".join(jvm.jars(cfg))
     work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "GX_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(REPO),
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}

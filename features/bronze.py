@@ -39,7 +39,8 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.tables import EVENT_TYPES, EVENTS, ITEMS, QUARANTINE, QUARANTINE_REASONS
+from features.contract import EVENT_TYPES
+from features.tables import EVENTS, ITEMS, QUARANTINE, QUARANTINE_REASONS
 
 CANONICAL_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "event_ts", "quantity", "price", "session_id")
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "event_ts")
@@ -76,10 +77,6 @@ ONLINE_RETAIL_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("home_decor", r"FRAMES?|SIGN|CLOCK|MIRROR|HEART|CUSHION|DOORMAT|ORNAMENT|DECORATION|WREATH|GARLAND|"
                    r"BUNTING|DOORSTOP|VASE|PLAQUE|CHIME|THROW|BLANKET|QUILT"),
 )
-
-
-# --------------------------------------------------------------------------------------------------
-# Text inputs: line numbers
 
 
 def number_lines(lines: DataFrame) -> DataFrame:
@@ -131,10 +128,6 @@ def _split_csv(value: Column, names: list[str]) -> Column:
     return F.from_csv(value, ddl, {"escape": '"', "mode": "PERMISSIVE"})
 
 
-# --------------------------------------------------------------------------------------------------
-# Normalising fields
-
-
 def normalize_id(value: Column) -> Column:
     """Ids are trimmed strings; an empty id is null; a number written as a float ("17850.0", what a
     spreadsheet export makes of an integer column with blanks) becomes its integer digits."""
@@ -171,10 +164,6 @@ def _price_hash_text(price: Column) -> Column:
     return price.cast("decimal(20,6)").cast("string")   # "2.5" and 2.50 are the same price
 
 
-# --------------------------------------------------------------------------------------------------
-# Sources -> candidates
-
-
 def canonical_candidates(fields: DataFrame) -> DataFrame:
     """Candidates from records in the DESIGN event schema, whatever their format: ``fields`` has
     ``source, record_number, record, malformed`` and the event columns (``quantity``, ``price``,
@@ -192,14 +181,16 @@ def canonical_candidates(fields: DataFrame) -> DataFrame:
     user_id, item_id, session_id = normalize_id(col("user_id")), normalize_id(col("item_id")), _raw_text(col("session_id"))
     hash_fields = F.array(user_id, item_id, event_type, _ts_hash_text(ts), _hash_text(quantity),
                           _price_hash_text(_number(p_raw)), session_id)
-    return fields.select(
-        "source", "record_number", F.col("record").cast("string").alias("record"), "malformed",
-        user_id.alias("user_id"), item_id.alias("item_id"), event_type.alias("event_type"),
-        ts_raw.alias("event_ts_raw"), ts.alias("event_ts"),
-        q_raw.alias("quantity_raw"), quantity.alias("quantity"),
-        p_raw.alias("price_raw"), _number(p_raw).alias("price"),
-        session_id.alias("session_id"), hash_fields.alias("hash_fields"),
-        F.lit(None).cast("string").alias("item_title"))
+    return _candidates(fields, record=F.col("record").cast("string"), user_id=user_id, item_id=item_id,
+                       event_type=event_type, event_ts_raw=ts_raw, event_ts=ts, quantity_raw=q_raw, quantity=quantity,
+                       price_raw=p_raw, price=_number(p_raw), session_id=session_id, hash_fields=hash_fields,
+                       item_title=F.lit(None).cast("string"))
+
+
+def _candidates(frame: DataFrame, **columns: Column) -> DataFrame:
+    """``frame`` as a candidate frame: the :data:`CANDIDATE_COLUMNS` in order, each from ``columns`` or,
+    where not given there, ``frame``'s column of that name."""
+    return frame.select(*[columns[c].alias(c) if c in columns else F.col(c) for c in CANDIDATE_COLUMNS])
 
 
 def csv_fields(lines: DataFrame, header: list[str], max_line_chars: int) -> DataFrame:
@@ -250,20 +241,11 @@ def online_retail_candidates(lines: DataFrame, *, timezone: str, max_line_chars:
     is_return = F.upper(F.coalesce(invoice, F.lit(""))).startswith("C") | (F.coalesce(q, F.lit(0)) < 0)
     hash_fields = F.array(F.lit("online-retail"), invoice, item_id, F.coalesce(_hash_text(q), q_raw),
                           F.coalesce(_ts_hash_text(ts), date_raw), F.coalesce(_price_hash_text(price), p_raw), user_id)
-    return lines.select(
-        "source", "record_number", F.col("value").alias("record"),
-        _csv_problem(F.col("value"), len(names), max_line_chars).alias("malformed"),
-        user_id.alias("user_id"), item_id.alias("item_id"),
-        F.when(is_return, F.lit("return")).otherwise(F.lit("purchase")).alias("event_type"),
-        date_raw.alias("event_ts_raw"), ts.alias("event_ts"),
-        q_raw.alias("quantity_raw"), F.abs(q).alias("quantity"),
-        p_raw.alias("price_raw"), price.alias("price"),
-        invoice.alias("session_id"), hash_fields.alias("hash_fields"),
-        _raw_text(parsed["description"]).alias("item_title"))
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation
+    return _candidates(
+        lines, record=F.col("value"), malformed=_csv_problem(F.col("value"), len(names), max_line_chars),
+        user_id=user_id, item_id=item_id, event_type=F.when(is_return, F.lit("return")).otherwise(F.lit("purchase")),
+        event_ts_raw=date_raw, event_ts=ts, quantity_raw=q_raw, quantity=F.abs(q), price_raw=p_raw, price=price,
+        session_id=invoice, hash_fields=hash_fields, item_title=_raw_text(parsed["description"]))
 
 
 def future_cutoff(run_date: dt.date, future_tolerance_days: int) -> dt.datetime:
@@ -330,10 +312,6 @@ def quarantine_rows(rejected: DataFrame, *, run_date: dt.date, run_id: str, quar
         F.substring(F.make_valid_utf8(F.col("record")), 1, RECORD_MAX_CHARS).alias("record"), "reason", "detail",
         F.lit(quarantined_at).cast("timestamp").alias("quarantined_at"),
     ).select(*QUARANTINE.columns)
-
-
-# --------------------------------------------------------------------------------------------------
-# Items
 
 
 def online_retail_category(stock_code: Column, title: Column) -> Column:

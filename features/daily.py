@@ -15,7 +15,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from features.tables import EVENT_COUNT_NAMES, ITEM_DAILY, USER_DAILY
+from features.tables import EVENT_COUNT_NAMES, ITEM_DAILY, MONEY, USER_DAILY
 
 
 def _is(event_type: str) -> Column:
@@ -44,13 +44,15 @@ def user_daily(events: DataFrame, items: DataFrame, lg_config_k: int) -> DataFra
     category from ``items`` (bronze/items) for the category counts.
 
     One aggregation: the day's known categories are collected (a user's day is a few events) and
-    counted per category from that list, instead of a second group-by per category joined back (10M
-    events, without the write: 35.3 / 23.9 -> 23.3 / 21.4 s in two rounds; docs/features.md)."""
+    counted per category from that list, instead of a second group-by per category joined back (the
+    faster of the two: docs/features.md, "Benchmark")."""
     categorised = events.join(items.select("item_id", "category"), "item_id", "left")
     purchase, ret = _is("purchase"), _is("return")
     return (categorised.groupBy("user_id", "event_date").agg(
         *_type_counts(),
-        F.coalesce(F.sum(F.when(purchase, _line_amount()).when(ret, -_line_amount())), F.lit(0)).alias("spend"),
+        # a sum of price x quantity widens to decimal(38, 4); a day's spend fits the table's MONEY
+        F.coalesce(F.sum(F.when(purchase, _line_amount()).when(ret, -_line_amount())), F.lit(0))
+        .cast(MONEY).alias("spend"),
         F.coalesce(F.sum(F.when(purchase, _price())), F.lit(0)).alias("purchase_price_sum"),
         F.count_if(purchase & F.col("price").isNotNull()).alias("purchase_price_count"),
         F.max("event_ts").alias("last_event_at"),

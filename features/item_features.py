@@ -22,8 +22,9 @@ import datetime as dt
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from features.contract import cutoff
 from features.state import windowed_distinct
-from features.tables import FEATURE_WINDOWS, ITEM_FEATURES
+from features.tables import ITEM_FEATURES
 from features.user_features import days_between
 
 
@@ -39,7 +40,7 @@ def item_features(state: DataFrame, daily: DataFrame, items: DataFrame, as_of: d
                                      "first_event_at": "first_seen_at"}))
     catalogue = items.select("item_id", "title", "description", "category", "brand",
                              F.col("price").alias("catalog_price"), "updated_at")
-    listed_by_then = catalogue.where(F.col("updated_at") < F.lit(as_of + dt.timedelta(days=1))).select("item_id")
+    listed_by_then = catalogue.where(F.col("updated_at") < F.lit(cutoff(as_of))).select("item_id")
     item_ids = per_item.select("item_id").unionByName(listed_by_then).distinct()
 
     counts = [c for c in ITEM_FEATURES.columns if c.startswith(("count_", "distinct_users_"))]

@@ -22,6 +22,7 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from features.contract import cutoff
 from features.tables import USER_SEQUENCES
 
 _STEP = "struct<event_ts:timestamp,item_id:string,event_type:string>"
@@ -53,8 +54,8 @@ def _to_table(per_user: DataFrame, as_of: dt.date, n: int) -> DataFrame:
 
 
 def point_in_time(events: DataFrame, as_of: dt.date) -> DataFrame:
-    """Events that happened before as_of_date + 1 day (UTC)."""
-    return events.where(F.col("event_ts") < F.lit(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())))
+    """Events visible as of ``as_of`` (features.contract.cutoff: before as_of_date + 1 day, UTC)."""
+    return events.where(F.col("event_ts") < F.lit(cutoff(as_of)))
 
 
 def sequences_full(events: DataFrame, as_of: dt.date, n: int) -> DataFrame:

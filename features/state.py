@@ -111,18 +111,21 @@ def _merge(previous: DataFrame, change: DataFrame, table: Table, key: str, as_of
     def merged(c: str) -> Column:
         a, b = F.col(f"_old_{c}"), F.col(c)
         rule = rules.get(c, "sum")
+        # A decimal sum widens to decimal(38, 4) and a merged map types its values not null: both are
+        # cast back to the declared type.
+        declared = table.schema[c].dataType
         if rule == "sum":
-            return F.coalesce(a, F.lit(0)) + F.coalesce(b, F.lit(0))
+            return (F.coalesce(a, F.lit(0)) + F.coalesce(b, F.lit(0))).cast(declared)
         if rule == "max":
             return F.greatest(a, b)
         if rule == "min":
             return F.least(a, b)
         if rule == "counts":
             return F.map_zip_with(F.coalesce(a, _empty(table, c)), F.coalesce(b, _empty(table, c)),
-                                  lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0)))
+                                  lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0))).cast(declared)
         if rule == "latest":
             return F.map_zip_with(F.coalesce(a, _empty(table, c)), F.coalesce(b, _empty(table, c)),
-                                  lambda _, x, y: F.greatest(x, y))
+                                  lambda _, x, y: F.greatest(x, y)).cast(declared)
         if rule == "sketch":
             return F.when(a.isNull(), b).when(b.isNull(), a).otherwise(F.hll_union(a, b))
         raise ValueError(f"unknown merge rule {rule!r} for {c}")

@@ -50,6 +50,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features.contract import EVENT_TYPES
+
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}   # --format -> file extension
 
 # One vocabulary per category: nouns say what the thing is, adjectives how; colours are shared.
@@ -82,7 +84,6 @@ VOCABULARY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 COLOURS = ("red", "blue", "green", "ivory", "black", "pink", "grey", "mustard", "teal", "white")
 BRANDS = ("Northwind", "Acme Home", "Bramble & Co", "Little Wren", "Harbour", "Oak Lane", "Kiln", "Fable")
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "return")   # = features.tables.EVENT_TYPES
 BAD_KINDS_TYPED = ("missing_user_id", "missing_item_id", "unparseable_timestamp", "timestamp_in_future",
                    "unknown_event_type", "invalid_price", "invalid_quantity")
 
@@ -110,57 +111,18 @@ def generate(out_dir: str | Path, *, users: int, items: int, days: int, start_da
     sessions). Existing ``events/`` and ``items/`` folders are replaced, so a rerun with the same
     arguments leaves identical files."""
     check_params(users=users, items=items, days=days, bad_rate=bad_rate, fmt=fmt, categories=categories,
-           events=events, chunk_events=chunk_events)
+                 events=events, chunk_events=chunk_events)
     start = dt.date.fromisoformat(start_date) if isinstance(start_date, str) else start_date
     out = Path(out_dir)
     for sub in ("events", "items"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True)
-    ext = FORMATS[fmt]
     world = _World.build(np.random.default_rng([seed, 0]), users=users, items=items,
                          categories=min(categories, len(VOCABULARY)), zipf_exponent=zipf_exponent)
-
-    item_table = world.item_table(start)
-    _write(item_table, out / "items" / f"part-00000.{ext}", fmt, bad_lines=None)
-
-    start_us = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc).timestamp() * 1e6)
-    span_us = days * 86_400 * 1_000_000
-    events_per_session = _expected_events_per_session(funnel)
-    target = events if events is not None else None
-    sessions_total = None if target is not None else int(round(users * days * funnel.sessions_per_user_day))
-    sessions_per_chunk = max(1, int(chunk_events / events_per_session))
-
-    written = 0
-    sessions_done = 0
-    bad_counts = {k: 0 for k in (*BAD_KINDS_TYPED, "malformed_record")}
-    counts_by_type = {t: 0 for t in EVENT_TYPES}
-    files = 0
-    session_base = 0
-    while True:
-        if target is not None and written >= target:
-            break
-        if sessions_total is not None and sessions_done >= sessions_total:
-            break
-        n_sessions = sessions_per_chunk if sessions_total is None else min(sessions_per_chunk, sessions_total - sessions_done)
-        rng = np.random.default_rng([seed, 1, files])   # chunk k's own stream
-        chunk = _sessions(rng, world, funnel, n_sessions, session_base, start_us, span_us)
-        session_base += n_sessions
-        sessions_done += n_sessions
-        if target is not None and written + len(chunk["user"]) > target:
-            chunk = {k: v[: target - written] for k, v in chunk.items()}
-        n = len(chunk["user"])
-        if n == 0:
-            continue
-        for i, name in enumerate(EVENT_TYPES):
-            counts_by_type[name] += int(np.count_nonzero(chunk["type"] == i))
-        table, bad_lines, chunk_bad = _to_table(rng, world, chunk, bad_rate=bad_rate, fmt=fmt,
-                                                future_us=start_us + span_us + 30 * 86_400 * 1_000_000)
-        for k, v in chunk_bad.items():
-            bad_counts[k] += v
-        _write(table, out / "events" / f"part-{files:05d}.{ext}", fmt, bad_lines=bad_lines)
-        written += n
-        files += 1
-
+    _write(world.item_table(start), out / "items" / f"part-00000.{FORMATS[fmt]}", fmt, bad_lines=None)
+    sessions = None if events is not None else int(round(users * days * funnel.sessions_per_user_day))
+    tally = _write_events(out / "events", world, funnel, start, days, seed=seed, bad_rate=bad_rate, fmt=fmt,
+                          events=events, sessions=sessions, chunk_events=chunk_events)
     truth = {
         "seed": seed, "users": users, "items": items, "days": days, "start_date": start.isoformat(),
         "categories": world.category_names,
@@ -168,16 +130,48 @@ def generate(out_dir: str | Path, *, users: int, items: int, days: int, start_da
     }
     (out / "truth.json").write_text(json.dumps(truth, sort_keys=True))
     return {
-        "out_dir": str(out), "format": fmt, "events": written, "event_files": files, "items": items,
+        "out_dir": str(out), "format": fmt, "events": tally["events"], "event_files": tally["files"], "items": items,
         "users": users, "days": days, "start_date": start.isoformat(),
         "end_date": (start + dt.timedelta(days=days - 1)).isoformat(), "seed": seed,
-        "events_by_type": counts_by_type, "bad_records": {k: v for k, v in bad_counts.items()},
-        "bad_records_total": sum(bad_counts.values()),
+        "events_by_type": tally["by_type"], "bad_records": tally["bad"],
+        "bad_records_total": sum(tally["bad"].values()),
     }
 
 
+def _write_events(folder: Path, world: "_World", funnel: Funnel, start: dt.date, days: int, *, seed: int,
+                  bad_rate: float, fmt: str, events: int | None, sessions: int | None,
+                  chunk_events: int) -> dict[str, Any]:
+    """Draw sessions chunk by chunk (about ``chunk_events`` events each, one file per chunk) until
+    ``events`` rows are written, or without ``events`` ``sessions`` sessions; returns the counts written."""
+    start_us = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc).timestamp() * 1e6)
+    span_us = days * 86_400 * 1_000_000
+    sessions_per_chunk = max(1, int(chunk_events / _expected_events_per_session(funnel)))
+    tally = {"events": 0, "files": 0, "by_type": {t: 0 for t in EVENT_TYPES},
+             "bad": {k: 0 for k in (*BAD_KINDS_TYPED, "malformed_record")}}
+    sessions_done = 0
+    while tally["events"] < events if events is not None else sessions_done < sessions:
+        n_sessions = sessions_per_chunk if sessions is None else min(sessions_per_chunk, sessions - sessions_done)
+        rng = np.random.default_rng([seed, 1, tally["files"]])   # chunk k's own stream
+        chunk = _sessions(rng, world, funnel, n_sessions, sessions_done, start_us, span_us)
+        sessions_done += n_sessions
+        if events is not None and tally["events"] + len(chunk["user"]) > events:
+            chunk = {k: v[: events - tally["events"]] for k, v in chunk.items()}
+        if len(chunk["user"]) == 0:
+            continue
+        for i, name in enumerate(EVENT_TYPES):
+            tally["by_type"][name] += int(np.count_nonzero(chunk["type"] == i))
+        table, bad_lines, chunk_bad = _to_table(rng, world, chunk, bad_rate=bad_rate, fmt=fmt,
+                                                future_us=start_us + span_us + 30 * 86_400 * 1_000_000)
+        for k, v in chunk_bad.items():
+            tally["bad"][k] += v
+        _write(table, folder / f"part-{tally['files']:05d}.{FORMATS[fmt]}", fmt, bad_lines=bad_lines)
+        tally["events"] += len(chunk["user"])
+        tally["files"] += 1
+    return tally
+
+
 def check_params(*, users: int, items: int, days: int, bad_rate: float, fmt: str, categories: int,
-           events: int | None, chunk_events: int) -> None:
+                 events: int | None, chunk_events: int) -> None:
     """Raise ValueError on arguments :func:`generate` cannot honour."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")

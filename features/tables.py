@@ -35,7 +35,6 @@ def _schema(*fields: tuple[str, T.DataType, bool]) -> T.StructType:
 
 S, L, I, D, TS, DT = T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(), T.TimestampType(), T.DateType()
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "return")
 
 EVENTS = Table(
     name="bronze/events",
@@ -44,7 +43,7 @@ EVENTS = Table(
         ("event_id", S, False),
         ("user_id", S, False),
         ("item_id", S, False),
-        ("event_type", S, False),      # one of EVENT_TYPES
+        ("event_type", S, False),      # one of features.contract.EVENT_TYPES
         ("event_ts", TS, False),       # UTC
         ("event_date", DT, False),     # date(event_ts) in UTC: the partition
         ("quantity", I, True),
@@ -122,8 +121,6 @@ USER_SEQUENCES = Table(
     partition_by="as_of_date",
     write="replace_partition",
 )
-
-# --- features: the daily aggregate layer, the feature tables and the build log (jobs/build_features.py) ---
 
 # Feature windows: name suffix -> days ending at as_of_date (inclusive); None = all history up to as_of.
 FEATURE_WINDOWS: dict[str, int | None] = {"1d": 1, "7d": 7, "30d": 30, "90d": 90, "all": None}
@@ -208,7 +205,7 @@ USER_STATE = Table(
         ("category_counts", T.MapType(S, L), False),   # events per known category, all history
         ("items_sketch", SKETCH, False),               # HLL of item_id, all history
         # the last event_date of each known category: distinct categories over a window, exactly and
-        # without re-reading the window's daily rows (null in partitions written before 2026-12-04)
+        # without re-reading the window's daily rows (null in partitions written before the column was added)
         ("category_last_dates", T.MapType(S, DT), True),
     ),
     keys=("user_id",),

@@ -17,9 +17,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from features.state import windowed_distinct
-from features.tables import EVENT_COUNT_NAMES, FEATURE_WINDOWS, USER_FEATURES
-
-COUNT_STEMS = [*EVENT_COUNT_NAMES.values(), "events"]
+from features.tables import FEATURE_WINDOWS, USER_FEATURES
 
 
 def days_between(as_of: dt.date, ts: str) -> Column:
@@ -34,7 +32,7 @@ def user_features(state: DataFrame, daily: DataFrame, as_of: dt.date, cold_start
     columns["distinct_items_all"] = F.coalesce(F.hll_sketch_estimate("items_sketch"), F.lit(0))
     for w, days in FEATURE_WINDOWS.items():
         if days is None:
-            columns[f"distinct_categories_{w}"] = F.size("category_counts")
+            columns[f"distinct_categories_{w}"] = F.size("category_counts").cast("long")
         else:
             since = F.lit(as_of - dt.timedelta(days=days))
             columns[f"distinct_categories_{w}"] = F.size(

@@ -103,108 +103,151 @@ def _state_of(spark: SparkSession, args: BuildFeaturesArgs, table: Table, as_of:
     return rows if first is not None and all(first) else None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one as_of_date's build reads and rebuilds (full: base is None, every event up to as_of unseen)."""
+    as_of: dt.date
+    mode: str                            # "full" | "incremental"
+    base: dict[str, Any] | None          # the features/builds row of the base build B
+    events: DataFrame                    # bronze/events at events_version
+    events_version: int
+    items: DataFrame
+    items_version: int | None
+    previous: dict[str, DataFrame]       # B's state rows per state table (empty frames for a full build)
+    unseen: DataFrame                    # the events B had not seen, up to as_of
+    rebuilt: list[dt.date]               # daily partitions to (re)build
+    late: list[dt.date]                  # of those, dates <= B that got late events
+    where: str | None                    # SQL condition selecting the rebuilt daily partitions
+    sequences: DataFrame                 # features/user_sequences rows of as_of
+    ingested_through: dt.datetime | None # the watermark the next build starts from
+
+    @property
+    def base_date(self) -> dt.date | None:
+        return self.base["as_of_date"] if self.base else None
+
+
 def build_one(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full_refresh: bool) -> dict[str, Any]:
     """Build the three feature tables for one as_of_date; returns this date's summary."""
-    cfg = args.config
-    n = int(cfg.get("features.sequence_length", 50))
-    k = int(cfg.get("features.hll_lg_config_k", 12))
-    events_version = lake.version(spark, args.lake, EVENTS)
-    events = lake.read(spark, args.lake, EVENTS, version=events_version)
-    items, items_version = _items(spark, args)
-    base = None if full_refresh else _latest_build_before(spark, args, as_of)
-    b = base["as_of_date"] if base else None
-    previous = {t.name: _state_of(spark, args, t, b) for t in (USER_STATE, ITEM_STATE)}
-    if any(p is None for p in previous.values()):   # a base built before the state (or its newest column)
-        base, b = None, None
-        previous = {t.name: _state_of(spark, args, t, None) for t in (USER_STATE, ITEM_STATE)}
-    mode = "full" if base is None else "incremental"
-
-    if base is None:
-        unseen = events.where(F.col("event_date") <= F.lit(as_of))
-        rebuilt = sorted(r[0] for r in unseen.select("event_date").distinct().collect())
-        late: list[dt.date] = []
-        where = f"event_date <= '{as_of.isoformat()}'"
-        sequences = sequences_full(unseen, as_of, n)
-        ingested_through = events.agg(F.max("ingested_at")).first()[0]
-    else:
-        watermark = base["ingested_through"]
-        fresh = events if watermark is None else events.where(F.col("ingested_at") > F.lit(watermark))
-        late = sorted(r[0] for r in fresh.where(F.col("event_date") <= F.lit(b)).select("event_date").distinct().collect())
-        after_base = events.where((F.col("event_date") > F.lit(b)) & (F.col("event_date") <= F.lit(as_of)))
-        rebuilt = sorted(set(late) | {r[0] for r in after_base.select("event_date").distinct().collect()})
-        where = _dates_sql("event_date", rebuilt) if rebuilt else None
-        previous_sequences = lake.read(spark, args.lake, USER_SEQUENCES).where(F.col("as_of_date") == F.lit(b))
-        unseen = after_base.unionByName(fresh.where(F.col("event_date") <= F.lit(b)))
-        sequences = sequences_incremental(previous_sequences, unseen, as_of, n)
-        newest = fresh.agg(F.max("ingested_at")).first()[0]
-        ingested_through = max(w for w in (watermark, newest) if w is not None) if (watermark or newest) else None
-
-    leaving_dates = state.leaving_dates(b, as_of) if base else None
-
-    def entity(daily_table: Table, state_table: Table, features_table: Table, make_daily, make_state,
-               make_features) -> tuple[dict[str, int], int, int]:
-        """One entity's chain (user or item): its daily partitions, its state, its feature table.
-        Returns (versions written, the daily table's version read, feature rows)."""
-        written: dict[str, int] = {}
-        if rebuilt:
-            written[daily_table.name] = lake.replace_where(
-                spark, args.lake, daily_table, make_daily(events.where(F.col("event_date").isin(rebuilt))), where)
-        lake.ensure(spark, args.lake, daily_table)
-        daily_version = lake.version(spark, args.lake, daily_table)
-        daily = lake.read(spark, args.lake, daily_table, version=daily_version)
-        if late:    # the rebuilt partitions also hold events the base had seen: aggregate the unseen ones alone
-            unseen_daily = make_daily(unseen)
-        else:       # every event of the rebuilt partitions is unseen: read them back instead of re-aggregating
-            unseen_daily = daily.where(F.col("event_date").isin(rebuilt)) if rebuilt else daily.limit(0)
-        leaving = daily.where(F.col("event_date").isin(leaving_dates)) if base else None
-        rolled = make_state(previous[state_table.name], unseen_daily, leaving, as_of, b)
-        written[state_table.name] = lake.replace_partition(spark, args.lake, state_table, rolled, as_of)
-        rolled = lake.read(spark, args.lake, state_table, version=written[state_table.name])
-        written[features_table.name], rows = _write_counted(spark, args, features_table,
-                                                            make_features(rolled, daily), as_of)
-        return written, daily_version, rows
-
-    def user_chain():
-        min_events = int(cfg.get("features.cold_start_min_events", 5))
-        return entity(USER_DAILY, USER_STATE, USER_FEATURES, lambda e: daily_layer.user_daily(e, items, k),
-                      state.user_state, lambda st, d: user_features(st, d, as_of, min_events))
-
-    def item_chain():
-        prior_purchases = float(cfg.get("features.conversion_prior_purchases", 1.0))
-        prior_views = float(cfg.get("features.conversion_prior_views", 49.0))
-        return entity(ITEM_DAILY, ITEM_STATE, ITEM_FEATURES, lambda e: daily_layer.item_daily(e, k), state.item_state,
-                      lambda st, d: item_features(st, d, items, as_of, prior_purchases, prior_views))
-
-    def sequence_chain():
-        version, rows = _write_counted(spark, args, USER_SEQUENCES, sequences, as_of)
-        return {USER_SEQUENCES.name: version}, None, rows
-
-    # The three chains touch different tables: run as concurrent Spark jobs, so one chain's Delta log
-    # reads, commits and single-task stages overlap another's work (2 cores, 10M events: see
-    # docs/features.md). An error in any chain fails the build before features/builds records it.
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(chain) for chain in (user_chain, item_chain, sequence_chain)]
-        (user_out, user_daily_v, user_rows), (item_out, item_daily_v, item_rows), (seq_out, _, seq_rows) = \
-            [f.result() for f in futures]
-    outputs: dict[str, Any] = {**user_out, **item_out, **seq_out}
-    daily_versions = {USER_DAILY.name: user_daily_v, ITEM_DAILY.name: item_daily_v}
-    rows = {USER_FEATURES.name: user_rows, ITEM_FEATURES.name: item_rows, USER_SEQUENCES.name: seq_rows}
-
+    plan = _plan(spark, args, as_of, full_refresh)
+    outputs, daily_versions, rows = _write_tables(spark, args, plan)
     build = spark.createDataFrame([{
-        "as_of_date": as_of, "run_id": args.run_id, "mode": mode,
-        "base_as_of_date": base["as_of_date"] if base else None, "events_version": events_version,
-        "ingested_through": ingested_through, "rebuilt_dates": rebuilt, "late_dates": late,
+        "as_of_date": as_of, "run_id": args.run_id, "mode": plan.mode, "base_as_of_date": plan.base_date,
+        "events_version": plan.events_version, "ingested_through": plan.ingested_through,
+        "rebuilt_dates": plan.rebuilt, "late_dates": plan.late,
         "built_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
     }], FEATURE_BUILDS.schema)
     outputs[FEATURE_BUILDS.name] = lake.append(spark, args.lake, FEATURE_BUILDS, build)
     return {
-        "as_of_date": as_of.isoformat(), "mode": mode,
-        "base_as_of_date": base["as_of_date"].isoformat() if base else None,
-        "daily_partitions_rebuilt": len(rebuilt), "late_dates": [d.isoformat() for d in late],
+        "as_of_date": as_of.isoformat(), "mode": plan.mode,
+        "base_as_of_date": plan.base_date.isoformat() if plan.base else None,
+        "daily_partitions_rebuilt": len(plan.rebuilt), "late_dates": [d.isoformat() for d in plan.late],
         "rows": rows,
-        "inputs": {EVENTS.name: events_version, ITEMS.name: items_version, **daily_versions},
+        "inputs": {EVENTS.name: plan.events_version, ITEMS.name: plan.items_version, **daily_versions},
         "outputs": outputs,
     }
+
+
+def _plan(spark: SparkSession, args: BuildFeaturesArgs, as_of: dt.date, full_refresh: bool) -> _Plan:
+    """The base build (none for a full one, or when its state cannot be rolled forward) and the events
+    and daily partitions this build covers."""
+    events_version = lake.version(spark, args.lake, EVENTS)
+    events = lake.read(spark, args.lake, EVENTS, version=events_version)
+    items, items_version = _items(spark, args)
+    base = None if full_refresh else _latest_build_before(spark, args, as_of)
+    states = (USER_STATE, ITEM_STATE)
+    previous = {t.name: _state_of(spark, args, t, base["as_of_date"] if base else None) for t in states}
+    if any(p is None for p in previous.values()):   # a base built before the state (or its newest column)
+        base = None
+        previous = {t.name: _state_of(spark, args, t, None) for t in states}
+    n = args.config.features.sequence_length
+    changes = (_full_changes(events, as_of, n) if base is None
+               else _incremental_changes(spark, args, events, base, as_of, n))
+    return _Plan(as_of=as_of, mode="full" if base is None else "incremental", base=base, events=events,
+                 events_version=events_version, items=items, items_version=items_version, previous=previous,
+                 **changes)
+
+
+def _full_changes(events: DataFrame, as_of: dt.date, n: int) -> dict[str, Any]:
+    """Every event up to as_of is unseen; every daily partition up to as_of is rebuilt."""
+    unseen = events.where(F.col("event_date") <= F.lit(as_of))
+    return {"unseen": unseen, "rebuilt": sorted(r[0] for r in unseen.select("event_date").distinct().collect()),
+            "late": [], "where": f"event_date <= '{as_of.isoformat()}'", "sequences": sequences_full(unseen, as_of, n),
+            "ingested_through": events.agg(F.max("ingested_at")).first()[0]}
+
+
+def _incremental_changes(spark: SparkSession, args: BuildFeaturesArgs, events: DataFrame, base: dict[str, Any],
+                         as_of: dt.date, n: int) -> dict[str, Any]:
+    """The events dated in (B, as_of] and the late ones (dated <= B, ingested after B's watermark)."""
+    b, watermark = base["as_of_date"], base["ingested_through"]
+    fresh = events if watermark is None else events.where(F.col("ingested_at") > F.lit(watermark))
+    late = sorted(r[0] for r in fresh.where(F.col("event_date") <= F.lit(b)).select("event_date").distinct().collect())
+    after_base = events.where((F.col("event_date") > F.lit(b)) & (F.col("event_date") <= F.lit(as_of)))
+    rebuilt = sorted(set(late) | {r[0] for r in after_base.select("event_date").distinct().collect()})
+    previous_sequences = lake.read(spark, args.lake, USER_SEQUENCES).where(F.col("as_of_date") == F.lit(b))
+    unseen = after_base.unionByName(fresh.where(F.col("event_date") <= F.lit(b)))
+    newest = fresh.agg(F.max("ingested_at")).first()[0]
+    return {"unseen": unseen, "rebuilt": rebuilt, "late": late,
+            "where": _dates_sql("event_date", rebuilt) if rebuilt else None,
+            "sequences": sequences_incremental(previous_sequences, unseen, as_of, n),
+            "ingested_through": max((w for w in (watermark, newest) if w is not None), default=None)}
+
+
+def _write_tables(spark: SparkSession, args: BuildFeaturesArgs,
+                  plan: _Plan) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
+    """Run the three chains (user daily -> state -> features, the same for items, sequences); returns
+    (versions written, daily versions read, rows per feature table)."""
+    features, as_of, k = args.config.features, plan.as_of, args.config.features.hll_lg_config_k
+
+    def user_chain():
+        return _entity(spark, args, plan, USER_DAILY, USER_STATE, USER_FEATURES,
+                       lambda e: daily_layer.user_daily(e, plan.items, k), state.user_state,
+                       lambda st, d: user_features(st, d, as_of, features.cold_start_min_events))
+
+    def item_chain():
+        return _entity(spark, args, plan, ITEM_DAILY, ITEM_STATE, ITEM_FEATURES,
+                       lambda e: daily_layer.item_daily(e, k), state.item_state,
+                       lambda st, d: item_features(st, d, plan.items, as_of, features.conversion_prior_purchases,
+                                                   features.conversion_prior_views))
+
+    def sequence_chain():
+        version, rows = _write_counted(spark, args, USER_SEQUENCES, plan.sequences, as_of)
+        return {USER_SEQUENCES.name: version}, None, rows
+
+    # The three chains touch different tables: run as concurrent Spark jobs, so one chain's Delta log
+    # reads, commits and single-task stages overlap another's work (docs/features.md). An error in any
+    # chain fails the build before features/builds records it.
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(chain) for chain in (user_chain, item_chain, sequence_chain)]
+        (user_out, user_daily_v, user_rows), (item_out, item_daily_v, item_rows), (seq_out, _, seq_rows) = \
+            [f.result() for f in futures]
+    return ({**user_out, **item_out, **seq_out}, {USER_DAILY.name: user_daily_v, ITEM_DAILY.name: item_daily_v},
+            {USER_FEATURES.name: user_rows, ITEM_FEATURES.name: item_rows, USER_SEQUENCES.name: seq_rows})
+
+
+def _entity(spark: SparkSession, args: BuildFeaturesArgs, plan: _Plan, daily_table: Table, state_table: Table,
+            features_table: Table, make_daily, make_state, make_features) -> tuple[dict[str, int], int, int]:
+    """One entity's chain (user or item): its daily partitions, its state, its feature table.
+    Returns (versions written, the daily table's version read, feature rows)."""
+    written: dict[str, int] = {}
+    if plan.rebuilt:
+        rebuilt_events = plan.events.where(F.col("event_date").isin(plan.rebuilt))
+        written[daily_table.name] = lake.replace_where(spark, args.lake, daily_table, make_daily(rebuilt_events),
+                                                       plan.where)
+    lake.ensure(spark, args.lake, daily_table)
+    daily_version = lake.version(spark, args.lake, daily_table)
+    daily = lake.read(spark, args.lake, daily_table, version=daily_version)
+    if plan.late:    # the rebuilt partitions also hold events the base had seen: aggregate the unseen ones alone
+        unseen_daily = make_daily(plan.unseen)
+    else:            # every event of the rebuilt partitions is unseen: read them back instead of re-aggregating
+        unseen_daily = daily.where(F.col("event_date").isin(plan.rebuilt)) if plan.rebuilt else daily.limit(0)
+    leaving = (daily.where(F.col("event_date").isin(state.leaving_dates(plan.base_date, plan.as_of)))
+               if plan.base else None)
+    rolled = make_state(plan.previous[state_table.name], unseen_daily, leaving, plan.as_of, plan.base_date)
+    written[state_table.name] = lake.replace_partition(spark, args.lake, state_table, rolled, plan.as_of)
+    rolled = lake.read(spark, args.lake, state_table, version=written[state_table.name])
+    written[features_table.name], rows = _write_counted(spark, args, features_table, make_features(rolled, daily),
+                                                        plan.as_of)
+    return written, daily_version, rows
 
 
 def _write_counted(spark: SparkSession, args: BuildFeaturesArgs, table: Table, df: DataFrame,
@@ -250,9 +293,7 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("features", parser(),
-                           lambda ns, common: runtime.dataclass_from(BuildFeaturesArgs, ns, common),
-                           run, argv)
+    return runtime.run_job("features", parser(), BuildFeaturesArgs, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("build_features", "build user / item features and user sequences as of a date"),
     "validate": ("validate", "run a table's data-quality suite for one partition"),
     "train": ("train", "train the transformer recommender with Ray Train and register it"),
-    "evaluate": ("evaluate", "evaluate a model version against the baselines"),
+    "evaluate": ("evaluate", "leave-last-out evaluation (other users' later events leak in: see backtest)"),
+    "backtest": ("backtest", "judge past nights' lists against the following week, beside tuned baselines"),
     "score": ("score", "write top-K candidates for every user"),
     "publish": ("publish", "gate and publish a run's candidates"),
     "nightly": ("nightly", "run the whole nightly flow for a date"),
+    "report": ("report", "write the run report reports/<run_date>/index.html"),
     "status": ("status", "latest runs, gates and published candidates"),
 }
 

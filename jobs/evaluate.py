@@ -1,4 +1,6 @@
-"""Evaluate a registered model against the baselines on the same split, and write the model report.
+"""Evaluate a registered model against the baselines on a per-user leave-last-out split, and write the
+model report. Kept for diagnosis only: other users' later purchases leak into every fitted part, and the
+output says so. The judge of model quality is ``warmstart backtest`` (jobs/backtest.py).
 
     spark-submit jobs/evaluate.py --lake ./lake --run-date 2011-12-09 [--model-version V] \
         [--baselines popularity,cooccurrence,repeat,als] [--mask-seen]
@@ -20,21 +22,23 @@ when the run date is the model's, else at the latest version.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from pyspark.sql import functions as F
 
 from features.tables import ITEM_DAILY, ITEMS, USER_SEQUENCES
 from jobs import lake, runtime
-from jobs import train as train_job
+from training import inputs as train_inputs
 
 log = logging.getLogger("warmstart.evaluate")
+
+
+LEAK_WARNING = ("leave-last-out: other users' purchases after each user's target basket are in what is fitted "
+                "(and a model of this run date trained on these baskets); judge models with `warmstart backtest`")
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def not_recommended_items(spark, args: EvaluateArgs, item_ids: list[str]) -> tup
     category is in ``score.exclude_categories``, the bronze/items version read). Evaluation ranks what
     is served: postage and fees stay in the users' inputs, never among the candidates or the targets."""
     mask = np.zeros(len(item_ids), dtype=bool)
-    excluded = list(args.config.get("score.exclude_categories") or [])
+    excluded = list(args.config.score.exclude_categories)
     if not excluded or not lake.exists(spark, args.lake, ITEMS):
         return mask, None
     version = lake.version(spark, args.lake, ITEMS)
@@ -105,44 +109,94 @@ def not_recommended_items(spark, args: EvaluateArgs, item_ids: list[str]) -> tup
 
 
 def als_factors(spark, histories: list[list[int]], num_items: int, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit implicit ALS in Spark on the histories; (user factors, item factors, item has a factor)."""
-    from training.baselines import fit_als
+    """Implicit ALS in Spark on the histories, with the ``evaluate`` section's settings."""
+    from training.baselines import als_factors as fit
 
-    pairs: dict[tuple[int, int], float] = {}
-    for u, h in enumerate(histories):
-        for i in h:
-            pairs[(u, i)] = pairs.get((u, i), 0.0) + 1.0
-    df = spark.createDataFrame([(u, i, c) for (u, i), c in pairs.items()], "user_idx int, item_idx int, count double")
-    model = fit_als(df, rank=int(cfg.get("evaluate.als_rank", 64)), reg_param=float(cfg.get("evaluate.als_reg_param", 0.1)),
-                    alpha=float(cfg.get("evaluate.als_alpha", 10.0)), max_iter=int(cfg.get("evaluate.als_max_iter", 10)))
-    rank = model.rank
-    users = np.zeros((len(histories), rank))
-    for row in model.userFactors.collect():
-        users[row["id"]] = row["features"]
-    items = np.zeros((num_items, rank))
-    has = np.zeros(num_items, dtype=bool)
-    for row in model.itemFactors.collect():
-        items[row["id"]] = row["features"]
-        has[row["id"]] = True
-    return users, items, has
+    e = cfg.evaluate
+    return fit(spark, histories, num_items, rank=e.als_rank, reg_param=e.als_reg_param, alpha=e.als_alpha,
+               max_iter=e.als_max_iter)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The evaluated users, one entry per user in every list (see :func:`eligible_users`), and the items
+    ranked for them."""
+
+    users: list[str]
+    inputs: list[list[str]]         # item ids before the target basket
+    types: list[list[str]]          # their event types
+    stamps: list[list]              # their event timestamps
+    histories: list[list[int]]      # the inputs as catalogue indices (items outside the catalogue dropped)
+    targets: list[list[int]]        # the target basket's recommendable items, as catalogue indices
+    target_days: list[int]          # the target basket's day, days since 1970-01-01
+    skipped: dict[str, int]         # users left out, by reason
+    target_types: tuple[str, ...]   # what a target basket is made of
+    not_recommended: np.ndarray     # (V,) bool: items scoring never recommends, never ranked
+    items_version: int | None       # bronze/items version not_recommended was read from
+
+    @property
+    def candidate_items(self) -> int:
+        return int(len(self.not_recommended) - self.not_recommended.sum())
 
 
 def run(spark, args: EvaluateArgs) -> dict[str, Any]:
-    from training import baselines as B
-    from training import metrics as M
-    from training import registry, report
+    from training import report
 
-    cfg = args.config
-    name = cfg.get("train.name", registry.DEFAULT_NAME)
-    wanted = [b.strip() for b in (args.baselines.split(",") if args.baselines else cfg.get("evaluate.baselines", []))
-              if b.strip()]
-    unknown = sorted(set(wanted) - set(B.BASELINES))
+    wanted = _wanted_baselines(args)
+    model = _load_model(args)
+    rows, seq_version = _read_sequences(spark, args, model)
+    split = _split(spark, args, model, rows)
+    daily_version = None
+    if model.model.cfg.recent_days:
+        # each user's target day gets the recent popularity of the days before it, as scoring on the eve does
+        daily_version, log_counts, first_day = train_inputs.recent_popularity(
+            args.lake, args.run_date, {item: i for i, item in enumerate(model.item_ids)},
+            model.model.cfg.recent_days, split.target_types)
+        model.set_recent_popularity(log_counts, first_day)
+    results = _results(spark, args, model, split, wanted)
+    inputs_read = {USER_SEQUENCES.name: seq_version, ITEMS.name: split.items_version,
+                   **({ITEM_DAILY.name: daily_version} if daily_version is not None else {})}
+    best, lift = _best_baseline(results["all"], wanted)
+    evaluation = _evaluation(args, model, split, results, inputs_read, best, lift)
+    out = f"{args.reports_root}/{args.run_date}/model"
+    runtime.write_json(f"{out}/metrics.json", evaluation)
+    runtime.write_text(f"{out}/index.html", report.render(evaluation))
+    main_results = results["all"]
+    summary = {"model_version": model.version, "users_evaluated": len(split.users),
+               "catalogue_size": len(model.item_ids), **{f"{m}_ndcg@10": r["ndcg@10"] for m, r in main_results.items()},
+               "model_recall@10": main_results["model"]["recall@10"], "best_baseline": best,
+               "lift_ndcg10_vs_best_baseline": round(lift, 4), "report": f"{out}/index.html",
+               "warning": LEAK_WARNING}
+    log.warning(LEAK_WARNING)
+    runtime.record_lineage(args, run_date=args.run_date,
+                           inputs={**inputs_read, f"models/{args.config.train.name}": model.version},
+                           outputs={"reports/model": out}, summary=summary)
+    return summary
+
+
+def _wanted_baselines(args: EvaluateArgs) -> list[str]:
+    from training.baselines import BASELINES
+
+    names = args.baselines.split(",") if args.baselines else args.config.evaluate.baselines
+    wanted = [b.strip() for b in names if b.strip()]
+    unknown = sorted(set(wanted) - set(BASELINES))
     if unknown:
-        raise runtime.UsageError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(B.BASELINES)}")
+        raise runtime.UsageError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    return wanted
+
+
+def _load_model(args: EvaluateArgs):
+    from training import registry
+
     try:
-        model = registry.load_model(args.models_root, name, args.model_version)
+        return registry.load_model(args.models_root, args.config.train.name, args.model_version)
     except registry.RegistryError as exc:
         raise runtime.UsageError(str(exc)) from None
+
+
+def _read_sequences(spark, args: EvaluateArgs, model) -> tuple[list[dict], int]:
+    """The run date's sequences as dicts, user_id order, and the Delta version read: the one the model
+    was trained on when the run date is the model's, else the latest."""
     if not lake.exists(spark, args.lake, USER_SEQUENCES):
         raise runtime.UsageError(f"{args.table_path(USER_SEQUENCES)} does not exist; run `warmstart features` first")
     same_date = model.lineage.get("run_date") == str(args.run_date)
@@ -155,103 +209,120 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     rows = [r.asDict() for r in seqs.collect()]
     if not rows:
         raise runtime.UsageError(f"{args.table_path(USER_SEQUENCES)} has no rows for as_of_date {args.run_date}")
-    item_index = {item: i for i, item in enumerate(model.item_ids)}
-    V = len(model.item_ids)
-    target_types = tuple(model.config.get("train", {}).get("target_event_types") or cfg.get("train.target_event_types", ["purchase"]))
+    return rows, seq_version
+
+
+def _split(spark, args: EvaluateArgs, model, rows: list[dict]) -> _Split:
+    cfg = args.config
+    target_types = tuple(model.config.get("train", {}).get("target_event_types") or cfg.train.target_event_types)
     not_recommended, items_version = not_recommended_items(spark, args, model.item_ids)
-    candidates = int(V - not_recommended.sum())
-    users, inputs, types, stamps, histories, targets, target_days, skipped = eligible_users(
-        rows, item_index, target_types, int(cfg.get("evaluate.min_purchases", 3)), not_recommended)
-    if not users:
-        raise runtime.WarmstartError(f"no user qualifies for evaluation on {args.run_date} (skipped: {skipped})")
-    daily_version = None
-    if model.model.cfg.recent_days:
-        # each user's target day gets the recent popularity of the days before it, as scoring on the eve does
-        daily_version, log_counts, first_day = train_job.recent_popularity(
-            args.lake, args.run_date, item_index, model.model.cfg.recent_days, target_types)
-        model.set_recent_popularity(log_counts, first_day)
-    ks = tuple(int(k) for k in cfg.get("evaluate.ks", [10, 20]))
+    item_index = {item: i for i, item in enumerate(model.item_ids)}
+    split = _Split(*eligible_users(rows, item_index, target_types, cfg.evaluate.min_purchases, not_recommended),
+                   target_types=target_types, not_recommended=not_recommended, items_version=items_version)
+    if not split.users:
+        raise runtime.WarmstartError(f"no user qualifies for evaluation on {args.run_date} (skipped: {split.skipped})")
+    return split
 
-    counts = B.item_counts(histories, V)
-    cooc = B.fit_cooccurrence(histories, V) if "cooccurrence" in wanted else None
-    als = als_factors(spark, histories, V, cfg) if "als" in wanted else None
 
-    def scores_for(method: str, lo: int, hi: int) -> np.ndarray:
-        h = histories[lo:hi]
-        if method == "model":
-            return model.catalogue_scores(inputs[lo:hi], types[lo:hi], stamps[lo:hi], days=target_days[lo:hi])
-        if method == "popularity":
-            return B.popularity_scores(counts, hi - lo).copy()
-        if method == "cooccurrence":
-            return B.cooccurrence_scores(cooc, h, counts)
-        if method == "repeat":
-            return B.repeat_scores(h, counts)
-        if method == "als":
-            return B.factor_scores(als[0][lo:hi], als[1], als[2], counts)
-        raise AssertionError(method)
-
-    variants = ["all"] + (["masked"] if (args.mask_seen or cfg.get("evaluate.mask_seen")) else [])
-    batch = int(cfg.get("evaluate.batch_users", 512))
+def _results(spark, args: EvaluateArgs, model, split: _Split, wanted: list[str]) -> dict[str, dict[str, dict]]:
+    """{variant: {method: metrics}} for the model and every wanted baseline; variant "all" (seen items
+    eligible), and "masked" (seen items removed) when asked for."""
+    cfg = args.config.evaluate
+    variants = ["all"] + (["masked"] if (args.mask_seen or cfg.mask_seen) else [])
     results: dict[str, dict[str, dict]] = {v: {} for v in variants}
-    for method in ["model", *wanted]:
-        sums = {v: {} for v in variants}
-        top = {v: set() for v in variants}
-        for lo in range(0, len(users), batch):
-            hi = min(lo + batch, len(users))
-            base = scores_for(method, lo, hi).astype(np.float64)
-            base[:, not_recommended] = -np.inf
-            for v in variants:
-                s = base
-                if v == "masked":
-                    s = base.copy()
-                    for r, h in enumerate(histories[lo:hi]):
-                        s[r, h] = -np.inf
-                for key, val in M.metric_sums(s, targets[lo:hi], ks).items():
-                    sums[v][key] = sums[v].get(key, 0.0) + val
-                top[v].update(np.unique(M.rank_items(s, max(ks))).tolist())
-        for v in variants:
-            res = M.finalize(sums[v])
-            res[f"coverage@{max(ks)}"] = sum(1 for i in top[v] if not not_recommended[i]) / candidates
-            results[v][method] = {k: round(float(x), 6) if isinstance(x, float) else x for k, x in res.items()}
+    for method, scores_for in _scorers(spark, args.config, model, split, wanted).items():
+        for v, metrics in _metrics(scores_for, split, variants, cfg.ks, cfg.batch_users).items():
+            results[v][method] = metrics
         log.info("%s: ndcg@10 %.4f", method, results["all"][method]["ndcg@10"])
+    return results
 
-    inputs_read = {USER_SEQUENCES.name: seq_version, ITEMS.name: items_version,
-                   **({ITEM_DAILY.name: daily_version} if daily_version is not None else {})}
-    main_results = results["all"]
-    best = max(wanted, key=lambda b: main_results[b]["ndcg@10"]) if wanted else None
-    lift = (main_results["model"]["ndcg@10"] / main_results[best]["ndcg@10"] - 1.0
-            if best and main_results[best]["ndcg@10"] > 0 else 0.0)
-    repurchase = sum(len(set(t) & set(h)) for t, h in zip(targets, histories)) / sum(len(t) for t in targets)
-    evaluation = {
-        "run_date": str(args.run_date), "model": name, "model_version": model.version,
+
+def _scorers(spark, cfg, model, split: _Split, wanted: list[str]) -> dict[str, Callable[[int, int], np.ndarray]]:
+    """The model, then each wanted baseline fitted on the users' histories: name -> a function of
+    (lo, hi) giving users lo..hi-1's scores over the catalogue, (hi - lo, V)."""
+    from training import baselines as B
+
+    V, h = len(model.item_ids), split.histories
+    counts = B.item_counts(h, V)
+
+    def model_scores(lo: int, hi: int) -> np.ndarray:
+        return model.catalogue_scores(split.inputs[lo:hi], split.types[lo:hi], split.stamps[lo:hi],
+                                      days=split.target_days[lo:hi])
+
+    scorers = {"model": model_scores,
+               "popularity": lambda lo, hi: B.popularity_scores(counts, hi - lo).copy(),
+               "repeat": lambda lo, hi: B.repeat_scores(h[lo:hi], counts)}
+    if "cooccurrence" in wanted:
+        cooc = B.fit_cooccurrence(h, V)
+        scorers["cooccurrence"] = lambda lo, hi: B.cooccurrence_scores(cooc, h[lo:hi], counts)
+    if "als" in wanted:
+        user_factors, item_factors, has_factor = als_factors(spark, h, V, cfg)
+        scorers["als"] = lambda lo, hi: B.factor_scores(user_factors[lo:hi], item_factors, has_factor, counts)
+    return {method: scorers[method] for method in ["model", *wanted]}
+
+
+def _metrics(scores_for: Callable[[int, int], np.ndarray], split: _Split, variants: list[str],
+             ks: tuple[int, ...], batch: int) -> dict[str, dict]:
+    """One method's metrics per variant, ``batch`` users at a time; coverage@max(ks) of the recommendable items."""
+    from training import metrics as M
+
+    not_recommended = split.not_recommended
+    sums: dict[str, dict] = {v: {} for v in variants}
+    top: dict[str, set] = {v: set() for v in variants}
+    for lo in range(0, len(split.users), batch):
+        hi = min(lo + batch, len(split.users))
+        base = scores_for(lo, hi).astype(np.float64)
+        base[:, not_recommended] = -np.inf
+        for v in variants:
+            s = base
+            if v == "masked":
+                s = base.copy()
+                for r, h in enumerate(split.histories[lo:hi]):
+                    s[r, h] = -np.inf
+            for key, val in M.metric_sums(s, split.targets[lo:hi], ks).items():
+                sums[v][key] = sums[v].get(key, 0.0) + val
+            top[v].update(np.unique(M.rank_items(s, max(ks))).tolist())
+    out = {}
+    for v in variants:
+        res = M.finalize(sums[v])
+        res[f"coverage@{max(ks)}"] = sum(1 for i in top[v] if not not_recommended[i]) / split.candidate_items
+        out[v] = {k: round(float(x), 6) if isinstance(x, float) else x for k, x in res.items()}
+    return out
+
+
+def _best_baseline(results: dict[str, dict], wanted: list[str]) -> tuple[str | None, float]:
+    """The baseline with the best NDCG@10, and the model's relative lift over it (0 without one)."""
+    best = max(wanted, key=lambda b: results[b]["ndcg@10"]) if wanted else None
+    lift = (results["model"]["ndcg@10"] / results[best]["ndcg@10"] - 1.0
+            if best and results[best]["ndcg@10"] > 0 else 0.0)
+    return best, lift
+
+
+def _evaluation(args: EvaluateArgs, model, split: _Split, results: dict[str, dict], inputs_read: dict,
+                best: str | None, lift: float) -> dict[str, Any]:
+    """Everything ``metrics.json`` and the report show."""
+    cfg, V, targets = args.config, len(model.item_ids), split.targets
+    repurchase = sum(len(set(t) & set(h)) for t, h in zip(targets, split.histories)) / sum(len(t) for t in targets)
+    return {
+        "run_date": str(args.run_date), "model": cfg.train.name, "model_version": model.version,
         "inputs": inputs_read,
-        "protocol": (f"temporal leave-last-out (target = each user's last {'/'.join(target_types)} basket), "
-                     f"users with >= {cfg.get('evaluate.min_purchases', 3)} purchase events, full ranking over "
-                     f"the {candidates} recommendable items of the {V}-item catalogue, seen items eligible"),
-        "users_evaluated": len(users), "users_skipped": skipped, "catalogue_size": V,
-        "candidate_items": candidates,
-        "not_recommended_categories": list(cfg.get("score.exclude_categories") or []),
+        "warning": LEAK_WARNING,
+        "protocol": (f"temporal leave-last-out (target = each user's last {'/'.join(split.target_types)} basket), "
+                     f"users with >= {cfg.evaluate.min_purchases} purchase events, full ranking over "
+                     f"the {split.candidate_items} recommendable items of the {V}-item catalogue, seen items eligible"),
+        "users_evaluated": len(split.users), "users_skipped": split.skipped, "catalogue_size": V,
+        "candidate_items": split.candidate_items,
+        "not_recommended_categories": list(cfg.score.exclude_categories),
         "mean_target_size": float(np.mean([len(t) for t in targets])), "repurchase_share": round(repurchase, 6),
-        "results": main_results, "variants": results, "best_baseline": best,
+        "results": results["all"], "variants": results, "best_baseline": best,
         "lift_ndcg10_vs_best_baseline": round(lift, 6),
         "training_history": model.metrics.get("history", []),
         "model_validation": {k: v for k, v in model.metrics.items() if k.startswith("val_")},
     }
-    out = Path(args.reports_root) / str(args.run_date) / "model"
-    runtime.write_json(str(out / "metrics.json"), evaluation)
-    (out / "index.html").write_text(report.render(evaluation))
-    summary = {"model_version": model.version, "users_evaluated": len(users), "catalogue_size": V,
-               **{f"{m}_ndcg@10": r["ndcg@10"] for m, r in main_results.items()},
-               "model_recall@10": main_results["model"]["recall@10"], "best_baseline": best,
-               "lift_ndcg10_vs_best_baseline": round(lift, 4), "report": str(out / "index.html")}
-    runtime.record_lineage(args, run_date=args.run_date, inputs={**inputs_read, f"models/{name}": model.version},
-                           outputs={"reports/model": str(out)}, summary=summary)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("evaluate", parser(), lambda ns, common: runtime.dataclass_from(EvaluateArgs, ns, common),
-                           run, argv)
+    return runtime.run_job("evaluate", parser(), EvaluateArgs, run, argv)
 
 
 if __name__ == "__main__":

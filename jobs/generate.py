@@ -39,16 +39,16 @@ class GenerateArgs(runtime.JobArgs):
         """Arguments given on the command line win over the ``generate:`` configuration section."""
         cfg = self.config
         values = {
-            "users": self.users if self.users is not None else cfg.get("generate.users", 1000),
-            "items": self.items if self.items is not None else cfg.get("generate.items", 500),
-            "days": self.days if self.days is not None else cfg.get("generate.days", 30),
-            "start_date": self.start_date or cfg.get("generate.start_date", "2024-01-01"),
-            "events": self.events if self.events is not None else cfg.get("generate.events"),
-            "bad_rate": self.bad_rate if self.bad_rate is not None else cfg.get("generate.bad_rate", 0.0),
-            "seed": self.seed if self.seed is not None else cfg.get("generate.seed", 0),
-            "fmt": self.format or cfg.get("generate.format", "parquet"),
-            "chunk_events": cfg.get("generate.chunk_events", 1_000_000),
-            "zipf_exponent": cfg.get("generate.zipf_exponent", 1.1),
+            "users": self.users if self.users is not None else cfg.generate.users,
+            "items": self.items if self.items is not None else cfg.generate.items,
+            "days": self.days if self.days is not None else cfg.generate.days,
+            "start_date": self.start_date or cfg.generate.start_date,
+            "events": self.events if self.events is not None else cfg.generate.events,
+            "bad_rate": self.bad_rate if self.bad_rate is not None else cfg.generate.bad_rate,
+            "seed": self.seed if self.seed is not None else cfg.generate.seed,
+            "fmt": self.format or cfg.generate.format,
+            "chunk_events": cfg.generate.chunk_events,
+            "zipf_exponent": cfg.generate.zipf_exponent,
         }
         if isinstance(values["start_date"], str):
             try:
@@ -94,8 +94,7 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("generate", parser(), lambda ns, common: runtime.dataclass_from(GenerateArgs, ns, common),
-                           run, argv, needs_spark=False)
+    return runtime.run_job("generate", parser(), GenerateArgs, run, argv, needs_spark=False)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,8 @@ class InputFile:
     header: tuple[str, ...] = ()      # text formats with a header line
 
 
-# --------------------------------------------------------------------------------------------------
-# Finding and sniffing the input files (pyarrow's filesystems: local, s3, hdfs, gcs alike)
-
-
 def _filesystem(path: str):
+    """The input's filesystem, through pyarrow's: local, s3, hdfs, gcs alike."""
     from pyarrow import fs
 
     if runtime.is_remote(path):
@@ -156,10 +153,6 @@ def _sniff(filesystem, inner: str, uri: str, fmt: str, kind: str) -> InputFile:
     return InputFile(uri, file_fmt, header)
 
 
-# --------------------------------------------------------------------------------------------------
-# Reading records
-
-
 def _numbered_lines(spark: SparkSession, uris: list[str]) -> DataFrame:
     raw = spark.read.text(uris).select(
         F.col("_metadata.file_path").alias("source"),
@@ -231,15 +224,11 @@ def count_records(spark: SparkSession, files: list[InputFile]) -> int:
     return n
 
 
-# --------------------------------------------------------------------------------------------------
-# The run
-
-
 def run(spark: SparkSession, args: IngestArgs) -> dict[str, Any]:
     started = time.monotonic()
     cfg = args.config
-    tolerance = int(cfg.get("ingest.future_tolerance_days", 1))
-    max_chars = int(cfg.get("ingest.csv_max_line_bytes", 1_000_000))
+    tolerance = cfg.ingest.future_tolerance_days
+    max_chars = cfg.ingest.csv_max_line_bytes
     event_files = resolve_inputs(args.events, args.format, "events")
     item_files = resolve_inputs(args.items, args.format, "items")
     now = dt.datetime.now(dt.timezone.utc)
@@ -253,10 +242,10 @@ def run(spark: SparkSession, args: IngestArgs) -> dict[str, Any]:
         staged_events = None
         if event_files:
             staged_events, event_summary = _stage_events(spark, args, event_files, staging, tolerance, max_chars,
-                                                         cfg.get("ingest.online_retail_timezone", "Europe/London"))
+                                                         cfg.ingest.online_retail_timezone)
             summary.update(event_summary)
             rejected.append(staged_events.where(F.col("reason").isNotNull()))
-        items_summary, item_rejects = _items(spark, args, item_files, staged_events, staging, max_chars, now)
+        items_summary, item_rejects = _items(spark, args, item_files, staged_events, staging, max_chars)
         if item_rejects is not None:
             rejected.append(item_rejects)
         q_rows = None
@@ -344,7 +333,7 @@ def _merge_events(spark: SparkSession, args: IngestArgs, staged: DataFrame, now:
 
 
 def _items(spark: SparkSession, args: IngestArgs, files: list[InputFile], staged_events: DataFrame | None,
-           staging: str, max_chars: int, now: dt.datetime) -> tuple[dict[str, Any], DataFrame | None]:
+           staging: str, max_chars: int) -> tuple[dict[str, Any], DataFrame | None]:
     """MERGE items from item files, or from Online Retail lines. Returns the summary and the rejected
     item records (for the quarantine)."""
     summary: dict[str, Any] = {}

@@ -138,12 +138,11 @@ def _metrics_since(target: DeltaTable, before: int | None) -> dict[str, int]:
     return {k: int(v) for k, v in (row[1] or {}).items() if str(v).isdigit()}
 
 
-# --- Spark-free reads (delta-rs), for Ray jobs that must not start a JVM (training, evaluation) ---
-
 def snapshot_files(lake: str, table: Table, version: int | None = None,
                    partition_value: Any | None = None) -> tuple[int, list[str]]:
     """The table's Delta version (latest if None) and the data-file URIs of that snapshot, narrowed to
-    one partition value if given. Raises FileNotFoundError if the table does not exist."""
+    one partition value if given. Raises FileNotFoundError if the table does not exist. Spark-free
+    (delta-rs), like :func:`read_pandas`: for the Ray jobs that must not start a JVM (training, evaluation)."""
     from deltalake import DeltaTable as RsTable
 
     if not RsTable.is_deltatable(path_of(lake, table)):

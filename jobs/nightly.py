@@ -1,7 +1,8 @@
 """The whole nightly flow for one run date, in one process sharing one Spark session:
 
-    ingest -> gate(bronze/events, bronze/items) -> features -> gate(feature tables)
-           -> train (when due) -> evaluate (after training) -> score -> publish (its own gate) -> run report
+    ingest -> gates (nightly.gates_after_ingest) -> features -> gates (nightly.gates_after_features)
+           -> train (when due) -> backtest of night D - h (after training) -> score -> publish (its own gate)
+           -> delayed feedback on night D - h -> run report
 
     warmstart nightly --run-date 2011-12-09 --format online-retail \\
         --events ../shared/data/online_retail/online_retail_ii_2009_2010.csv.gz \\
@@ -19,16 +20,28 @@ A failed critical gate stops everything after it (exit 3, the report path in the
 is idempotent per run date and commits atomically, so a run stopped anywhere (Ctrl-C, SIGTERM, a
 killed machine) is finished by running the same command again: nothing is duplicated. Training is due
 when no model was trained within ``nightly.train_every_days`` of the run date (or ``--train always``).
+
+How good were the lists we served? With h = ``nightly.feedback_days`` (7, the backtest's horizon):
+- **delayed feedback**, every night: the lists published for D - h (the newest ``candidates/published``
+  row of that night, its candidates partition at the published table version) against the target-type
+  events (``train.target_event_types``) that arrived for [D - h + 1 day, D + 1 day), with the backtest's
+  definitions (training/backtest.py: targets are the distinct recommendable items bought; customers judged
+  have a purchase before D - h + 1 day and a target): NDCG@10, Recall@20, hit rate@10, MRR, explore
+  NDCG@10. In the summary (``delayed_feedback``), the lineage record, the run report and ``warmstart
+  status``; a night with nothing published says so. Cheap: one Spark read of the events (only the
+  window's buyers come back, with their history) and one of the candidates partition, numpy after.
+- **backtest**, on training nights (as the leave-last-out ``warmstart evaluate`` ran before it, which
+  this replaced: its per-user cut lets other users' later events in): ``warmstart backtest --run-dates
+  D-h --horizon h --lists published``, the same lists beside tuned baselines, in
+  ``reports/backtest/<D-h>_<D-h>/``; skipped, saying why, when nothing was published for D - h.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import importlib
-import importlib.util
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -37,22 +50,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from jobs import runtime
+from jobs.config import NightlyConfig
 
 log = logging.getLogger("warmstart.nightly")
 
-# The stages in order: (stage name, module under jobs/). Gates are `validate` runs between them.
-STAGES: tuple[tuple[str, str], ...] = (
-    ("ingest", "ingest"),
-    ("features", "build_features"),
-    ("train", "train"),
-    ("evaluate", "evaluate"),
-    ("score", "score"),
-    ("publish", "publish"),
-    ("report", "report"),
-)
+# Progress lines besides the gates': ingest, features, train, backtest, score, publish, delayed feedback
+# (run or skipped).
+STAGE_LINES = 7
+FEEDBACK = "delayed feedback"      # the in-process step's stage name
+FEEDBACK_METRICS = ("ndcg@10", "recall@20", "hit@10", "mrr", "explore_ndcg@10")
 
 
 @dataclass(frozen=True)
@@ -76,17 +86,16 @@ def parser():
     p.add_argument("--check-train-due", action="store_true",
                    help="only say whether training is due for --run-date: exit 0 due, 99 not due (Airflow "
                         "skips the train task on 99); runs nothing")
+    p.add_argument("--check-backtest-due", action="store_true",
+                   help="only say whether night D - nightly.feedback_days has published lists to backtest: "
+                        "exit 0 yes, 99 no (Airflow skips the backtest task on 99); runs nothing")
     return p
-
-
-# --------------------------------------------------------------------------------------------------
-# Progress and results
 
 
 @dataclass
 class StageResult:
     name: str
-    status: str                       # succeeded | skipped | not available | failed | gate failed | interrupted
+    status: str                       # succeeded | skipped | failed | gate failed | interrupted
     seconds: float = 0.0
     rows: str = ""                    # the stage's headline counts, for the progress line
     exit_code: int | None = None
@@ -121,10 +130,11 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "build_features": ("rows_user_features", "rows_item_features", "rows_user_sequences", "daily_partitions_rebuilt"),
     "validate": ("verdict", "rows", "critical_failed", "warning_failed"),
     "train": ("version", "promoted", "val_ndcg@10", "val_recall@10", "epochs_run"),
-    "evaluate": ("users_evaluated", "model_ndcg@10", "model_recall@10", "best_baseline", "lift_ndcg10_vs_best_baseline"),
+    "backtest": ("nights", "users_judged", "lists_ndcg@10", "best_baseline", "best_baseline_ndcg@10", "lists_minus_best"),
     "score": ("active_users", "users_model", "users_popular_fallback", "rows_written", "user_candidates_version"),
     "publish": ("published", "users", "rows", "coverage", "table_version"),
     "report": ("path",),
+    "feedback": ("published_run_date", "users_judged", *FEEDBACK_METRICS),
 }
 
 
@@ -143,14 +153,6 @@ def headline(module: str, summary: dict[str, Any], limit: int = 6) -> str:
     return "  ".join(parts)
 
 
-def stage_available(module: str) -> bool:
-    return importlib.util.find_spec(f"jobs.{module}") is not None
-
-
-# --------------------------------------------------------------------------------------------------
-# Training cadence
-
-
 def training_due(models_root: str, name: str, run_date: dt.date, every_days: int, mode: str = "auto") -> tuple[bool, str]:
     """Whether the flow trains tonight, and why. The registry's version names start with the run date
     they were trained for (``YYYYMMDD-<fingerprint>``); only versions trained on or before ``run_date``
@@ -159,16 +161,10 @@ def training_due(models_root: str, name: str, run_date: dt.date, every_days: int
         return True, "--train always"
     if mode == "never":
         return False, "--train never"
-    root = Path(models_root) / name
-    trained: list[dt.date] = []
-    for folder in root.iterdir() if root.is_dir() else []:
-        if not (folder / "model.safetensors").is_file():
-            continue
-        try:
-            trained.append(dt.datetime.strptime(folder.name[:8], "%Y%m%d").date())
-        except ValueError:
-            continue
-    earlier = [d for d in trained if d <= run_date]
+    from training import versions as registry
+
+    trained = [_trained_on(v) for v in registry.list_versions(models_root, name)]
+    earlier = [d for d in trained if d is not None and d <= run_date]
     if not earlier:
         return True, f"no model of {name} trained on or before {run_date}"
     last = max(earlier)
@@ -178,8 +174,47 @@ def training_due(models_root: str, name: str, run_date: dt.date, every_days: int
     return False, f"not due: last trained {last} ({age} d ago, cadence {every_days} d)"
 
 
-# --------------------------------------------------------------------------------------------------
-# The flow
+def _trained_on(version: str) -> dt.date | None:
+    """The run date a version was trained for (jobs/train.py names it ``YYYYMMDD-<fingerprint>``)."""
+    try:
+        return dt.datetime.strptime(version[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def feedback_night(run_date: dt.date, nightly_cfg: NightlyConfig) -> dt.date:
+    """The night whose published lists tonight judges: ``nightly.feedback_days`` before the run date."""
+    return run_date - dt.timedelta(days=nightly_cfg.feedback_days)
+
+
+def published_run(lake_root: str, day: dt.date, spark=None) -> dict[str, Any] | None:
+    """The newest ``candidates/published`` row of ``day`` (what online services loaded for that night; a
+    night published twice counts by its latest), or None when nothing was published for it. Read with
+    ``spark`` when given (any Hadoop path, as the stages read the lake), else with delta-rs (no JVM: the
+    Airflow check)."""
+    if spark is None:
+        from jobs import status
+
+        return next((p for p in status.published_sets(lake_root) if str(p["run_date"])[:10] == day.isoformat()),
+                    None)
+    from pyspark.sql import functions as F
+
+    from features.tables import PUBLISHED
+    from jobs import lake
+
+    if not lake.exists(spark, lake_root, PUBLISHED):
+        return None
+    rows = (lake.read(spark, lake_root, PUBLISHED).where(F.col("run_date") == F.lit(day))
+            .orderBy(F.desc("published_at")).limit(1).collect())
+    return rows[0].asDict() if rows else None
+
+
+def backtest_due(night_of: dt.date, published: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether night ``night_of`` has published lists to backtest, and why."""
+    if published is None:
+        return False, f"nothing was published for {night_of}: no lists to judge"
+    return True, (f"lists published for {night_of} (model {published.get('model_version')}, "
+                  f"user_candidates version {published.get('table_version')})")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -191,8 +226,8 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 class Flow:
-    def __init__(self, args: NightlyArgs, total: int):
-        self.args = args
+    def __init__(self, args: NightlyArgs, total: int, spark=None):
+        self.args, self.spark = args, spark
         self.results: list[StageResult] = []
         self.progress = Progress(total)
         self.tmp = Path(tempfile.mkdtemp(prefix="warmstart-nightly-"))
@@ -207,21 +242,14 @@ class Flow:
     def common_argv(self) -> list[str]:
         return ["--lake", self.args.lake, "--config", str(self.config_file)]
 
-    def skip(self, name: str, why: str, status: str = "skipped") -> StageResult:
-        result = StageResult(name=name, status=status, note=why)
+    def skip(self, name: str, why: str) -> StageResult:
+        result = StageResult(name=name, status="skipped", note=why)
         self.results.append(result)
         self.progress.skip(result)
         return result
 
     def stage(self, name: str, module: str, argv: list[str]) -> StageResult:
         """Run ``jobs.<module>.main`` in-process and turn its exit code into the flow's outcome."""
-        if not stage_available(module):
-            why = f"jobs/{module}.py is not there yet"
-            if self.args.config.get("nightly.require_all_stages", True):
-                self.skip(name, why, status="not available")
-                raise runtime.WarmstartError(f"stage {name} not available: {why} "
-                                             "(nightly.require_all_stages=false runs the stages that exist)")
-            return self.skip(name, why, status="not available")
         summary_path = self.tmp / f"{len(self.results):02d}-{module}.json"
         started = self.progress.begin(name)
         job = importlib.import_module(f"jobs.{module}")
@@ -252,7 +280,33 @@ class Flow:
                                          f"the same command: finished stages are idempotent")
         return result
 
-    def gate(self, table: str) -> StageResult | None:
+    def published(self, day: dt.date) -> dict[str, Any] | None:
+        return published_run(self.args.lake, day, self.spark)
+
+    def feedback(self, night_of: dt.date, published: dict[str, Any] | None) -> StageResult:
+        """The delayed-feedback step: computed in-process (it is no job of its own), shown as a stage."""
+        started = self.progress.begin(FEEDBACK)
+        result = StageResult(name=FEEDBACK, status="failed")
+        self.results.append(result)
+        try:
+            result.summary = delayed_feedback(self.spark, self.args, night_of, published)
+            result.status = "succeeded"
+        except KeyboardInterrupt:
+            result.status = "interrupted"
+            raise
+        except Exception as exc:
+            result.note = f"{type(exc).__name__}: {exc}"
+            raise runtime.WarmstartError(f"{FEEDBACK} failed ({result.note}); tonight's lists are published "
+                                         f"already. Rerun the same command: finished stages are idempotent") from exc
+        finally:
+            result.seconds = time.monotonic() - started
+            figures = {k: v for k, v in result.summary.items() if v is not None}
+            result.rows = headline("feedback", figures) if result.summary.get("users_judged") else ""
+            result.note = result.note or result.summary.get("note", "")
+            self.progress.end(result)
+        return result
+
+    def gate(self, table: str) -> StageResult:
         if not self._table_exists(table):
             return self.skip(f"gate {table}", "table not in the lake (nothing ingested for it)")
         return self.stage(f"gate {table}", "validate", ["--table", table, "--run-date", self.run_date])
@@ -263,89 +317,178 @@ class Flow:
         return runtime.is_remote(self.args.lake) or DeltaTable.is_deltatable(f"{self.args.lake}/{table}")
 
 
-def plan_size(args: NightlyArgs) -> int:
-    cfg = args.config
-    return (len(STAGES) - 1 + len(cfg.get("nightly.gates_after_ingest", []) or [])
-            + len(cfg.get("nightly.gates_after_features", []) or []))
+def plan_size(nightly_cfg: NightlyConfig) -> int:
+    return STAGE_LINES + len(nightly_cfg.gates_after_ingest) + len(nightly_cfg.gates_after_features)
 
 
 def run(spark, args: NightlyArgs) -> dict[str, Any]:
     """Run the flow and write the run report; returns the flat summary. On failure or interruption the
     summary, lineage record and (except when interrupted) run report are still written, then the
     error propagates with its exit code."""
-    cfg = args.config
-    flow = Flow(args, plan_size(args))
-    d = flow.run_date
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
-    status, error = "succeeded", None
+    flow = Flow(args, plan_size(args.config.nightly), spark)
+    failure: BaseException | None = None
     try:
-        if args.events or args.items:
-            argv = ["--run-date", d]
-            if args.events:
-                argv += ["--events", *args.events]
-            if args.items:
-                argv += ["--items", *args.items]
-            if args.format:
-                argv += ["--format", args.format]
-            flow.stage("ingest", "ingest", argv)
-        else:
-            flow.skip("ingest", "no --events/--items given: the lake is used as it is")
-        for table in cfg.get("nightly.gates_after_ingest", []) or []:
-            flow.gate(table)
-
-        flow.stage("features", "build_features", ["--run-date", d])
-        for table in cfg.get("nightly.gates_after_features", []) or []:
-            flow.gate(table)
-
-        name = cfg.get("train.name", "warmstart-seqrec")
-        due, why = training_due(args.models_root, name, args.run_date,
-                                int(cfg.get("nightly.train_every_days", 7)), args.train)
-        if due:
-            log.info("training is due: %s", why)
-            trained = flow.stage("train", "train", ["--run-date", d])
-            version = trained.summary.get("version")
-            flow.stage("evaluate", "evaluate", ["--run-date", d] + (["--model-version", version] if version else []))
-        else:
-            flow.skip("train", why)
-            flow.skip("evaluate", "no new model tonight")
-
-        flow.stage("score", "score", ["--run-date", d])
-        flow.stage("publish", "publish", ["--run-date", d])
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted; rerun the same command to finish (stages are idempotent)"
-        raise
-    except runtime.WarmstartError as exc:
-        status, error = ("gate failed" if isinstance(exc, runtime.GateFailed) else "failed"), str(exc)
-        raise
-    except Exception as exc:   # a bug in the flow itself: still leave a record saying so
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        with _sigterm_as_interrupt():
+            run_stages(flow)
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        summary = final_summary(args, flow, status, error)
-        summary_file = Path(args.reports_root) / d / "nightly.json"
-        runtime.write_json(str(summary_file), summary)
-        if status != "interrupted":
-            summary["reports"]["run_report"] = write_run_report(flow, summary)
-            runtime.write_json(str(summary_file), summary)
-        runtime.record_lineage(args, run_date=args.run_date, inputs=summary["stage_run_ids"],
-                               outputs={"summary": str(summary_file)}, summary=summary, status=status)
-        print_final(summary)
-    return flat_summary(summary, str(summary_file))
+        summary, summary_file = record_run(flow, *outcome(failure))
+    return flat_summary(summary, summary_file)
 
 
-def _main_thread() -> bool:
+def run_stages(flow: Flow) -> None:
+    """ingest -> gates -> features -> gates -> train and backtest (when due) -> score -> publish -> delayed
+    feedback."""
+    args, nightly_cfg, d = flow.args, flow.args.config.nightly, flow.run_date
+    if args.events or args.items:
+        flow.stage("ingest", "ingest", _ingest_argv(args))
+    else:
+        flow.skip("ingest", "no --events/--items given: the lake is used as it is")
+    for table in nightly_cfg.gates_after_ingest:
+        flow.gate(table)
+
+    flow.stage("features", "build_features", ["--run-date", d])
+    for table in nightly_cfg.gates_after_features:
+        flow.gate(table)
+
+    night_of = feedback_night(args.run_date, nightly_cfg)
+    published = flow.published(night_of)
+    due, why = training_due(args.models_root, args.config.train.name, args.run_date,
+                            nightly_cfg.train_every_days, args.train)
+    if due:
+        log.info("training is due: %s", why)
+        flow.stage("train", "train", ["--run-date", d])
+        listed, why_not = backtest_due(night_of, published)
+        if listed:   # the lists online services had, beside the baselines; weekly, with training
+            flow.stage("backtest", "backtest", ["--run-dates", night_of.isoformat(), "--horizon",
+                                                str(nightly_cfg.feedback_days), "--lists", "published"])
+        else:
+            flow.skip("backtest", why_not)
+    else:
+        flow.skip("train", why)
+        flow.skip("backtest", "no new model tonight: the backtest runs on training nights")
+
+    flow.stage("score", "score", ["--run-date", d])
+    flow.stage("publish", "publish", ["--run-date", d])
+    flow.feedback(night_of, published)
+
+
+def delayed_feedback(spark, args: NightlyArgs, night_of: dt.date, published: dict[str, Any] | None) -> dict[str, Any]:
+    """The lists published for ``night_of`` judged on the target-type events that have arrived since
+    (module docstring); ``published`` is that night's ``candidates/published`` row, or None."""
+    from pyspark.sql import functions as F
+
+    from features.tables import USER_CANDIDATES
+    from jobs import lake
+    from training import backtest as B
+
+    h = args.config.nightly.feedback_days
+    out: dict[str, Any] = {"published_run_date": night_of.isoformat(), "feedback_days": h,
+                           "window": f"[{night_of + dt.timedelta(days=1)}, {args.run_date + dt.timedelta(days=1)})"}
+    if published is None:
+        return {**out, "published": False, "users_judged": 0, "note": backtest_due(night_of, None)[1]}
+    version = int(published["table_version"])
+    rows = (lake.read(spark, args.lake, USER_CANDIDATES, version).where(F.col("run_date") == F.lit(night_of))
+            .select("user_id", "rank", "item_id").toPandas())
+    purchases, index, recommendable, events_version = _feedback_purchases(spark, args, night_of)
+    night = B.night(purchases, night_of, h, recommendable) if len(purchases) else None
+    out.update(published=True, model_version=published.get("model_version"), candidates_table_version=version,
+               events_version=events_version, users_listed=int(rows["user_id"].nunique()),
+               users_judged=len(night.evaluated) if night else 0)
+    if not out["users_judged"]:
+        return {**out, **dict.fromkeys(FEEDBACK_METRICS), "explore_users": 0,
+                "note": f"nobody who had bought by {night_of} has bought a recommendable item since: "
+                        "no one to judge yet"}
+    per_user = B.judge(B.lists_from_rows(rows, index, night.user_ids[night.evaluated]), night)
+    means = B.summary({m: per_user[m] for m in FEEDBACK_METRICS})
+    out.update({m: None if np.isnan(v) else v for m, v in means.items()})
+    out["explore_users"] = int(np.isfinite(per_user["explore_ndcg@10"]).sum())
+    return out
+
+
+def _feedback_purchases(spark, args: NightlyArgs, night_of: dt.date):
+    """(purchases: user_id, item (catalogue index), event_ts; the catalogue index; the recommendable mask;
+    the events' Delta version), as jobs/backtest.py reads them but only for the customers with a target-type
+    event in the window, with their whole history: judging needs nothing of the others, so the driver
+    holds a week's buyers rather than the lake. ``event_date`` is the UTC day of ``event_ts``."""
+    from pyspark.sql import functions as F
+
+    from features.tables import EVENTS, ITEMS
+    from jobs import lake
+
+    events_version = lake.version(spark, args.lake, EVENTS)
+    events = (lake.read(spark, args.lake, EVENTS, events_version)
+              .where(F.col("event_type").isin(list(args.config.train.target_event_types))
+                     & (F.col("event_date") <= F.lit(args.run_date))))
+    buyers = events.where(F.col("event_date") > F.lit(night_of)).select("user_id").distinct()
+    frame = events.join(buyers, "user_id", "left_semi").select("user_id", "item_id", "event_ts").toPandas()
+    items = lake.read(spark, args.lake, ITEMS).select("item_id", "category").toPandas()
+    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
+    recommendable = ~items["category"].isin(set(args.config.score.exclude_categories)).to_numpy()
+    index = {str(item): i for i, item in enumerate(items["item_id"])}
+    frame["item"] = frame["item_id"].astype(str).map(index)
+    frame = frame.dropna(subset=["item"]).astype({"item": np.int64})
+    return frame[["user_id", "item", "event_ts"]], index, recommendable, events_version
+
+
+def _ingest_argv(args: NightlyArgs) -> list[str]:
+    argv = ["--run-date", args.run_date.isoformat()]
+    if args.events:
+        argv += ["--events", *args.events]
+    if args.items:
+        argv += ["--items", *args.items]
+    if args.format:
+        argv += ["--format", args.format]
+    return argv
+
+
+def outcome(failure: BaseException | None) -> tuple[str, str | None]:
+    """The run's status and error message, from what stopped it (None: nothing did)."""
+    if failure is None:
+        return "succeeded", None
+    if isinstance(failure, KeyboardInterrupt):
+        return "interrupted", "interrupted; rerun the same command to finish (stages are idempotent)"
+    if isinstance(failure, runtime.WarmstartError):
+        return ("gate failed" if isinstance(failure, runtime.GateFailed) else "failed"), str(failure)
+    return "failed", f"{type(failure).__name__}: {failure}"   # a bug in the flow itself: still recorded
+
+
+def record_run(flow: Flow, status: str, error: str | None) -> tuple[dict[str, Any], str]:
+    """Write ``reports/<date>/nightly.json``, the run report (unless interrupted) and the lineage record,
+    and print the final summary; returns the summary and its file."""
+    args = flow.args
+    summary = final_summary(flow, status, error)
+    summary_file = str(Path(args.reports_root) / flow.run_date / "nightly.json")
+    runtime.write_json(summary_file, summary)
+    if status != "interrupted":
+        summary["reports"]["run_report"] = write_run_report(flow, summary)
+        runtime.write_json(summary_file, summary)
+    runtime.record_lineage(args, run_date=args.run_date, inputs=summary["stage_run_ids"],
+                           outputs={"summary": summary_file}, summary=summary, status=status)
+    print_final(summary)
+    return summary, summary_file
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM handled like Ctrl-C while the stages run (only the main thread may set handlers)."""
     import threading
 
-    return threading.current_thread() is threading.main_thread()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_run_report(flow: Flow, summary: dict[str, Any]) -> str | None:
     """The run report (jobs/report.py) with this run's stage table; a report that cannot be written
     never hides the flow's own outcome."""
-    if not stage_available("report"):
-        return None
     from jobs import report
 
     try:
@@ -355,16 +498,12 @@ def write_run_report(flow: Flow, summary: dict[str, Any]) -> str | None:
         return None
 
 
-# --------------------------------------------------------------------------------------------------
-# Final summary
-
-
-def final_summary(args: NightlyArgs, flow: Flow, status: str, error: str | None) -> dict[str, Any]:
+def final_summary(flow: Flow, status: str, error: str | None) -> dict[str, Any]:
+    args = flow.args
     by_name = {r.name: r for r in flow.results}
     ingest = by_name.get("ingest", StageResult("ingest", "skipped")).summary
     features = by_name.get("features", StageResult("features", "skipped")).summary
     train = by_name.get("train", StageResult("train", "skipped")).summary
-    evaluate = by_name.get("evaluate", StageResult("evaluate", "skipped")).summary
     score = by_name.get("score", StageResult("score", "skipped")).summary
     publish = by_name.get("publish", StageResult("publish", "skipped")).summary
     gates = {r.name.removeprefix("gate "): {"status": r.status, "report": gate_report(args, flow.run_date, r.name),
@@ -375,12 +514,15 @@ def final_summary(args: NightlyArgs, flow: Flow, status: str, error: str | None)
              for r in flow.results if r.name.startswith("gate ")}
     model = {"version": train.get("version") or str(score.get("model", "")).rpartition("/")[2] or _latest_model(args),
              "trained_tonight": bool(train) and not train.get("reused", False),
-             "metrics": {k: v for k, v in {**train, **evaluate}.items()
-                         if ("@" in k or k.startswith("lift_")) and isinstance(v, (int, float)) and not isinstance(v, bool)}}
+             # training's validation (model selection on each user's last-but-one basket), not the
+             # product's quality: that is the backtest and the delayed feedback below
+             "metrics": {k: v for k, v in train.items()
+                         if "@" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}}
     reports_dir = Path(args.reports_root) / flow.run_date
     reports = {"quality": sorted(str(p) for p in (reports_dir / "quality").glob("*.html")),
                "model": sorted(str(p) for p in (reports_dir / "model").glob("*.html")),
                "candidates": sorted(str(p) for p in (reports_dir / "candidates").glob("*.html")),
+               "backtest": by_name["backtest"].summary.get("report") if "backtest" in by_name else None,
                "stage_logs": str(flow.log_dir)}
     counts = {k: v for k, v in {**ingest, **features}.items() if isinstance(v, int) and not isinstance(v, bool)}
     return {
@@ -395,9 +537,21 @@ def final_summary(args: NightlyArgs, flow: Flow, status: str, error: str | None)
         "counts": counts,
         "model": model,
         "published": publish or {},
+        **measured_quality(flow.args, by_name),
         "reports": reports,
         "stage_run_ids": {r.name: r.summary.get("run_id") for r in flow.results if r.summary.get("run_id")},
     }
+
+
+def measured_quality(args: NightlyArgs, by_name: dict[str, StageResult]) -> dict[str, Any]:
+    """The summary's ``backtest`` (the backtest job's summary, or why it was skipped) and
+    ``delayed_feedback`` (the step's figures); None where the flow stopped before them."""
+    night_of = feedback_night(args.run_date, args.config.nightly).isoformat()
+    backtest = by_name.get("backtest")
+    feedback = by_name.get(FEEDBACK)
+    return {"backtest": {"night": night_of, "status": backtest.status, "note": backtest.note, **backtest.summary}
+            if backtest else None,
+            "delayed_feedback": (feedback.summary or None) if feedback else None}
 
 
 def gate_report(args: runtime.JobArgs, run_date: str, stage: str) -> str | None:
@@ -412,8 +566,9 @@ def gate_report(args: runtime.JobArgs, run_date: str, stage: str) -> str | None:
 
 
 def _latest_model(args: NightlyArgs) -> str | None:
-    pointer = Path(args.models_root) / args.config.get("train.name", "warmstart-seqrec") / "LATEST"
-    return pointer.read_text().strip() if pointer.is_file() else None
+    from training import versions as registry
+
+    return registry.latest_version(args.models_root, args.config.train.name)
 
 
 def flat_summary(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
@@ -427,7 +582,12 @@ def flat_summary(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
     flat["gates_passed"] = f"{sum(g['status'] == 'succeeded' for g in gates)}/{len(summary['gates'])}"
     flat["model_version"] = model.get("version")
     flat["model_trained_tonight"] = model.get("trained_tonight")
-    flat.update(dict(sorted(model["metrics"].items())))   # val_ndcg@10 (training), model_/baseline ndcg@10 (evaluation)
+    flat.update(dict(sorted(model["metrics"].items())))   # val_ndcg@10 (training's model selection)
+    backtest = summary.get("backtest") or {}
+    flat.update({f"backtest_{k}": backtest[k] for k in ("night", "status", "users_judged", "lists_ndcg@10",
+                                                         "best_baseline", "best_baseline_ndcg@10",
+                                                         "lists_minus_best", "report") if k in backtest})
+    flat["delayed_feedback"] = summary.get("delayed_feedback")
     flat.update({f"published_{k}": published[k] for k in ("users", "rows", "table_version") if k in published})
     flat["run_report"] = summary["reports"].get("run_report")
     flat["summary_file"] = summary_file
@@ -443,6 +603,10 @@ def print_final(summary: dict[str, Any]) -> None:
     for s in summary["stages"]:
         detail = s["rows"] or s["note"]
         print(f"    {s['stage']:<28} {s['status']:<13} {s['seconds']:7.1f}s  {detail}")
+    if summary.get("delayed_feedback"):
+        from jobs import status
+
+        print(f"  delayed feedback: {status.feedback_line(summary['delayed_feedback'])}")
     if summary["gates"]:
         print("  gates:")
         for table, g in summary["gates"].items():
@@ -458,8 +622,9 @@ def to_args(ns, common: runtime.JobArgs) -> NightlyArgs:
     return runtime.dataclass_from(NightlyArgs, ns, common, events=tuple(ns.events), items=tuple(ns.items))
 
 
-def check_train_due(argv: list[str]) -> int:
-    """``--check-train-due``: 0 when training is due, 99 (Airflow's skip code) when not; no Spark."""
+def check_due(argv: list[str], what: str) -> int:
+    """``--check-train-due`` (``what`` = training) / ``--check-backtest-due`` (the backtest): 0 when due,
+    99 (Airflow's skip code) when not; no Spark."""
     overrides = [a for a in argv if runtime.is_override(a)]
     try:
         ns = parser().parse_args([a for a in argv if not runtime.is_override(a)])
@@ -467,18 +632,24 @@ def check_train_due(argv: list[str]) -> int:
     except runtime.WarmstartError as exc:
         print(f"warmstart nightly: {exc}", file=sys.stderr)
         return exc.exit_code
-    lake = runtime.normalise_root(ns.lake or os.environ.get("WARMSTART_LAKE") or cfg.get("paths.lake") or "./lake")
+    lake = runtime.normalise_root(ns.lake or cfg.paths.lake)
     common = runtime.JobArgs(job="nightly", lake=lake, config=cfg, run_id="check")
-    due, why = training_due(common.models_root, cfg.get("train.name", "warmstart-seqrec"), ns.run_date,
-                            int(cfg.get("nightly.train_every_days", 7)), ns.train)
-    print(f"training {'is due' if due else 'is not due'} for {ns.run_date}: {why}")
+    if what == "training":
+        due, why = training_due(common.models_root, cfg.train.name, ns.run_date,
+                                cfg.nightly.train_every_days, ns.train)
+    else:
+        night_of = feedback_night(ns.run_date, cfg.nightly)
+        due, why = backtest_due(night_of, published_run(lake, night_of))
+    print(f"{what} {'is due' if due else 'is not due'} for {ns.run_date}: {why}")
     return 0 if due else 99
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--check-train-due" in argv:
-        return check_train_due(argv)
+        return check_due(argv, "training")
+    if "--check-backtest-due" in argv:
+        return check_due(argv, "the backtest")
     return runtime.run_job("nightly", parser(), to_args, run, argv)
 
 

@@ -6,10 +6,14 @@ never served and the previous published run stays in service.
     spark-submit --master local[*] jobs/publish.py --lake ./lake --run-date 2011-12-09
     warmstart publish --run-date 2011-12-09 [publish.min_coverage=0.95 ...]
 
-The gate (``scoring/gate.py``) runs on the user_candidates version written by the latest
-``warmstart score`` of the run date (found through the commit's userMetadata, which also gives K and the
-catalogue size); active users are those of the run date's feature tables. It always writes
-``reports/<run_date>/candidates/gate.json`` and ``gate.html``; a failure exits 3 naming the report.
+The gate is the ``candidates/user_candidates`` quality suite (``features/suites.py``), run by Great
+Expectations (``features.quality.validate_table``) on the version written by the latest ``warmstart
+score`` of the run date (found through the commit's userMetadata, which also gives K and the catalogue
+size: lists hold min(K, catalogue) items); active users are those of the run date's feature tables.
+Thresholds: ``publish.min_coverage``, ``publish.max_short_list_share``; severities:
+``quality.severity.candidates_user_candidates.<check>``. It always writes
+``reports/<run_date>/candidates/gate.json`` and ``gate.html`` (``scoring/gate.py``); a critical failure
+exits 3 naming the report.
 
 Idempotent: publishing a run date whose latest scored version is already published appends nothing.
 The published table_version is read by time travel, so keep Delta's file retention
@@ -17,17 +21,22 @@ The published table_version is read by time travel, so keep Delta's file retenti
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from delta.tables import DeltaTable
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from features import quality
+from features.quality import ValidationResult
 from features.tables import PUBLISHED, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
 from jobs import lake, runtime
+from jobs.config import Config, QualityConfig
 from scoring import gate
 
 
@@ -68,55 +77,77 @@ def active_users(spark: SparkSession, lake_root: str, run_date: dt.date):
     return out.distinct()
 
 
+def suite_inputs(spark: SparkSession, lake_root: str, run_date: dt.date, config: Config,
+                 meta: dict) -> tuple[QualityConfig, dict[str, DataFrame]]:
+    """What the candidates' suite needs besides the rows: the quality section with ``max_rank`` = the
+    list length the score run aimed at (min(K, catalogue items), from its commit's ``meta``), and the
+    run date's active users (its ``active_users`` reference)."""
+    expected = min(int(meta["k"]), int(meta["catalogue_items"]))
+    return (dataclasses.replace(config.quality_bounds, max_rank=expected),
+            {"active_users": active_users(spark, lake_root, run_date)})
+
+
 def run(spark: SparkSession, args: PublishArgs) -> dict:
     if args.run_date is None:
         raise runtime.UsageError("give --run-date D")
     d = args.run_date
-    cfg = args.config
     version, meta = latest_score_commit(spark, args.lake, d)
-    expected = min(int(meta["k"]), int(meta["catalogue_items"]))
+    quality_config, references = suite_inputs(spark, args.lake, d, args.config, meta)
     candidates = lake.read(spark, args.lake, USER_CANDIDATES, version).where(F.col("run_date") == F.lit(d)).persist()
-    try:
-        stats = gate.gate_stats(candidates, active_users(spark, args.lake, d), expected).first().asDict()
-        result = gate.evaluate(stats, expected_per_user=expected,
-                               min_coverage=float(cfg.get("publish.min_coverage", 0.99)),
-                               max_short_list_share=float(cfg.get("publish.max_short_list_share", 0.001)))
+    try:   # cached here, not by the validation: the report frames read the partition too
+        result = quality.validate_table(
+            spark, candidates, USER_CANDIDATES.name, d, context={"table_version": version},
+            config=dataclasses.replace(quality_config, cache_partition=False), publish=args.config.publish,
+            references=references)
         frames = {name: [r.asDict() for r in df.collect()] for name, df in gate.report_frames(candidates).items()}
     finally:
         candidates.unpersist()
-
-    already = _already_published(spark, args.lake, d, version)
-    published = result.passed and not already
-    report = {
-        "run_date": d.isoformat(), "table_version": version, "model_version": meta.get("model_version"),
-        "k": int(meta["k"]), "catalogue_items": int(meta["catalogue_items"]), "expected_per_user": expected,
-        "gate": result.to_dict(), "stats": stats,
-        "coverage": stats["covered_users"] / stats["active_users"] if stats["active_users"] else 0.0,
-        "mix": frames["mix"], "top_items": frames["top_items"],
-        "distinct_items": frames["distinct_items"][0]["distinct_items"],
-        "item_coverage": frames["distinct_items"][0]["distinct_items"] / max(1, int(meta["catalogue_items"])),
-        "published": result.passed, "reason": None if result.passed else "gate failed: " + ", ".join(result.failed),
-        "run_id": args.run_id,
-    }
+    report = _report(args, version, meta, result, frames)
     folder = f"{args.reports_root}/{d.isoformat()}/candidates"
     runtime.write_json(f"{folder}/gate.json", {**report, "histogram": frames["histogram"]})
     runtime.write_text(f"{folder}/gate.html", gate.render_html(report, gate.plots(frames["histogram"], frames["mix"])))
 
+    passed, failed = report["gate"]["passed"], report["gate"]["failed"]
+    already = _already_published(spark, args.lake, d, version)
     summary = {"run_date": d.isoformat(), "table_version": version, "model_version": meta.get("model_version"),
-               "gate_passed": result.passed, "failed_checks": result.failed, "users": stats["users"],
-               "rows": stats["rows"], "coverage": report["coverage"], "published": published,
+               "gate_passed": passed, "failed_checks": failed, "users": report["stats"]["users"],
+               "rows": report["stats"]["rows"], "coverage": report["coverage"], "published": passed and not already,
                "already_published": already, "report": f"{folder}/gate.html"}
-    outputs = {}
-    if published:
-        row = [(d, version, meta.get("model_version"), stats["users"], stats["rows"], args.run_id,
-                dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))]
-        outputs[PUBLISHED.name] = lake.append(spark, args.lake, PUBLISHED, spark.createDataFrame(row, PUBLISHED.schema))
+    outputs = {PUBLISHED.name: _publish(spark, args, version, meta, report["stats"])} if summary["published"] else {}
     runtime.record_lineage(args, run_date=d, inputs={USER_CANDIDATES.name: version}, outputs=outputs,
-                           summary=summary, status="succeeded" if result.passed else "gate_failed")
-    if not result.passed:
-        raise runtime.GateFailed(f"candidates for {d} failed the gate ({', '.join(result.failed)}); nothing "
+                           summary=summary, status="succeeded" if passed else "gate_failed")
+    if not passed:
+        raise runtime.GateFailed(f"candidates for {d} failed the gate ({', '.join(failed)}); nothing "
                                  f"published, the previous run stays served; report: {folder}/gate.html")
     return summary
+
+
+def _report(args: PublishArgs, version: int, meta: dict, result: ValidationResult,
+            frames: dict[str, list[dict]]) -> dict[str, Any]:
+    """What gate.json holds and gate.html shows."""
+    summary = gate.gate_summary(result)
+    totals = frames["totals"][0]
+    stats = {"rows": totals["rows"], "users": totals["users"],
+             "active_users": result.statistics.get("coverage__reference"),
+             "covered_users": result.statistics.get("coverage__covered")}
+    catalogue = int(meta["catalogue_items"])
+    return {
+        "run_date": args.run_date.isoformat(), "table_version": version, "model_version": meta.get("model_version"),
+        "k": int(meta["k"]), "catalogue_items": catalogue, "expected_per_user": min(int(meta["k"]), catalogue),
+        "gate": summary, "stats": stats, "thresholds": result.report_json["thresholds"],
+        "coverage": stats["covered_users"] / stats["active_users"] if stats["active_users"] else 0.0,
+        "mix": frames["mix"], "top_items": frames["top_items"], "distinct_items": totals["distinct_items"],
+        "item_coverage": totals["distinct_items"] / max(1, catalogue),
+        "published": summary["passed"],
+        "reason": None if summary["passed"] else "gate failed: " + ", ".join(summary["failed"]), "run_id": args.run_id,
+    }
+
+
+def _publish(spark: SparkSession, args: PublishArgs, version: int, meta: dict, stats: dict) -> int:
+    """Append the run's row to candidates/published; returns the version written."""
+    row = [(args.run_date, version, meta.get("model_version"), stats["users"], stats["rows"], args.run_id,
+            dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))]
+    return lake.append(spark, args.lake, PUBLISHED, spark.createDataFrame(row, PUBLISHED.schema))
 
 
 def _already_published(spark: SparkSession, lake_root: str, run_date: dt.date, version: int) -> bool:
@@ -129,8 +160,7 @@ def _already_published(spark: SparkSession, lake_root: str, run_date: dt.date, v
 def main(argv: list[str] | None = None) -> int:
     parser = runtime.job_parser("publish", "gate a run date's candidates and publish them for online services")
     parser.add_argument("--run-date", type=runtime.parse_date, required=True)
-    return runtime.run_job("publish", parser, lambda ns, common: runtime.dataclass_from(PublishArgs, ns, common),
-                           run, argv)
+    return runtime.run_job("publish", parser, PublishArgs, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""The run report: one offline HTML page per run date, ``reports/<run_date>/index.html``, linking the
-quality reports (``quality/``), the model report (``model/``) and the candidate reports
-(``candidates/``), with candidate statistics (user and catalogue coverage, score distribution,
-strategy mix, most recommended items) and their plots embedded as PNG. The nightly flow writes it
-after its last stage; Airflow's last task and engineers run it on its own:
+"""The run report: one offline HTML page per run date, ``reports/<run_date>/index.html``: near the top
+how the lists published ``nightly.feedback_days`` (h) earlier did on the purchases since (the nightly's
+delayed feedback), then the stages, the quality reports (``quality/``), the model (training's
+validation figures, labelled as model selection; the next-week backtest of night D - h,
+``reports/backtest/<D-h>_<D-h>/``, when one ran), the candidate reports (``candidates/``) with candidate
+statistics (user and catalogue coverage, score distribution, strategy mix, most recommended items) and
+their plots embedded as PNG. The nightly flow writes it after its last stage; Airflow's last task and
+engineers run it on its own:
 
     warmstart report --run-date 2011-12-09 [--lake ./lake]
     python jobs/report.py --lake ./lake --run-date 2011-12-09
@@ -16,6 +19,7 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +42,6 @@ def parser():
     p = runtime.job_parser("report", "write the run report reports/<run_date>/index.html")
     p.add_argument("--run-date", required=True, type=runtime.parse_date, help="the run date (YYYY-MM-DD)")
     return p
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading (delta-rs, one partition)
 
 
 def _delta(lake: str, table, partition: tuple[str, str] | None = None, columns: list[str] | None = None):
@@ -83,10 +83,6 @@ def _quality_row(entry: dict[str, Any]) -> dict[str, Any]:
             "rows": data.get("rows"), "checks": sum(crit.values()) + sum(warn.values()) if counts else None,
             "failed_critical": crit.get("failed"), "failed_warning": warn.get("failed"),
             "failures": ", ".join(f.get("check", "?") for f in data.get("failures") or [])}
-
-
-# --------------------------------------------------------------------------------------------------
-# Candidate statistics (pure: frames in, plain values out)
 
 
 def candidate_stats(cands: pd.DataFrame, users_with_history: int | None, catalogue_size: int | None,
@@ -169,20 +165,34 @@ def candidate_plots(cands: pd.DataFrame, stats: dict[str, Any]) -> list[dict[str
     return plots
 
 
-# --------------------------------------------------------------------------------------------------
-# Writing
-
-
 def _model_section(args: runtime.JobArgs, version: str | None) -> dict[str, Any] | None:
-    name = args.config.get("train.name", "warmstart-seqrec")
-    root = Path(args.models_root) / name
-    if version is None and (root / "LATEST").is_file():
-        version = (root / "LATEST").read_text().strip()
-    if not version or not (root / version / "metrics.json").is_file():
+    """The model's validation metrics: ``version``'s, or LATEST's when the run named none."""
+    from training import versions as registry
+
+    name = args.config.train.name
+    version = version or registry.latest_version(args.models_root, name)
+    folder = registry.version_dir(args.models_root, name, version) if version else None
+    metrics = _read_json(folder / "metrics.json") if folder else None
+    if metrics is None:
         return None
-    metrics = json.loads((root / version / "metrics.json").read_text())
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {"name": name, "version": version, "path": str(root / version), "metrics": flat}
+    return {"name": name, "version": version, "path": str(folder), "metrics": flat}
+
+
+def _backtest_section(args: runtime.JobArgs, run_date: dt.date, base: Path) -> dict[str, Any] | None:
+    """The next-week backtest of night D - h (``warmstart backtest --run-dates D-h``, the nightly's on
+    training nights), when its ``summary.json`` is there: lists vs. the best tuned baseline."""
+    night = run_date - dt.timedelta(days=args.config.nightly.feedback_days)
+    folder = Path(args.reports_root) / "backtest" / f"{night}_{night}"
+    result = _read_json(folder / "summary.json")
+    if not result or "pooled" not in result:
+        return None
+    best, pooled, c = result["best_baseline"], result["pooled"], result.get("lists_vs_best") or {}
+    per_night = (result.get("per_night") or [{}])[0]
+    return {"night": night.isoformat(), "href": os.path.relpath(folder / "index.html", base),
+            "users": result.get("users_judged"), "lists_ndcg": pooled["lists"]["ndcg@10"], "best": best,
+            "best_ndcg": pooled[best]["ndcg@10"], "lists": (per_night.get("model_versions") or {}).get("lists"),
+            "vs_best": f"{c['diff']:+.4f} (95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f})" if c else "-"}
 
 
 def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | None = None) -> str:
@@ -197,9 +207,8 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
         nightly = json.loads((base / "nightly.json").read_text())
 
     quality = [_quality_row(e) for e in _reports_in(base / "quality", base)]
-    model_reports = _reports_in(base / "model", base)
+    model_reports = _reports_in(base / "model", base)   # leave-last-out diagnostics of a hand-run `evaluate`
     candidate_reports = _reports_in(base / "candidates", base)
-    evaluation = _read_json(base / "model" / "metrics.json")
     publish_gate = (_read_json(base / "candidates" / "gate.json") or {}).get("gate")
 
     cand_version, cands = _delta(args.lake, USER_CANDIDATES, ("run_date", d))
@@ -210,7 +219,7 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
         titles = items.set_index("item_id")["title"] if items is not None else None
         stats = candidate_stats(cands, int(seqs["user_id"].nunique()) if seqs is not None else None,
                                 int(len(items)) if items is not None else None,
-                                int(args.config.get("nightly.report_top_items", 20)), titles)
+                                args.config.nightly.report_top_items, titles)
         plots = candidate_plots(cands, stats)
     _, published = _delta(args.lake, PUBLISHED)
     published_rows = []
@@ -224,9 +233,10 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
     env.filters["num"] = _num
     html = env.get_template("run_report.html.j2").render(
         run_date=d, generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        lake=args.lake, nightly=nightly, quality=quality, model=_model_section(args, model_version),
+        lake=args.lake, nightly=nightly, feedback=(nightly or {}).get("delayed_feedback"),
+        quality=quality, model=_model_section(args, model_version), backtest=_backtest_section(args, run_date, base),
         model_reports=model_reports, candidate_reports=candidate_reports, stats=stats, plots=plots,
-        evaluation=_evaluation_rows(evaluation), publish_gate=publish_gate,
+        publish_gate=publish_gate,
         candidates_version=cand_version, published=published_rows, code_version=runtime.code_version())
     out = str(base / "index.html")
     runtime.write_text(out, html)
@@ -238,19 +248,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except json.JSONDecodeError:
         return None
-
-
-EVALUATION_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "coverage@20")
-
-
-def _evaluation_rows(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The evaluate job's model-vs-baselines table (``model/metrics.json`` ``results``)."""
-    results = (evaluation or {}).get("results")
-    if not isinstance(results, dict) or not results:
-        return None
-    metrics = [m for m in EVALUATION_METRICS if any(m in r for r in results.values())]
-    return {"metrics": metrics, "users": evaluation.get("users_evaluated", evaluation.get("users")),
-            "rows": [{"method": name, "values": [r.get(m) for m in metrics]} for name, r in results.items()]}
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -271,8 +268,7 @@ def run(args: ReportArgs) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("report", parser(), lambda ns, common: runtime.dataclass_from(ReportArgs, ns, common),
-                           run, argv, needs_spark=False)
+    return runtime.run_job("report", parser(), ReportArgs, run, argv, needs_spark=False)
 
 
 if __name__ == "__main__":

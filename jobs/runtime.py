@@ -10,7 +10,6 @@ Exit codes (DESIGN.md): 0 success, 1 failure, 2 bad usage / configuration / inpu
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime as dt
 import json
@@ -22,18 +21,14 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
-import yaml
+from jobs import config as config_module, jvm
+from jobs.config import Config, ConfigError, parse_overrides
 
 log = logging.getLogger("warmstart")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
-
-
-# --------------------------------------------------------------------------------------------------
-# Errors and exit codes
 
 
 class WarmstartError(Exception):
@@ -54,70 +49,6 @@ class GateFailed(WarmstartError):
     exit_code = 3
 
 
-# --------------------------------------------------------------------------------------------------
-# Configuration
-
-
-class Config(Mapping[str, Any]):
-    """Read-only nested configuration with dotted access: ``cfg.get("spark.master")``."""
-
-    def __init__(self, data: Mapping[str, Any]):
-        self._data = copy.deepcopy(dict(data))
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, dotted: str, default: Any = None) -> Any:
-        node: Any = self._data
-        for part in dotted.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        return copy.deepcopy(node)
-
-    def section(self, name: str) -> dict[str, Any]:
-        value = self.get(name, {})
-        return dict(value) if isinstance(value, Mapping) else {}
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
-        data = copy.deepcopy(self._data)
-        for dotted, value in overrides.items():
-            _set_dotted(data, dotted, value)
-        return Config(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data)
-
-    def __repr__(self) -> str:
-        return f"Config({self._data!r})"
-
-
-def _deep_merge(base: dict, top: Mapping) -> dict:
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
 
 
@@ -125,43 +56,12 @@ def is_override(token: str) -> bool:
     return bool(_OVERRIDE.match(token))
 
 
-def parse_overrides(tokens: Iterable[str]) -> dict[str, Any]:
-    """``a.b=3`` -> {"a.b": 3}; values are read as YAML scalars (numbers, booleans, null, lists)."""
-    out: dict[str, Any] = {}
-    for token in tokens:
-        key, _, raw = token.partition("=")
-        try:
-            out[key] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            out[key] = raw
-    return out
-
-
 def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then the --config file, then WARMSTART_LAKE, then key=value overrides."""
-    # importlib.resources also reads it out of the --py-files zip on a Spark cluster (infra/spark).
-    from importlib import resources
-
-    data = yaml.safe_load(resources.files("jobs").joinpath(DEFAULTS_FILE.name).read_text()) or {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            user = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(user, Mapping):
-            raise UsageError(f"config file {path} must hold a mapping at the top level")
-        _deep_merge(data, user)
-    if os.environ.get("WARMSTART_LAKE"):
-        data.setdefault("paths", {})["lake"] = os.environ["WARMSTART_LAKE"]
-    cfg = Config(data)
-    return cfg.with_overrides(overrides or {})
-
-
-# --------------------------------------------------------------------------------------------------
-# Paths
+    """:func:`jobs.config.load_config`, with a wrong key or value as a usage error (exit 2)."""
+    try:
+        return config_module.load_config(path, overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def is_remote(path: str) -> bool:
@@ -182,10 +82,6 @@ def _sibling(lake: str, name: str) -> str:
     return str(Path(lake).parent / name)
 
 
-# --------------------------------------------------------------------------------------------------
-# Common job arguments
-
-
 @dataclass(frozen=True)
 class JobArgs:
     """What every job receives besides its own arguments."""
@@ -198,11 +94,11 @@ class JobArgs:
 
     @property
     def reports_root(self) -> str:
-        return self.config.get("paths.reports") or _sibling(self.lake, "reports")
+        return self.config.paths.reports or _sibling(self.lake, "reports")
 
     @property
     def models_root(self) -> str:
-        return self.config.get("paths.models") or _sibling(self.lake, "models")
+        return self.config.paths.models or _sibling(self.lake, "models")
 
     def table_path(self, table: Any) -> str:
         """Path of a declared table (anything with a ``name`` like ``bronze/events``) under the lake."""
@@ -221,7 +117,10 @@ def job_args(job: str, lake: str, config: Config | None = None, run_date: dt.dat
     """Common arguments for a job called from Python (tests, the nightly flow)."""
     cfg = config or load_config()
     if overrides:
-        cfg = cfg.with_overrides(overrides)
+        try:
+            cfg = cfg.with_overrides(overrides)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     return JobArgs(job=job, lake=normalise_root(lake), config=cfg, run_id=new_run_id(job, run_date),
                    summary_json=summary_json)
 
@@ -248,72 +147,44 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--lake", help="lake root (env WARMSTART_LAKE, default ./lake)")
     parser.add_argument("--config", help="YAML file merged over the defaults")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration (defaults, --config, overrides) as YAML and exit")
     return parser
 
 
-# --------------------------------------------------------------------------------------------------
-# Spark
-
-
-def _jars_dir(cfg: Config) -> Path:
-    return Path(cfg.get("spark.jars_dir") or os.environ.get("WARMSTART_JARS_DIR") or str(REPO_ROOT / ".jars"))
-
-
-def _jars(cfg: Config) -> list[str]:
-    folder = _jars_dir(cfg)
-    return sorted(str(p) for p in folder.glob("*.jar")) if folder.is_dir() else []
-
-
-CDS_ARCHIVE_NAME = "spark-cds.jsa"
-# JVM warnings (an archive this JVM cannot use, say) go to stderr: by default they print on stdout.
-JVM_WARNINGS_TO_STDERR = "-Xlog:disable -Xlog:all=warning:stderr"
-
-
-def cds_archive(cfg: Config) -> Path | None:
-    """Where the drivers' class-data-sharing archive is (``spark.cds_archive``, default
-    ``<jars_dir>/spark-cds.jsa``, whether or not it was built yet), or None when that setting is off."""
-    setting = cfg.get("spark.cds_archive")
-    if setting is False or str(setting).lower() in ("off", "false"):
-        return None
-    return Path(setting) if setting else _jars_dir(cfg) / CDS_ARCHIVE_NAME
-
-
-def cds_java_options(cfg: Config) -> str:
-    """Driver JVM options that map the class-data-sharing archive of Spark's and Delta's classes
-    (infra/spark/build_cds_archive.py, `make cds`), or "" when there is none or ``spark.cds_archive``
-    is off. The JVM then maps the classes it would otherwise load and verify one by one: 2.8-5.3 s
-    less per driver start (bench/results/startup.md). An archive made by another JVM or for another
-    classpath is ignored (a warning on stderr), never an error."""
-    path = cds_archive(cfg)
-    return f"-XX:SharedArchiveFile={path} -Xshare:auto {JVM_WARNINGS_TO_STDERR}" if path and path.is_file() else ""
-
-
-def driver_java_options(cfg: Config) -> dict[str, str]:
-    """``spark.driver.extraJavaOptions`` for a driver JVM this process starts: the CDS options, then any
-    the configuration's ``spark.conf`` gives (later options win in the JVM). Empty when neither."""
-    options = [cds_java_options(cfg), str((cfg.get("spark.conf") or {}).get("spark.driver.extraJavaOptions", ""))]
-    joined = " ".join(o for o in options if o)
-    return {"spark.driver.extraJavaOptions": joined} if joined else {}
+def print_config(argv: list[str]) -> int:
+    """``--print-config``: the effective configuration as YAML on stdout. Only --config, --lake and the
+    overrides matter, so a job's other (required) arguments may be left out."""
+    only = argparse.ArgumentParser(add_help=False)
+    only.add_argument("--config")
+    only.add_argument("--lake")
+    ns, _ = only.parse_known_args([a for a in argv if not is_override(a)])
+    overrides = parse_overrides(a for a in argv if is_override(a))
+    if ns.lake:
+        overrides["paths.lake"] = ns.lake
+    sys.stdout.write(load_config(ns.config, overrides).to_yaml())
+    return 0
 
 
 def spark_session(cfg: Config, app_name: str | None = None):
     """The SparkSession with Delta. Under spark-submit (or in tests) the running session is reused and
-    only SQL-level settings are applied; locally a new one is built from ``cfg['spark']``."""
+    only SQL-level settings are applied; locally a new one is built from ``cfg.spark``, with the jars and driver JVM options of
+    :mod:`jobs.jvm`."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    s = cfg.section("spark")
-    builder = SparkSession.builder.appName(app_name or s.get("app_name", "warmstart"))
+    s = cfg.spark
+    builder = SparkSession.builder.appName(app_name or s.app_name)
     submitted = _submitted_conf()
     under_submit = bool(submitted)
     if not under_submit:
         # Python workers (pandas UDFs) must run this interpreter, not whatever `python3` is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.master(s.get("master", "local[*]"))
-        builder = builder.config("spark.driver.memory", s.get("driver_memory", "4g"))
-    jars = _jars(cfg)
+        builder = builder.master(s.master)
+        builder = builder.config("spark.driver.memory", s.driver_memory)
+    jars = jvm.jars(cfg)
     delta_on_classpath = "delta" in submitted.get("spark.jars", "") + submitted.get("spark.jars.packages", "")
     if not jars and not delta_on_classpath:
         raise UsageError("Delta jars not found: run `make jars` (or set spark.jars_dir / WARMSTART_JARS_DIR)")
@@ -326,9 +197,9 @@ def spark_session(cfg: Config, app_name: str | None = None):
                .config("spark.sql.session.timeZone", "UTC"))
     for key, value in _tuning(s, submitted).items():
         builder = builder.config(key, value)
-    conf = {k: str(v) for k, v in (s.get("conf") or {}).items()}
+    conf = {k: str(v) for k, v in s.conf.items()}
     if not under_submit:   # spark-submit started the JVM already: its own --driver-java-options apply
-        conf.update(driver_java_options(cfg))
+        conf.update(jvm.driver_java_options(cfg))
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -336,14 +207,14 @@ def spark_session(cfg: Config, app_name: str | None = None):
     return spark
 
 
-def _tuning(s: Mapping[str, Any], submitted: Mapping[str, str]) -> dict[str, str]:
+def _tuning(s: config_module.SparkConfig, submitted: Mapping[str, str]) -> dict[str, str]:
     """The jobs' tuning defaults from the ``spark`` section, less what spark-submit's --conf or
     properties file already set (a cluster sizes its own shuffles and Delta log replay)."""
     tuning = {
-        "spark.sql.shuffle.partitions": s.get("shuffle_partitions", 8),
-        "spark.databricks.delta.snapshotPartitions": s.get("delta_snapshot_partitions", 8),
+        "spark.sql.shuffle.partitions": s.shuffle_partitions,
+        "spark.databricks.delta.snapshotPartitions": s.delta_snapshot_partitions,
         "spark.sql.adaptive.enabled": True,
-        "spark.ui.enabled": bool(s.get("ui", False)),
+        "spark.ui.enabled": s.ui,
         "spark.ui.showConsoleProgress": False,
         "spark.databricks.delta.merge.repartitionBeforeWrite.enabled": True,
     }
@@ -361,10 +232,6 @@ def _submitted_conf() -> dict[str, str]:
     # --jars / spark.jars that put Delta on the cluster's classpath would go unseen.
     SparkContext._ensure_initialized()
     return {"spark.master": "submitted", **dict(SparkConf().getAll())}
-
-
-# --------------------------------------------------------------------------------------------------
-# Lineage
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
@@ -450,10 +317,6 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
-# --------------------------------------------------------------------------------------------------
-# Running a job
-
-
 def setup_logging() -> None:
     level = os.environ.get("WARMSTART_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -476,27 +339,30 @@ def print_summary(job: str, summary: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def run_job(job: str, parser: argparse.ArgumentParser, to_args: Callable[[argparse.Namespace, JobArgs], Any],
+def run_job(job: str, parser: argparse.ArgumentParser, to_args: type | Callable[[argparse.Namespace, JobArgs], Any],
             run: Callable[..., Mapping[str, Any]], argv: list[str] | None = None, *,
             needs_spark: bool = True) -> int:
     """Parse ``argv``, build the configuration and (if needed) the Spark session, call
     ``run(spark, args)`` (or ``run(args)``), print and store the summary, and map errors to exit codes.
 
-    ``to_args(namespace, common)`` turns argparse's namespace into the job's frozen dataclass."""
+    ``to_args``: the job's frozen ``*Args`` dataclass (built by :func:`dataclass_from`), or a function
+    ``(namespace, common) -> args`` when a field needs converting."""
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if is_override(a)]
     rest = [a for a in argv if not is_override(a)]
     try:
+        if "--print-config" in rest:
+            return print_config(argv)
         ns = parser.parse_args(rest)
         cfg = load_config(ns.config, parse_overrides(overrides))
-        lake = normalise_root(ns.lake or os.environ.get("WARMSTART_LAKE") or cfg.get("paths.lake") or "./lake")
+        lake = normalise_root(ns.lake or cfg.paths.lake)
         run_date = getattr(ns, "run_date", None)
         common = JobArgs(job=job, lake=lake, config=cfg, run_id=new_run_id(job, run_date),
                          summary_json=ns.summary_json)
-        args = to_args(ns, common)
+        args = dataclass_from(to_args, ns, common) if isinstance(to_args, type) else to_args(ns, common)
         log.info("warmstart %s run_id=%s lake=%s", job, common.run_id, lake)
-        log.info("effective configuration: %s", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+        log.debug("effective configuration: %s", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
         if needs_spark:
             spark = spark_session(cfg, app_name=f"warmstart-{job}")
             summary = run(spark, args)

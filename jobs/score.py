@@ -7,19 +7,21 @@
 
 Reads ``bronze/items`` (the catalogue), ``features/user_sequences`` and ``features/user_features``
 (as_of_date = run date), ``bronze/events`` (exclusions, popular lists), ``features/item_daily`` (the
-model's recent-popularity column, when it has one) and a model version from the
-registry (``paths.models``, default LATEST). The catalogue is embedded once on the driver (it has to be
-broadcast anyway) in item_id order; users are scored on the executors by ``mapInArrow`` (see
-``scoring/candidates.py``), each Python worker loading the model once.
+model's recent-popularity column, when it has one) and a model version from the registry
+(``paths.models``, name ``train.name``, default version LATEST). The catalogue is embedded once on the
+driver (it has to be broadcast anyway) in item_id order; users are scored on the executors by
+``mapInArrow`` (see ``scoring/candidates.py``), each Python worker loading the model once.
 
 Idempotent per run date: the run_date partition is replaced, and every value written is a function of
-the inputs: ``generated_at`` is the point-in-time cut of the inputs (run_date + 1 day, 00:00 UTC; events
-strictly before it were used), not the wall clock (that is in the lineage record). The commit carries
-``{"run_date", "k", "catalogue_items", "active_users", "model_version", "run_id"}`` as Delta userMetadata;
-``jobs/publish.py`` reads K and the catalogue size from it.
+the inputs: ``generated_at`` is the point-in-time cut of the inputs (``features.contract.cutoff``: run_date
++ 1 day, 00:00 UTC; events strictly before it were used), not the wall clock (that is in the lineage
+record). The commit carries ``{"run_date", "k", "catalogue_items", "active_users", "model_name",
+"model_version", "run_id"}`` as Delta userMetadata; ``jobs/publish.py`` reads K and the catalogue size
+from it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -27,12 +29,14 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.sql import SparkSession
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from features.contract import cutoff
 from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
 from jobs import lake, runtime
-from jobs import train as train_job
+from training import inputs as train_inputs
 from scoring import candidates as cand
 
 
@@ -43,11 +47,6 @@ class ScoreArgs(runtime.JobArgs):
     k: int | None = None
 
 
-def generated_at(run_date: dt.date) -> dt.datetime:
-    """The inputs' point-in-time cut: deterministic, so a rerun writes identical rows."""
-    return dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time())
-
-
 def load_model(models_root: str, name: str, version: str):
     """The registry's model, or a one-line usage error if there is none."""
     from training.registry import RegistryError, load_model as registry_load
@@ -56,6 +55,27 @@ def load_model(models_root: str, name: str, version: str):
         return registry_load(models_root, name, version)
     except RegistryError as exc:
         raise runtime.UsageError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a run date is scored from, and the Delta versions read (for the lineage record)."""
+
+    items: DataFrame                    # the recommendable catalogue: bronze/items less score.exclude_categories
+    events: DataFrame                   # bronze/events: exclusions and popular lists
+    sequences: DataFrame                # features/user_sequences, as_of_date = run date
+    user_features: DataFrame | None     # features/user_features, as_of_date = run date, when the table exists
+    versions: dict[str, int | None]
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """The catalogue as the scorer sees it, in item_id order (the tie-break)."""
+
+    item_ids: list[str]
+    item_index: dict[str, int]          # item_id -> row of matrix
+    matrix: np.ndarray                  # (m, d) float32 item embeddings
+    versions: dict[str, int | None]     # features/item_daily's, when the model reads recent popularity
 
 
 def _partition(spark: SparkSession, args: ScoreArgs, table, as_of: dt.date, required: bool):
@@ -76,10 +96,22 @@ def _partition(spark: SparkSession, args: ScoreArgs, table, as_of: dt.date, requ
 def run(spark: SparkSession, args: ScoreArgs) -> dict:
     if args.run_date is None:
         raise runtime.UsageError("give --run-date D")
-    cfg = args.config
-    k = int(args.k or cfg.get("score.k", 100))
+    k = args.k or args.config.score.k
     if k < 1:
         raise runtime.UsageError(f"--k must be >= 1, got {k}")
+    inputs = _read_inputs(spark, args)
+    name = args.config.train.name
+    model = load_model(args.models_root, name, args.model_version)
+    catalogue = _embed_catalogue(args, inputs.items, model)
+    out_version, active_users = _write_candidates(spark, args, k, inputs, model, catalogue)
+    summary = _summary(spark, args, k, model, catalogue.item_ids, active_users, out_version)
+    runtime.record_lineage(args, run_date=args.run_date,
+                           inputs={**inputs.versions, **catalogue.versions, "model": f"{name}/{model.version}"},
+                           outputs={USER_CANDIDATES.name: out_version}, summary=summary)
+    return summary
+
+
+def _read_inputs(spark: SparkSession, args: ScoreArgs) -> _Inputs:
     d = args.run_date
     for table in (ITEMS, EVENTS):
         if not lake.exists(spark, args.lake, table):
@@ -89,77 +121,117 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
     items_version = lake.version(spark, args.lake, ITEMS)
     events_version = lake.version(spark, args.lake, EVENTS)
     items = lake.read(spark, args.lake, ITEMS, items_version)
-    events = lake.read(spark, args.lake, EVENTS, events_version)
-    not_recommended = list(cfg.get("score.exclude_categories") or [])
+    not_recommended = list(args.config.score.exclude_categories)
     if not_recommended:        # postage, fees, manual adjustments: in the catalogue, never a recommendation
         items = items.where(F.col("category").isNull() | ~F.col("category").isin(not_recommended))
+    return _Inputs(items=items, events=lake.read(spark, args.lake, EVENTS, events_version), sequences=sequences,
+                   user_features=user_features,
+                   versions={ITEMS.name: items_version, EVENTS.name: events_version,
+                             USER_SEQUENCES.name: sequences_version, USER_FEATURES.name: user_features_version})
 
-    name = cfg.get("score.model_name", "warmstart-seqrec")
-    model = load_model(args.models_root, name, args.model_version)
 
-    # The catalogue goes through the driver once: it is broadcast to every executor anyway.
+def _embed_catalogue(args: ScoreArgs, items: DataFrame, model) -> _Catalogue:
+    """The catalogue's embeddings, computed once on the driver: it is broadcast to every executor anyway."""
     catalogue = items.select(*ITEMS.columns).orderBy("item_id").toPandas()
     if catalogue.empty:
         raise runtime.UsageError(f"{ITEMS.name} is empty under {args.lake}; nothing to recommend")
     item_ids = catalogue["item_id"].astype(str).tolist()
     item_index = {item: i for i, item in enumerate(item_ids)}
-    recent, daily_version = None, None
+    recent, versions = None, {}
     if model.model.cfg.recent_days:
         # the recent popularity of the day these candidates serve (D + 1): the items' purchases on the
         # model's recent_days days up to D, one more column of the item matrix
-        days = model.model.cfg.recent_days
-        target_types = model.config.get("train", {}).get("target_event_types") or ["purchase"]
-        daily_version, log_counts, _ = train_job.recent_popularity(args.lake, d, item_index, days, target_types,
+        d, days = args.run_date, model.model.cfg.recent_days
+        target_types = model.config.get("train", {}).get("target_event_types") or list(
+            args.config.train.target_event_types)
+        daily_version, log_counts, _ = train_inputs.recent_popularity(args.lake, d, item_index, days, target_types,
                                                                    since=d - dt.timedelta(days=days - 1))
-        recent = log_counts[-1]
+        recent, versions = log_counts[-1], {ITEM_DAILY.name: daily_version}
     matrix = np.ascontiguousarray(model.item_embeddings(catalogue, recent=recent), dtype=np.float32)
     if matrix.shape != (len(item_ids), model.width) or not np.isfinite(matrix).all():
-        raise runtime.WarmstartError(f"model {name}/{model.version} gave item embeddings of shape {matrix.shape} "
-                                     f"(want ({len(item_ids)}, {model.width})) or non-finite values")
+        raise runtime.WarmstartError(f"model {model.name}/{model.version} gave item embeddings of shape "
+                                     f"{matrix.shape} (want ({len(item_ids)}, {model.width})) or non-finite values")
+    return _Catalogue(item_ids=item_ids, item_index=item_index, matrix=matrix, versions=versions)
 
-    excluded = cand.exclusions(events, d, list(cfg.get("score.exclude_event_types") or []))
-    users = cand.scoring_users(sequences, user_features, excluded,
-                               segment_column=cfg.get("score.segment_column"),
-                               fallback_for_cold_start=bool(cfg.get("score.fallback_for_cold_start", True)))
+
+@contextlib.contextmanager
+def _scored(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model, catalogue: _Catalogue):
+    """Every active user's candidate rows, scored on the executors (a lazy DataFrame, valid inside the
+    block), and the number of active users. The job writes them; the backtest collects them."""
+    cfg, d = args.config.score, args.run_date
+    excluded = cand.exclusions(inputs.events, d, list(cfg.exclude_event_types))
+    users = cand.scoring_users(inputs.sequences, inputs.user_features, excluded,
+                               segment_column=cfg.segment_column,
+                               fallback_for_cold_start=cfg.fallback_for_cold_start)
     users = users.persist()
+    bcs = []
     try:
         active_users = users.count()
-        popular = cand.popular_items(events, items, users.select("user_id", "segment"), d,
-                                     window_days=int(cfg.get("score.popular_window_days", 30)),
-                                     event_types=list(cfg.get("score.popular_event_types") or ["purchase"]),
+        popular = cand.popular_items(inputs.events, inputs.items, users.select("user_id", "segment"), d,
+                                     window_days=cfg.popular_window_days,
+                                     event_types=list(cfg.popular_event_types),
                                      top_n=k + _max_exclusions(users))
-        lists = cand.fallback_lists([tuple(r) for r in popular.collect()], item_index)
-
+        lists = cand.fallback_lists([tuple(r) for r in popular.collect()], catalogue.item_index)
         sc = spark.sparkContext
-        spec = cand.ScorerSpec(
-            cache_key=f"{name}/{model.version}/{args.run_id}",
-            loader=functools.partial(_worker_model, args.models_root, name, model.version),
-            k=k, block_bytes=int(cfg.get("score.block_bytes", cand.BLOCK_BYTES)),
-            torch_threads=int(cfg.get("score.torch_threads", 1)), embed_batch=int(cfg.get("score.embed_batch", 512)))
-        bcs = [sc.broadcast(item_ids), sc.broadcast(matrix), sc.broadcast(lists)]
-        partitions = int(cfg.get("score.partitions") or spark.conf.get("spark.sql.shuffle.partitions"))
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(int(cfg.get("score.arrow_batch_users", 4096))))
+        bcs = [sc.broadcast(catalogue.item_ids), sc.broadcast(catalogue.matrix), sc.broadcast(lists)]
+        partitions = cfg.partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_users))
         # Fixed partitioning and order make every batch's composition, hence every float, repeatable.
         ordered = users.repartition(partitions, "user_id").sortWithinPartitions("user_id")
-        rows = (cand.candidate_rows(ordered, spec, *bcs)
+        rows = (cand.candidate_rows(ordered, _scorer_spec(args, k, model), *bcs)
                 .withColumn("model_version", F.lit(model.version))
-                .withColumn("generated_at", F.lit(generated_at(d)).cast("timestamp"))
+                .withColumn("generated_at", F.lit(cutoff(d)).cast("timestamp"))
                 .withColumn("run_date", F.lit(d)))
-        metadata = {"run_date": d.isoformat(), "k": k, "catalogue_items": len(item_ids), "active_users": active_users,
-                    "model_name": name, "model_version": model.version, "run_id": args.run_id}
-        out_version = lake.replace_partition(spark, args.lake, USER_CANDIDATES, rows, d,
-                                             user_metadata=json.dumps(metadata, sort_keys=True))
+        yield rows, active_users
+    finally:
         for bc in bcs:
             bc.unpersist()
-    finally:
         users.unpersist()
 
+
+def _write_candidates(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model,
+                      catalogue: _Catalogue) -> tuple[int, int]:
+    """Every active user's candidates replace the run date's partition: (version written, active users)."""
+    with _scored(spark, args, k, inputs, model, catalogue) as (rows, active_users):
+        metadata = {"run_date": args.run_date.isoformat(), "k": k, "catalogue_items": len(catalogue.item_ids),
+                    "active_users": active_users, "model_name": args.config.train.name,
+                    "model_version": model.version, "run_id": args.run_id}
+        out_version = lake.replace_partition(spark, args.lake, USER_CANDIDATES, rows, args.run_date,
+                                             user_metadata=json.dumps(metadata, sort_keys=True))
+    return out_version, active_users
+
+
+def candidate_lists(spark: SparkSession, args: ScoreArgs) -> tuple[pd.DataFrame, list[str], str]:
+    """What ``run`` would write for ``args.run_date``, collected instead of written (the backtest judges
+    the product's own lists without touching the candidates table): rows ``user_id, rank, item_id,
+    strategy``, the recommendable catalogue in the scorer's order, and the model version."""
+    k = args.k or args.config.score.k
+    inputs = _read_inputs(spark, args)
+    model = load_model(args.models_root, args.config.train.name, args.model_version)
+    catalogue = _embed_catalogue(args, inputs.items, model)
+    with _scored(spark, args, k, inputs, model, catalogue) as (rows, _):
+        lists = rows.select("user_id", "rank", "item_id", "strategy").toPandas()
+    return lists, catalogue.item_ids, model.version
+
+
+def _scorer_spec(args: ScoreArgs, k: int, model) -> cand.ScorerSpec:
+    name, cfg = args.config.train.name, args.config.score
+    return cand.ScorerSpec(
+        cache_key=f"{name}/{model.version}/{args.run_id}",
+        loader=functools.partial(_worker_model, args.models_root, name, model.version),
+        k=k, block_bytes=cfg.block_bytes, torch_threads=cfg.torch_threads, embed_batch=cfg.embed_batch)
+
+
+def _summary(spark: SparkSession, args: ScoreArgs, k: int, model, item_ids: list[str], active_users: int,
+             out_version: int) -> dict:
+    """What was written, read back from the version committed."""
+    d = args.run_date
     written = lake.read(spark, args.lake, USER_CANDIDATES, out_version).where(F.col("run_date") == F.lit(d))
     per_strategy = {r["strategy"]: (r["users"], r["rows"]) for r in
                     written.groupBy("strategy").agg(F.countDistinct("user_id").alias("users"),
                                                     F.count("*").alias("rows")).collect()}
-    summary = {
-        "run_date": d.isoformat(), "model": f"{name}/{model.version}", "k": k,
+    return {
+        "run_date": d.isoformat(), "model": f"{args.config.train.name}/{model.version}", "k": k,
         "catalogue_items": len(item_ids),
         "vocabulary_items_not_in_catalogue": len(set(model.item_ids) - set(item_ids)),
         "catalogue_items_not_in_vocabulary": len(set(item_ids) - set(model.item_ids)),
@@ -169,13 +241,6 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
         "rows_written": sum(r for _, r in per_strategy.values()),
         "user_candidates_version": out_version,
     }
-    runtime.record_lineage(args, run_date=d,
-                           inputs={ITEMS.name: items_version, EVENTS.name: events_version,
-                                   USER_SEQUENCES.name: sequences_version, USER_FEATURES.name: user_features_version,
-                                   **({ITEM_DAILY.name: daily_version} if daily_version is not None else {}),
-                                   "model": f"{name}/{model.version}"},
-                           outputs={USER_CANDIDATES.name: out_version}, summary=summary)
-    return summary
 
 
 def _max_exclusions(users) -> int:
@@ -196,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-date", type=runtime.parse_date, required=True)
     parser.add_argument("--model-version", default="latest", help="registry version (default: LATEST)")
     parser.add_argument("--k", type=int, help="candidates per user (default: score.k)")
-    return runtime.run_job("score", parser, lambda ns, common: runtime.dataclass_from(ScoreArgs, ns, common), run, argv)
+    return runtime.run_job("score", parser, ScoreArgs, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """What the lake holds now: the latest job runs with their lineage (the Delta versions each read and
-wrote), the data-quality gates of the latest run date, and the published candidate sets that online
-services load. Reads ``<lake>/_runs/*.json`` and ``candidates/published`` with delta-rs: no Spark.
+wrote), the data-quality gates of the latest run date, the delayed feedback of the recent nights (how
+the lists published ``nightly.feedback_days`` earlier did on the purchases since; jobs/nightly.py), and
+the published candidate sets that online services load. Reads ``<lake>/_runs/*.json`` and
+``candidates/published`` with delta-rs: no Spark.
 
     warmstart status [--lake ./lake] [--runs 10] [--run-date D]
     python jobs/status.py --lake ./lake --summary-json status.json
@@ -60,6 +62,35 @@ def published_sets(lake: str) -> list[dict[str, Any]]:
             for row in frame.to_dict("records")]
 
 
+FEEDBACK_FIGURES = (("ndcg@10", "NDCG@10"), ("recall@20", "Recall@20"), ("hit@10", "hit rate@10"), ("mrr", "MRR"),
+                    ("explore_ndcg@10", "explore NDCG@10"))
+
+
+def feedback_line(feedback: dict[str, Any]) -> str:
+    """A night's delayed feedback in one line: ``lists published for 2024-01-24 (model V): NDCG@10 0.1234
+    ... on 22 customers``, or why there are no figures."""
+    night = feedback.get("published_run_date")
+    if not feedback.get("published"):
+        return feedback.get("note") or f"nothing was published for {night}"
+    head = f"lists published for {night} (model {feedback.get('model_version')}): "
+    if not feedback.get("users_judged"):
+        return head + (feedback.get("note") or "no customer to judge yet")
+    figures = "  ".join(f"{label} {_figure(feedback.get(key))}" for key, label in FEEDBACK_FIGURES)
+    return head + f"{figures} on {feedback['users_judged']:,} customers"
+
+
+def _figure(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _feedback_rows(nightly: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run date, the delayed feedback of its latest nightly record that has one (a run stopped before
+    the step, or recorded before the step existed, has none), newest date first."""
+    latest = {r.get("run_date"): (r.get("summary") or {}).get("delayed_feedback") for r in nightly
+              if (r.get("summary") or {}).get("delayed_feedback")}
+    return [{"run_date": d, **f} for d, f in sorted(latest.items(), key=lambda x: str(x[0]), reverse=True)]
+
+
 def _gate_table(record: dict[str, Any]) -> str:
     summary = record.get("summary") or {}
     return str(summary.get("table") or next(iter(record.get("inputs") or {}), "?"))
@@ -95,6 +126,7 @@ def collect(lake: str, runs: int = 10, run_date: dt.date | None = None) -> dict[
                      "model_version": ((r.get("summary") or {}).get("model") or {}).get("version"),
                      "total_seconds": (r.get("summary") or {}).get("total_seconds"),
                      "error": (r.get("summary") or {}).get("error")} for r in nightly[-runs:][::-1]],
+        "delayed_feedback": _feedback_rows(nightly)[:runs],
         "published": published_sets(lake),
     }
 
@@ -108,6 +140,10 @@ def render(status: dict[str, Any]) -> str:
         lines += ["", "nightly runs (newest first):"]
         lines += _table([[n["run_date"], n["status"], n["model_version"], n["total_seconds"], n["recorded_at"]]
                          for n in status["nightly"]], ["run_date", "status", "model", "seconds", "recorded_at"])
+    if status["delayed_feedback"]:
+        lines += ["", ("delayed feedback (the lists published nightly.feedback_days before each night, on the "
+                       "purchases since; newest first):")]
+        lines += [f"  {f['run_date']}  {feedback_line(f)}" for f in status["delayed_feedback"]]
     lines += ["", "latest job runs (newest first):"]
     lines += _table([[r["recorded_at"], r["job"], r["run_date"], r["status"], r["run_id"]] for r in status["latest_runs"]],
                     ["recorded_at", "job", "run_date", "status", "run_id"])
@@ -136,8 +172,10 @@ def run(args: StatusArgs) -> dict[str, Any]:
     status = collect(args.lake, args.runs, args.run_date)
     print(render(status))
     current = status["published"][0] if status["published"] else {}
+    feedback = status["delayed_feedback"][0] if status["delayed_feedback"] else None
     return {"run_dates": len(status["run_dates"]), "latest_run_date": status["focus_run_date"],
             "latest_nightly_status": status["nightly"][0]["status"] if status["nightly"] else None,
+            "latest_delayed_feedback": feedback_line(feedback) if feedback else None,
             "gates_passed": sum(g["verdict"] == "passed" for g in status["gates"].values()),
             "gates": len(status["gates"]),
             "published_run_date": current.get("run_date"), "published_table_version": current.get("table_version"),
@@ -145,8 +183,7 @@ def run(args: StatusArgs) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("status", parser(), lambda ns, common: runtime.dataclass_from(StatusArgs, ns, common),
-                           run, argv, needs_spark=False)
+    return runtime.run_job("status", parser(), StatusArgs, run, argv, needs_spark=False)
 
 
 if __name__ == "__main__":

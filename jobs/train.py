@@ -9,6 +9,11 @@ No Spark: tables are read with delta-rs at a recorded Delta version (the snapsho
 Ray Data, which streams the examples to the workers in shards). Ray runs in-process (small, for a
 laptop) unless ``--ray-address`` names a cluster.
 
+Model selection on time: the epoch count and the dot / recent scales are chosen on the validation window,
+the last ``train.validation_days`` days before the run date's cut-off (a model fitted on the events before
+the window, judged on what each user bought in it); the registered weights are then refitted on every
+event before the cut-off (training.data, docs/model.md).
+
 Idempotent per run date: the version name is the run date plus a fingerprint of the inputs' Delta
 versions, the configuration and the code version; if that version is already registered the job
 reuses it and changes nothing. ``LATEST`` moves only if the new validation NDCG@10 is within
@@ -27,12 +32,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-
-from features.tables import EVENT_COUNT_NAMES, ITEM_DAILY, ITEMS, USER_SEQUENCES
+from features.contract import cutoff
+from features.tables import ITEM_DAILY, ITEMS, USER_SEQUENCES
 from jobs import lake, runtime
+from training.config import SeqRecConfig
 
 log = logging.getLogger("warmstart.train")
 
@@ -44,6 +49,15 @@ class TrainArgs(runtime.JobArgs):
     gpu: bool = False
     ray_address: str | None = None
     force: bool = False
+    promote: bool = True            # False: register only (the backtest's models of past nights)
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or self.config.train.workers
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpu or self.config.train.use_gpu
 
 
 def parser():
@@ -53,13 +67,12 @@ def parser():
     p.add_argument("--gpu", action="store_true", help="use one GPU per worker (bf16 autocast)")
     p.add_argument("--ray-address", help="Ray cluster address (default: start Ray in-process)")
     p.add_argument("--force", action="store_true", help="move LATEST even if validation NDCG@10 got worse")
+    p.add_argument("--no-promote", dest="promote", action="store_false",
+                   help="register the version without moving LATEST (e.g. a model of a past night)")
     return p
 
 
-# --------------------------------------------------------------------------------------------------
-
-
-def read_inputs(args: TrainArgs, spec_items: bool = True) -> dict[str, Any]:
+def read_inputs(args: TrainArgs) -> dict[str, Any]:
     """The sequences snapshot (version + data files of the run date's partition) and the catalogue."""
     try:
         seq_version, files = lake.snapshot_files(args.lake, USER_SEQUENCES, partition_value=args.run_date)
@@ -76,30 +89,6 @@ def read_inputs(args: TrainArgs, spec_items: bool = True) -> dict[str, Any]:
     return {"sequences_version": seq_version, "files": files, "items_version": items_version, "items": items}
 
 
-def text_embeddings(args: TrainArgs, name: str, vocab: list[str], items, model_cfg) -> tuple[np.ndarray | None, str | None]:
-    """Frozen mode: (V, text_dim) encoder embeddings of the vocabulary's item text, cached per
-    catalogue fingerprint under models/<name>/_text_cache/ (safetensors)."""
-    from safetensors.numpy import load_file, save_file
-
-    from training import registry
-    from training.model import encode_texts, item_text, texts_fingerprint
-
-    if not model_cfg.use_text or model_cfg.encoder_mode != "frozen":
-        return None, None
-    by_id = {str(r["item_id"]): r for r in items.to_dict("records")}
-    texts = [item_text(*(by_id.get(i, {}).get(c) for c in ("title", "category", "description"))) for i in vocab]
-    key = texts_fingerprint(model_cfg.encoder_path, texts, model_cfg.text_max_tokens)
-    cache = Path(args.models_root) / name / "_text_cache" / f"{key}.safetensors"
-    if cache.is_file():
-        return load_file(str(cache))["text_embeddings"], key
-    started = time.time()
-    emb = encode_texts(texts, model_cfg.encoder_path, model_cfg.text_max_tokens).numpy()
-    log.info("encoded %d item texts in %.1fs (cached as %s)", len(texts), time.time() - started, cache.name)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    registry.replace_file(cache, lambda tmp: save_file({"text_embeddings": emb}, str(tmp)))
-    return emb, key
-
-
 def start_ray(args: TrainArgs) -> bool:
     """Connect to ``--ray-address`` or start a small in-process Ray. Returns whether we started it."""
     import ray
@@ -114,187 +103,228 @@ def start_ray(args: TrainArgs) -> bool:
     if args.ray_address:
         ray.init(address=args.ray_address, log_to_driver=False)
         return True
-    temp = cfg.get("train.ray_temp_dir") or os.path.join(tempfile.gettempdir(), "ray-warmstart")
-    ray.init(num_cpus=int(cfg.get("train.ray_num_cpus", 2)),
-             object_store_memory=int(cfg.get("train.ray_object_store_mb", 300)) * 1024 * 1024,
+    temp = cfg.train.ray_temp_dir or os.path.join(tempfile.gettempdir(), "ray-warmstart")
+    ray.init(num_cpus=cfg.train.ray_num_cpus,
+             object_store_memory=cfg.train.ray_object_store_mb * 1024 * 1024,
              _temp_dir=temp, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     return True
 
 
-def recent_popularity(lake_root: str, as_of: dt.date, item_index: dict[str, int], recent_days: int,
-                      target_event_types, since: dt.date | None = None) -> tuple[int | None, np.ndarray, int]:
-    """The model's recent-popularity input from ``features/item_daily`` up to ``as_of`` (from ``since``):
-    (Delta version read, (D, V) log1p counts of the target event types, first day); see
-    training.data.recent_purchase_matrix. Version None and one zero row when the table does not exist
-    (a lake whose sequences did not come from ``warmstart features``): the term is then 0."""
-    from training.data import recent_purchase_matrix
-
-    last_day = (as_of - dt.date(1970, 1, 1)).days
-    columns = [f"count_{EVENT_COUNT_NAMES[t]}" for t in target_event_types if t in EVENT_COUNT_NAMES]
-    filters = [("event_date", "<=", as_of)] + ([("event_date", ">=", since)] if since else [])
-    try:
-        version, daily = lake.read_pandas(lake_root, ITEM_DAILY, columns=["item_id", "event_date", *columns], filters=filters)
-    except FileNotFoundError:
-        log.warning("%s not found: training without the recent-popularity input", ITEM_DAILY.name)
-        return None, np.zeros((1, len(item_index)), np.float32), last_day + 1
-    daily = daily.assign(count=daily[columns].sum(axis=1) if columns else 0)
-    counts, first_day = recent_purchase_matrix(daily, item_index, recent_days, last_day)
-    return version, counts, first_day
-
-
-def vocabulary(sequences, items, target_event_types) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Vocabulary (catalogue ∪ sequence items, sorted), each item's count in the sequences, and each
-    item's rebuy log-odds over the inputs of each training phase ({"train", "refit"}), in one pass."""
-    from training.data import build_vocabulary, item_stats_batch, rebuy_log_odds
-
-    # Per-block (item, stats) rows come back to the driver: at most catalogue-size rows per block,
-    # summed here (Ray Data's hash groupby costs far more than it saves at this size).
-    per_block = sequences.select_columns(["item_ids", "event_types", "event_ts"]).map_batches(
-        item_stats_batch, fn_kwargs={"target_event_types": tuple(target_event_types)}, batch_format="numpy",
-        batch_size=None).to_pandas()
-    sums = per_block.groupby("item_id").sum(numeric_only=True)
-    vocab = build_vocabulary(items["item_id"].astype(str), sums.index.astype(str))
-    sums = sums.reindex(vocab, fill_value=0)
-    rebuy = {phase: rebuy_log_odds(sums[f"buyers_{phase}"].to_numpy(), sums[f"rebuyers_{phase}"].to_numpy())
-             for phase in ("train", "refit")}
-    return vocab, sums["count"].to_numpy(dtype=np.int64), rebuy
-
-
-def model_and_loop_configs(cfg: runtime.Config, num_items: int):
-    from training.model import SeqRecConfig
-    from training.train_loop import TrainConfig
-
-    try:
-        model_cfg = SeqRecConfig(num_items=num_items, **cfg.get("train.model", {}))
-        loop_cfg = TrainConfig.from_dict(cfg.get("train.loop", {}))
-    except (TypeError, ValueError) as exc:
-        raise runtime.UsageError(f"bad train configuration: {exc}") from None
-    return model_cfg, loop_cfg
-
-
 def fingerprint(args: TrainArgs, inputs: dict) -> str:
     payload = {"run_date": str(args.run_date), "sequences_version": inputs["sequences_version"],
-               "items_version": inputs["items_version"], "train": args.config.get("train"),
+               "items_version": inputs["items_version"], "train": args.config.to_dict()["train"],
                "workers": args.workers, "gpu": args.gpu, "code": runtime.code_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run(args: TrainArgs) -> dict[str, Any]:
-    import ray
+@dataclass(frozen=True)
+class Prepared:
+    """What one training run is given, built on the driver: the Ray Datasets of examples and the
+    worker function's plain dict, with what registering the result needs."""
+
+    vocab: list[str]
+    model_cfg: SeqRecConfig         # train.model with num_items = len(vocab)
+    target_event_types: tuple[str, ...]
+    text_key: str | None            # the frozen text embeddings' cache key (lineage)
+    daily_version: int | None       # features/item_daily's Delta version read, None if not read
+    validation_window: dict[str, str]   # {"first_day", "last_day"}: the dates the selection is judged on
+    datasets: dict
+    loop_config: dict
+
+
+def prepare(args: TrainArgs, inputs: dict[str, Any]) -> Prepared:
+    """The vocabulary and its per-item inputs, the examples, and the worker's configuration (Ray is up)."""
+    from training.data import ExampleSpec, ray_examples, ray_sequences
+    from training.inputs import recent_popularity, text_embeddings, vocabulary
+    from training.train_loop import config_dicts
+
+    cfg = args.config.train
+    cut = cutoff(args.run_date)
+    window_start = cut - dt.timedelta(days=cfg.validation_days)
+    sequences = ray_sequences(inputs["files"])
+    started = time.time()
+    vocab, counts, rebuy = vocabulary(sequences, inputs["items"], cfg.target_event_types, window_start, cut)
+    log.info("vocabulary: %d items in %.1fs", len(vocab), time.time() - started)
+    model_cfg = dataclasses.replace(cfg.model, num_items=len(vocab))
+    text, text_key = text_embeddings(vocab, inputs["items"], model_cfg,
+                                     Path(args.models_root) / cfg.name / "_text_cache")
+    spec = ExampleSpec(item_index={item: i for i, item in enumerate(vocab)}, cutoff=cut,
+                       horizon_days=cfg.validation_days, max_seq_len=model_cfg.max_seq_len,
+                       max_targets=cfg.max_val_targets, target_event_types=cfg.target_event_types,
+                       event_types=model_cfg.event_types)
+    datasets = ray_examples(sequences, spec, refit=cfg.loop.refit)
+    recent, daily_version = None, None
+    if model_cfg.recent_days:
+        daily_version, log_counts, first_day = recent_popularity(args.lake, args.run_date, spec.item_index,
+                                                                 model_cfg.recent_days, cfg.target_event_types)
+        recent = {"log_counts": log_counts, "first_day": first_day}
+    loop_config = {**config_dicts(model_cfg, cfg.loop), "text_embeddings": text, "item_counts": counts,
+                   "rebuy_log_odds": rebuy if model_cfg.repeat_head and model_cfg.item_rebuy else None,
+                   "recent_popularity": recent}
+    window = {"first_day": str(window_start.date()), "last_day": str((cut - dt.timedelta(days=1)).date())}
+    return Prepared(vocab=vocab, model_cfg=model_cfg, target_event_types=spec.target_event_types,
+                    text_key=text_key, daily_version=daily_version, validation_window=window, datasets=datasets,
+                    loop_config=loop_config)
+
+
+def fit(args: TrainArgs, prepared: Prepared, version: str, train_loop_per_worker: Callable[[dict], None] | None):
+    """(Ray Train's result of the run, whose last checkpoint holds the trainer state and best weights;
+    seconds it took)."""
+    from training.train_loop import build_trainer, train_worker
+
+    cfg = args.config.train
+    storage = str(Path(args.models_root).resolve() / cfg.name / "_ray") if not runtime.is_remote(args.models_root) \
+        else f"{args.models_root}/{cfg.name}/_ray"
+    trainer = build_trainer(prepared.loop_config, prepared.datasets, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                            storage_path=storage, name=version, max_failures=cfg.max_failures,
+                            cpus_per_worker=cfg.cpus_per_worker,
+                            train_loop_per_worker=train_loop_per_worker or train_worker)
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; one line for the user
+        raise runtime.WarmstartError(f"training failed after {max(0, cfg.max_failures)} "
+                                     f"retries: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
+    seconds = time.time() - started
+    if result.checkpoint is None:
+        raise runtime.WarmstartError("training ended without a checkpoint (no epoch finished)")
+    return result, seconds
+
+
+def registered_model(prepared: Prepared, folder: str):
+    """(the model to register, the trainer state) from the run's last checkpoint folder: the best
+    weights, with the scales validation chose for the dot product and the recent popularity
+    (train.loop.dot_scales, recent_scales) on top of any configured dot scale."""
     import torch
     from safetensors.torch import load_file
 
-    from training import registry
-    from training.data import ExampleSpec, ray_examples, ray_sequences
     from training.model import SeqRec
-    from training.train_loop import build_trainer, config_dicts, read_trainer_state
+    from training.train_loop import read_trainer_state
 
-    cfg = args.config
-    name = cfg.get("train.name", registry.DEFAULT_NAME)
-    workers = args.workers or int(cfg.get("train.workers", 1))
-    use_gpu = args.gpu or bool(cfg.get("train.use_gpu", False))
-    if workers < 1:
-        raise runtime.UsageError(f"--workers must be >= 1, got {workers}")
+    state = read_trainer_state(folder)
+    cfg = prepared.model_cfg
+    model = SeqRec(dataclasses.replace(cfg, dot_scale=cfg.dot_scale * state.get("dot_scale", 1.0)))
+    model.load_state_dict(load_file(str(Path(folder) / "best_model.safetensors")))
+    if model.cfg.recent_days:
+        with torch.no_grad():
+            model.recent_weight.mul_(state.get("recent_scale", 1.0))
+    return model, state
+
+
+def best_epoch(state: dict) -> dict[str, Any]:
+    """The selection run's metrics of the epoch early stopping chose."""
+    return next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+
+
+def training_metrics(state: dict, model, train_seconds: float, workers: int, use_gpu: bool,
+                     validation_window: dict[str, str]) -> dict[str, Any]:
+    """metrics.json: the best epoch's validation metrics (with ``val_users`` and ``val_targets``, what the
+    validation window gave, and its dates), the histories and the chosen scales."""
+    return {**{k: v for k, v in best_epoch(state).items() if k.startswith("val_")},
+            "validation_window": validation_window, "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"], "history": state["history"], "train_seconds": round(train_seconds, 1),
+            "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers, "use_gpu": use_gpu,
+            "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", []),
+            "dot_scale": model.cfg.dot_scale, "recent_scale": state.get("recent_scale"),
+            "recent_weight": model.recent_weight.item() if model.cfg.recent_days else None,
+            "scales_val_ndcg@10": state.get("val_ndcg10_by_scales", {})}
+
+
+def train_and_register(args: TrainArgs, inputs: dict[str, Any], version: str, lineage_inputs: dict,
+                       train_loop_per_worker: Callable[[dict], None] | None) -> dict[str, Any]:
+    """Train (Ray is up), register the version and move LATEST by the rule; the run's summary."""
+    from training import registry
+    from training.train_loop import config_dicts
+
+    cfg = args.config.train
+    prepared = prepare(args, inputs)
+    if prepared.daily_version is not None:
+        lineage_inputs[ITEM_DAILY.name] = prepared.daily_version
+    result, train_seconds = fit(args, prepared, version, train_loop_per_worker)
+    with result.checkpoint.as_directory() as folder:
+        model, state = registered_model(prepared, folder)
+    metrics = training_metrics(state, model, train_seconds, args.num_workers, args.use_gpu,
+                               prepared.validation_window)
+    if not metrics["val_users"]:
+        log.warning("the validation window %s..%s gave no validation users: the epoch count and scales were "
+                    "chosen on nothing", *prepared.validation_window.values())
+    lineage = {"run_id": args.run_id, "run_date": str(args.run_date), "inputs": lineage_inputs,
+               "code_version": runtime.code_version(), "config": args.config.to_dict()["train"],
+               "text_cache_key": prepared.text_key, "ray_checkpoint": result.checkpoint.path,
+               "catalogue_size": len(prepared.vocab)}
+    registry.save_version(args.models_root, cfg.name, version, model, prepared.vocab,
+                          train_config={**config_dicts(prepared.model_cfg, cfg.loop)["train"],
+                                        "target_event_types": list(prepared.target_event_types)},
+                          metrics=metrics, lineage=lineage)
+    moved, reason = _promote(args, version)
+    best = best_epoch(state)
+    return {"model": cfg.name, "version": version, "reused": False,
+            "latest": registry.latest_version(args.models_root, cfg.name),
+            "promoted": moved, "promote_reason": reason, "catalogue_size": len(prepared.vocab),
+            "train_sequences_per_epoch": best["train_sequences"], "val_users": best["val_users"],
+            "val_targets": best["val_targets"], "validation_window": prepared.validation_window,
+            "refit_epochs": state.get("refit_epochs", 0),
+            "refit_sequences_per_epoch": (state.get("refit_history") or [{}])[-1].get("train_sequences"),
+            "val_ndcg@10": metrics["val_ndcg@10"], "val_recall@10": metrics["val_recall@10"],
+            "dot_scale": model.cfg.dot_scale, "recent_scale": state.get("recent_scale"),
+            "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_seconds": round(train_seconds, 1),
+            "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": args.num_workers,
+            "path": str(registry.version_dir(args.models_root, cfg.name, version))}
+
+
+def _promote(args: TrainArgs, version: str) -> tuple[bool, str]:
+    from training import registry
+
+    if not args.promote:
+        return False, "--no-promote"
+    cfg = args.config.train
+    return registry.promote(args.models_root, cfg.name, version, cfg.promote_margin, force=args.force)
+
+
+def reuse(args: TrainArgs, version: str) -> dict[str, Any]:
+    """The summary of a version already registered: LATEST moves by the same rule, nothing is written."""
+    from training import registry
+
+    cfg = args.config.train
+    moved, reason = _promote(args, version)
+    metrics = json.loads((registry.version_dir(args.models_root, cfg.name, version) / "metrics.json").read_text())
+    return {"model": cfg.name, "version": version, "reused": True,
+            "latest": registry.latest_version(args.models_root, cfg.name),
+            "promoted": moved, "promote_reason": reason, "val_ndcg@10": metrics.get("val_ndcg@10")}
+
+
+def run(args: TrainArgs, *, train_loop_per_worker: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train and register the run date's version, or reuse it if it is registered already.
+    ``train_loop_per_worker``: tests only, a wrapper of training.train_loop.train_worker."""
+    import ray
+
+    from training import registry
+
+    name = args.config.train.name
+    if args.num_workers < 1:
+        raise runtime.UsageError(f"--workers must be >= 1, got {args.num_workers}")
+    if args.config.train.validation_days < 1:
+        raise runtime.UsageError(f"train.validation_days must be >= 1, got {args.config.train.validation_days}")
     inputs = read_inputs(args)
     version = f"{args.run_date:%Y%m%d}-{fingerprint(args, inputs)}"
     lineage_inputs = {USER_SEQUENCES.name: inputs["sequences_version"], ITEMS.name: inputs["items_version"]}
-    margin = float(cfg.get("train.promote_margin", 0.005))
-
     if set(registry.FILES) <= {p.name for p in registry.version_dir(args.models_root, name, version).glob("*")}:
-        moved, reason = registry.promote(args.models_root, name, version, margin, force=args.force)
-        metrics = json.loads((registry.version_dir(args.models_root, name, version) / "metrics.json").read_text())
-        summary = {"model": name, "version": version, "reused": True, "latest": registry.latest_version(args.models_root, name),
-                   "promoted": moved, "promote_reason": reason, "val_ndcg@10": metrics.get("val_ndcg@10")}
-        runtime.record_lineage(args, run_date=args.run_date, inputs=lineage_inputs,
-                               outputs={f"models/{name}": version}, summary=summary)
-        return summary
-
-    started_ray = start_ray(args)
-    try:
-        sequences = ray_sequences(inputs["files"])
-        t0 = time.time()
-        target_types = tuple(cfg.get("train.target_event_types", ["purchase"]))
-        vocab, counts, rebuy = vocabulary(sequences, inputs["items"], target_types)
-        log.info("vocabulary: %d items in %.1fs", len(vocab), time.time() - t0)
-        model_cfg, loop_cfg = model_and_loop_configs(cfg, len(vocab))
-        text, text_key = text_embeddings(args, name, vocab, inputs["items"], model_cfg)
-        spec = ExampleSpec(item_index={item: i for i, item in enumerate(vocab)}, max_seq_len=model_cfg.max_seq_len,
-                           max_targets=int(cfg.get("train.max_val_targets", 100)),
-                           target_event_types=target_types,
-                           event_types=model_cfg.event_types)
-        datasets = ray_examples(sequences, spec, refit=loop_cfg.refit)
-        recent = None
-        if model_cfg.recent_days:
-            daily_version, log_counts, first_day = recent_popularity(args.lake, args.run_date, spec.item_index,
-                                                                     model_cfg.recent_days, target_types)
-            if daily_version is not None:
-                lineage_inputs[ITEM_DAILY.name] = daily_version
-            recent = {"log_counts": log_counts, "first_day": first_day}
-        loop_config = {**config_dicts(model_cfg, loop_cfg), "text_embeddings": text, "item_counts": counts,
-                       "rebuy_log_odds": rebuy if model_cfg.repeat_head and model_cfg.item_rebuy else None,
-                       "recent_popularity": recent}
-        storage = str(Path(args.models_root).resolve() / name / "_ray") if not runtime.is_remote(args.models_root) \
-            else f"{args.models_root}/{name}/_ray"
-        trainer = build_trainer(loop_config, datasets, num_workers=workers, use_gpu=use_gpu,
-                                storage_path=storage, name=version, max_failures=int(cfg.get("train.max_failures", 2)),
-                                cpus_per_worker=float(cfg.get("train.cpus_per_worker", 1.0)))
-        started = time.time()
+        summary = reuse(args, version)
+    else:
+        started_ray = start_ray(args)
         try:
-            result = trainer.fit()
-        except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; one line for the user
-            raise runtime.WarmstartError(f"training failed after {max(0, int(cfg.get('train.max_failures', 2)))} "
-                                         f"retries: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
-        train_seconds = time.time() - started
-        if result.checkpoint is None:
-            raise runtime.WarmstartError("training ended without a checkpoint (no epoch finished)")
-        with result.checkpoint.as_directory() as folder:
-            state = read_trainer_state(folder)
-            best = load_file(str(Path(folder) / "best_model.safetensors"))
-        # the scales validation chose for the dot product and the recent popularity (train.loop.dot_scales,
-        # recent_scales), on top of any configured dot scale
-        registered_cfg = dataclasses.replace(model_cfg, dot_scale=model_cfg.dot_scale * state.get("dot_scale", 1.0))
-        model = SeqRec(registered_cfg)
-        model.load_state_dict(best)
-        if registered_cfg.recent_days:
-            with torch.no_grad():
-                model.recent_weight.mul_(state.get("recent_scale", 1.0))
-        best_metrics = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-        metrics = {**{k: v for k, v in best_metrics.items() if k.startswith("val_")}, "best_epoch": state["best_epoch"],
-                   "epochs_run": state["epoch"], "history": state["history"], "train_seconds": round(train_seconds, 1),
-                   "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers, "use_gpu": use_gpu,
-                   "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", []),
-                   "dot_scale": registered_cfg.dot_scale, "recent_scale": state.get("recent_scale"),
-                   "recent_weight": model.recent_weight.item() if registered_cfg.recent_days else None,
-                   "scales_val_ndcg@10": state.get("val_ndcg10_by_scales", {})}
-        lineage = {"run_id": args.run_id, "run_date": str(args.run_date), "inputs": lineage_inputs,
-                   "code_version": runtime.code_version(), "config": cfg.get("train"), "text_cache_key": text_key,
-                   "ray_checkpoint": result.checkpoint.path, "catalogue_size": len(vocab)}
-        registry.save_version(args.models_root, name, version, model, vocab,
-                              train_config={**config_dicts(model_cfg, loop_cfg)["train"],
-                                            "target_event_types": list(spec.target_event_types)}, metrics=metrics, lineage=lineage)
-        moved, reason = registry.promote(args.models_root, name, version, margin, force=args.force)
-    finally:
-        if started_ray:
-            ray.shutdown()
-    summary = {"model": name, "version": version, "reused": False, "latest": registry.latest_version(args.models_root, name),
-               "promoted": moved, "promote_reason": reason, "catalogue_size": len(vocab),
-               "train_sequences_per_epoch": best_metrics["train_sequences"], "val_users": best_metrics["val_users"],
-               "refit_epochs": state.get("refit_epochs", 0),
-               "refit_sequences_per_epoch": (state.get("refit_history") or [{}])[-1].get("train_sequences"),
-               "val_ndcg@10": metrics["val_ndcg@10"], "val_recall@10": metrics["val_recall@10"],
-               "dot_scale": registered_cfg.dot_scale, "recent_scale": state.get("recent_scale"),
-               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_seconds": round(train_seconds, 1),
-               "resumed_from_epoch": state.get("resumed_from_epoch"), "workers": workers,
-               "path": str(registry.version_dir(args.models_root, name, version))}
+            summary = train_and_register(args, inputs, version, lineage_inputs, train_loop_per_worker)
+        finally:
+            if started_ray:
+                ray.shutdown()
     runtime.record_lineage(args, run_date=args.run_date, inputs=lineage_inputs, outputs={f"models/{name}": version},
-                           summary={k: v for k, v in summary.items()})
+                           summary=summary)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("train", parser(), lambda ns, common: runtime.dataclass_from(TrainArgs, ns, common),
-                           run, argv, needs_spark=False)
+    return runtime.run_job("train", parser(), TrainArgs, run, argv, needs_spark=False)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ Which rows are "the partition" of a run date:
   many event dates; the previous partition is the previous ingest run's rows. ``event_date`` scope
   validates the ``event_date = run_date`` partition instead. The quarantine rate of the run comes from
   the ingest run's summary, or else from ``bronze/events_quarantine`` (``run_date`` partition);
-- ``bronze/items`` (unpartitioned): the whole current table, no previous partition.
+- ``bronze/items`` (unpartitioned): the whole current table, no previous partition;
+- ``candidates/user_candidates``: the ``run_date`` partition, checked as ``warmstart publish`` checks it
+  (lists of min(K, catalogue) items as the latest score run of the date recorded, coverage of the run
+  date's active users).
 """
 from __future__ import annotations
 
@@ -27,9 +30,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features import quality, suites
-from features.tables import EVENTS, QUARANTINE, Table
+from features.tables import EVENTS, QUARANTINE, USER_CANDIDATES, Table
 from features.tables import table as declared_table
-from jobs import lake, runtime
+from jobs import lake, publish, runtime
 
 # Keys an ingest run summary may use for its record counts (first present wins).
 _READ_KEYS = ("records_read", "rows_read", "read", "input_records", "records_in")
@@ -45,7 +48,7 @@ class ValidateArgs(runtime.JobArgs):
 def _partition(spark: SparkSession, args: ValidateArgs, t: Table) -> tuple[DataFrame, DataFrame | None, str]:
     """(this run date's rows, the previous partition's rows or None, a description of the scope)."""
     df = lake.read(spark, args.lake, t)
-    if t.name == EVENTS.name and args.config.get("quality.events_scope", "ingest_run") == "ingest_run":
+    if t.name == EVENTS.name and args.config.quality.events_scope == "ingest_run":
         runs = _ingest_runs(args)
         mine = [r["run_id"] for r in runs if r.get("run_date") == args.run_date.isoformat()]
         if not mine:
@@ -103,16 +106,6 @@ def _quarantine_context(spark: SparkSession, args: ValidateArgs, events: DataFra
             "counts_from": "bronze/events_quarantine + landed events"}
 
 
-def quality_config(config: runtime.Config) -> dict[str, Any]:
-    """The ``quality:`` section, with the bounds that other sections own filled in where left null."""
-    section = config.section("quality")
-    if section.get("max_sequence_length") is None:
-        section["max_sequence_length"] = config.get("features.sequence_length")
-    if section.get("max_rank") is None:
-        section["max_rank"] = config.get("score.k")
-    return section
-
-
 def report_paths(args: ValidateArgs) -> tuple[str, str]:
     base = f"{args.reports_root}/{args.run_date.isoformat()}/quality/{suites.alias(args.table)}"
     return base + ".html", base + ".json"
@@ -131,8 +124,12 @@ def run(spark: SparkSession, args: ValidateArgs) -> dict[str, Any]:
     context: dict[str, Any] = {"scope": scope, "table_version": table_version}
     if t.name == EVENTS.name:
         context.update(_quarantine_context(spark, args, current))
-    result = quality.validate_table(spark, current, t.name, args.run_date, previous, context,
-                                    config=quality_config(args.config))
+    config, references = args.config.quality_bounds, {}
+    if t.name == USER_CANDIDATES.name:
+        _, meta = publish.latest_score_commit(spark, args.lake, args.run_date)
+        config, references = publish.suite_inputs(spark, args.lake, args.run_date, args.config, meta)
+    result = quality.validate_table(spark, current, t.name, args.run_date, previous, context, config=config,
+                                    publish=args.config.publish, references=references)
 
     html_path, json_path = report_paths(args)
     runtime.write_text(html_path, result.report_html)
@@ -170,8 +167,7 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("validate", parser(), lambda ns, common: runtime.dataclass_from(ValidateArgs, ns, common),
-                           run, argv)
+    return runtime.run_job("validate", parser(), ValidateArgs, run, argv)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from scoring.topk import BLOCK_BYTES, topk, topk_with_boosts
+from features.contract import cutoff
+from scoring.topk import topk, topk_with_boosts
 
 MODEL = "model"
 POPULAR_FALLBACK = "popular_fallback"
@@ -53,12 +54,8 @@ CANDIDATE_ROWS = T.StructType([
 
 
 def before_next_day(as_of: dt.date) -> Column:
-    """Point-in-time cut: events strictly before as_of + 1 day (UTC), as the feature tables use."""
-    return F.col("event_ts") < F.lit(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time()))
-
-
-# --------------------------------------------------------------------------------------------------
-# Who is scored, and with what
+    """The events visible as of ``as_of`` (features.contract.cutoff), as the feature tables use."""
+    return F.col("event_ts") < F.lit(cutoff(as_of))
 
 
 def scoring_users(sequences: DataFrame, user_features: DataFrame | None, exclusions: DataFrame, *,
@@ -126,10 +123,6 @@ def popular_items(events: DataFrame, catalogue: DataFrame, segments: DataFrame, 
                     F.coalesce(F.col("users") / F.col("segment_users"), F.lit(0.0)).cast("float").alias("share")))
 
 
-# --------------------------------------------------------------------------------------------------
-# The per-partition scorer (runs on the executors)
-
-
 @dataclass(frozen=True)
 class FallbackLists:
     """Popular lists as item indices into the scorer's item order, per segment ("" = everyone)."""
@@ -188,9 +181,9 @@ class ScorerSpec:
     cache_key: str                       # unique per (model version, catalogue): names the worker cache
     loader: Callable[[], Any]            # () -> LoadedModel (e.g. functools.partial(load_model, root, name, v))
     k: int
-    block_bytes: int = BLOCK_BYTES       # one score tile (see scoring.topk)
-    torch_threads: int = 1               # per Python worker: Spark already runs one worker per core
-    embed_batch: int = 512               # users per forward pass of the user tower
+    block_bytes: int                     # one score tile (see scoring.topk)
+    torch_threads: int                   # per Python worker: Spark already runs one worker per core
+    embed_batch: int                     # users per forward pass of the user tower
 
 
 def candidate_rows(users: DataFrame, spec: ScorerSpec, item_ids_bc, item_matrix_bc, fallback_bc) -> DataFrame:
@@ -229,7 +222,7 @@ def score_batch(batch: pa.RecordBatch, model, item_ids: np.ndarray, index: dict[
     personal = np.flatnonzero(~fallback)
     if len(personal):
         seqs = ([cols["item_ids"][i] for i in personal], [cols["event_types"][i] for i in personal],
-                [cols["event_ts"][i] for i in personal] if "event_ts" in cols else None)
+                [cols["event_ts"][i] for i in personal])
         vectors = model.user_embeddings(*seqs, batch_size=spec.embed_batch)
         lengths = np.array([len(excluded[i]) for i in personal], dtype=np.int64)
         indptr = np.concatenate([[0], np.cumsum(lengths)])

@@ -125,14 +125,58 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
 
     Streams the partition batch by batch into arrays allocated once for the whole partition (its row
     count comes from the Parquet footers): peak memory is the result plus one batch plus the ranks
-    (4 bytes per row, dropped once checked), not a whole Arrow table beside its numpy copy. Rows
-    stored out of order add a row permutation (8 bytes per row) and one column copy while reordering."""
+    (4 bytes per row, dropped on return), not a whole Arrow table beside its numpy copy. Rows stored
+    out of order add a row permutation (8 bytes per row) and one column copy while reordering."""
     from deltalake import DeltaTable
 
+    where = f"{USER_CANDIDATES} v{table_version} run_date {run_date}"
     table = DeltaTable(f"{lake.rstrip('/')}/{USER_CANDIDATES}", version=table_version, storage_options=storage_options)
     dataset = table.to_pyarrow_dataset(
         partitions=[("run_date", "=", run_date.isoformat())],
         parquet_read_options=pads.ParquetReadOptions(dictionary_columns={"user_id", "item_id", "strategy"}))
+    runs = _read_runs(dataset, where)
+    first = _changes(runs.users)                # each user's first run
+    if not (len(first) == len(runs.user_index) and _ranks_count_up(runs.ranks, runs.starts[first])):
+        # Runs of one user stored out of order (a writer that emits row groups out of order, several
+        # runs appended): order the runs by (user, first rank), a sort of ~one entry per user, not per row.
+        _order_runs(runs)
+        first = _changes(runs.users)
+    if not _ranks_count_up(runs.ranks, runs.starts[first]):
+        # Ranks out of order inside a run: sort every row by (user, rank).
+        _order_rows(runs)
+        first = _changes(runs.users)
+        if not _ranks_count_up(runs.ranks, runs.starts[first]):
+            raise ValueError(f"{where}: ranks are not 1..n per user")
+    user_codes = runs.users[first]
+    user_vocab = np.empty(len(runs.user_index), dtype=object)
+    user_vocab[:] = list(runs.user_index)     # dicts keep insertion order: code i is the i-th key
+    in_first_seen_order = np.array_equal(user_codes, np.arange(len(user_codes)))
+    return CandidateSets(
+        run_date=run_date, table_version=table_version, model_version=model_version, published_at=published_at,
+        user_ids=user_vocab[user_codes], offsets=np.append(runs.starts[first], len(runs.ranks)).astype(np.int64),
+        item_codes=runs.item_codes, scores=runs.scores, item_vocab=runs.item_vocab.values(),
+        strategy_codes=runs.strategies[first].astype(np.int8), strategy_vocab=runs.strategy_vocab.values(),
+        _index=runs.user_index if in_first_seen_order else {})
+
+
+@dataclass
+class _Runs:
+    """A partition as read, grouped into runs: maximal stretches of rows of one user, in storage order
+    (one user's rows may form several runs). Reordering replaces the arrays, one at a time."""
+
+    item_codes: np.ndarray          # (R,) int32 into item_vocab, per row
+    scores: np.ndarray              # (R,) float32, per row
+    ranks: np.ndarray               # (R,) int32, per row
+    users: np.ndarray               # (runs,) int32 user code (into user_index) of each run
+    strategies: np.ndarray          # (runs,) int32 into strategy_vocab
+    starts: np.ndarray              # (runs + 1,) int64: run i is rows starts[i]:starts[i + 1]
+    user_index: dict[str, int]      # user_id -> code, in order of first sight
+    item_vocab: _Vocabulary
+    strategy_vocab: _Vocabulary
+
+
+def _read_runs(dataset: pads.Dataset, where: str) -> _Runs:
+    """Stream the partition into arrays allocated once (its row count comes from the Parquet footers)."""
     total = dataset.count_rows()
     item_codes = np.empty(total, dtype=np.int32)
     scores = np.empty(total, dtype=np.float32)
@@ -146,7 +190,7 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
         if n == 0:
             continue
         if row + n > total:
-            raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: more rows than its files declare")
+            raise ValueError(f"{where}: more rows than its files declare")
         users = _dictionary(batch.column("user_id"))
         user_rows = users.indices.to_numpy(zero_copy_only=False)
         starts = _changes(user_rows)
@@ -158,49 +202,40 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
         ranks[row:row + n] = batch.column("rank").to_numpy(zero_copy_only=False)
         row += n
     if row != total:
-        raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: read {row} rows of {total}")
-
-    # One code per distinct user; consecutive runs of one user (split by a batch border) merge.
+        raise ValueError(f"{where}: read {row} rows of {total}")
+    # One code per distinct user; consecutive runs of one user (split by a batch border) share it.
     run_ids = pa.concat_arrays(run_users).to_numpy(zero_copy_only=False) if run_users else np.array([], dtype=object)
     user_index: dict[str, int] = {}
     run_codes = np.fromiter((user_index.setdefault(u, len(user_index)) for u in run_ids), dtype=np.int32,
                             count=len(run_ids))
     lengths = np.concatenate(run_lengths) if run_lengths else np.zeros(0, dtype=np.int64)
-    run_strategy = np.concatenate(run_strategies) if run_strategies else np.zeros(0, dtype=np.int32)
-    row_starts = np.append(0, np.cumsum(lengths)).astype(np.int64)
-    first = _changes(run_codes)
-    if not (len(first) == len(user_index) and _ranks_count_up(ranks, row_starts[first])):
-        # Runs of one user stored out of order (a writer that emits row groups out of order, several
-        # runs appended): order the runs by (user, first rank), a sort of ~one entry per user, not per row.
-        order = np.lexsort((ranks[row_starts[:-1]], run_codes))
-        rows = _rows_of_runs(row_starts[:-1][order], lengths[order], total)
-        item_codes = item_codes[rows]             # one array at a time: one copy alive beside the rest
-        scores = scores[rows]
-        ranks = ranks[rows]
-        del rows
-        run_codes, run_strategy, lengths = run_codes[order], run_strategy[order], lengths[order]
-        row_starts = np.append(0, np.cumsum(lengths)).astype(np.int64)
-        first = _changes(run_codes)
-    if not _ranks_count_up(ranks, row_starts[first]):
-        # Ranks out of order inside a run: sort every row by (user, rank).
-        rows = np.lexsort((ranks, np.repeat(run_codes, lengths)))
-        run_codes, run_strategy = np.repeat(run_codes, lengths)[rows], np.repeat(run_strategy, lengths)[rows]
-        item_codes, scores, ranks = item_codes[rows], scores[rows], ranks[rows]
-        del rows
-        row_starts = np.arange(total + 1, dtype=np.int64)
-        first = _changes(run_codes)
-        if not _ranks_count_up(ranks, row_starts[first]):
-            raise ValueError(f"{USER_CANDIDATES} v{table_version} run_date {run_date}: ranks are not 1..n per user")
-    del ranks
-    user_codes, strategy_codes = run_codes[first], run_strategy[first]
-    in_first_seen_order = np.array_equal(user_codes, np.arange(len(user_codes)))
-    user_vocab = np.empty(len(user_index), dtype=object)
-    user_vocab[:] = list(user_index)          # dicts keep insertion order: code i is the i-th key
-    return CandidateSets(
-        run_date=run_date, table_version=table_version, model_version=model_version, published_at=published_at,
-        user_ids=user_vocab[user_codes], offsets=np.append(row_starts[first], total).astype(np.int64),
-        item_codes=item_codes, scores=scores, item_vocab=items.values(), strategy_codes=strategy_codes.astype(np.int8),
-        strategy_vocab=strategies.values(), _index=user_index if in_first_seen_order else {})
+    return _Runs(item_codes=item_codes, scores=scores, ranks=ranks, users=run_codes,
+                 strategies=np.concatenate(run_strategies) if run_strategies else np.zeros(0, dtype=np.int32),
+                 starts=np.append(0, np.cumsum(lengths)).astype(np.int64), user_index=user_index,
+                 item_vocab=items, strategy_vocab=strategies)
+
+
+def _order_runs(runs: _Runs) -> None:
+    """Runs in (user, first rank) order."""
+    lengths = np.diff(runs.starts)
+    order = np.lexsort((runs.ranks[runs.starts[:-1]], runs.users))
+    rows = _rows_of_runs(runs.starts[:-1][order], lengths[order], len(runs.ranks))
+    runs.item_codes = runs.item_codes[rows]     # one array at a time: one copy alive beside the rest
+    runs.scores = runs.scores[rows]
+    runs.ranks = runs.ranks[rows]
+    del rows
+    runs.users, runs.strategies = runs.users[order], runs.strategies[order]
+    runs.starts = np.append(0, np.cumsum(lengths[order])).astype(np.int64)
+
+
+def _order_rows(runs: _Runs) -> None:
+    """Every row in (user, rank) order, each row a run of its own."""
+    lengths = np.diff(runs.starts)
+    row_users = np.repeat(runs.users, lengths)
+    rows = np.lexsort((runs.ranks, row_users))
+    runs.users, runs.strategies = row_users[rows], np.repeat(runs.strategies, lengths)[rows]
+    runs.item_codes, runs.scores, runs.ranks = runs.item_codes[rows], runs.scores[rows], runs.ranks[rows]
+    runs.starts = np.arange(len(rows) + 1, dtype=np.int64)
 
 
 def _changes(codes: np.ndarray) -> np.ndarray:

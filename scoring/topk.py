@@ -12,8 +12,7 @@ How it stays fast and exact without the full (n, m) score matrix:
 - a block's scores are computed one tile at a time (``block_bytes``: users x ``tile_items`` items, one
   single-threaded sgemm into a reused buffer that stays in the caches). A catalogue small enough that
   a block of ``WHOLE_ROW_USERS`` users holds it whole is one tile: each user's first bar (below) then
-  covers every item, and about 1.25 K scores enter instead of about 2.5 K over three 4,096-item tiles
-  (10K items: selection 14.2 -> 8.9 us a user);
+  covers every item, so fewer scores enter than over several narrower tiles (docs/scoring.md);
 - while the tile is still in cache, a compiled pass (numba, GIL released) offers each score to its
   user's candidate buffer. A score enters only when it beats the user's *bar*, the K-th best score
   kept so far. Per user row, one vectorised pass writes a byte mask of the scores above the bar, and
@@ -39,17 +38,19 @@ cached on disk beside this file (``cache=True``), so Spark's Python workers load
 """
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numba
 import numpy as np
 import torch
 
 NEG_INF = float("-inf")
-TILE_ITEMS = 4096         # the tile width of a larger catalogue: sgemm is fastest on it (bench/score.py)
+TILE_ITEMS = 4096         # a larger catalogue's tile width: sgemm is fastest on it (docs/scoring.md, Benchmark)
 WHOLE_ROW_USERS = 64      # a catalogue whose block of this many users fits block_bytes is one tile
-BLOCK_BYTES = 4 << 20     # one score tile: the whole catalogue up to 16,384 items (bench/score.py)
+BLOCK_BYTES = 4 << 20     # one tile holds the whole catalogue up to 16K items (docs/scoring.md, Benchmark)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class TopK:
     indices: np.ndarray   # (n, k) int64 item indices; -1 past counts[i]
     scores: np.ndarray    # (n, k) float32; -inf past counts[i]
     counts: np.ndarray    # (n,) int32: how many of the k slots hold an eligible item
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    width: int            # items per score tile
+    block: int            # users per block (one block's tile is at most block_bytes)
+    capacity: int         # candidate keys buffered per user before a shrink to the k best
 
 
 def topk(users: np.ndarray, items: np.ndarray, k: int, *,
@@ -74,6 +82,35 @@ def topk(users: np.ndarray, items: np.ndarray, k: int, *,
     ``threads``: default ``torch.get_num_threads()``."""
     users = np.ascontiguousarray(users, dtype=np.float32)
     items = np.ascontiguousarray(items, dtype=np.float32)
+    _check(users, items, k, exclude_indptr, exclude_indices)
+    n, m = users.shape[0], items.shape[0]
+    indptr, excluded = _exclusions(n, exclude_indptr, exclude_indices)
+    if not (n and m):
+        return TopK(np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32),
+                    np.zeros(n, dtype=np.int32))
+    tiling = _tiling(n, m, k, block_bytes, tile_items, buffer_factor)
+    # Left empty: each block's _finish fills its rows (padding included) on its own thread while they are
+    # in cache; filling them here first is a single-threaded pass over n x k x 12 bytes.
+    out = TopK(np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.float32), np.empty(n, dtype=np.int32))
+    item_rows = torch.from_numpy(items)
+    # Each item tile as its own contiguous (d, width) matrix: sgemm is faster on it than on a transposed
+    # (width, d) view (docs/scoring.md).
+    item_tiles = [item_rows[first:first + tiling.width].T.contiguous() for first in range(0, m, tiling.width)]
+    cursor = indptr[:-1].copy()                 # per user: next exclusion not yet passed
+    workers = max(1, min(threads or torch.get_num_threads(), -(-n // tiling.block)))
+    starts = range(0, n, tiling.block)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)                    # one core per block: the threads are ours
+    try:
+        _in_threads(functools.partial(_score_blocks, users=users, item_tiles=item_tiles, k=k, tiling=tiling,
+                                      cursor=cursor, indptr=indptr, excluded=excluded, out=out),
+                    [starts[w::workers] for w in range(workers)])
+    finally:
+        torch.set_num_threads(saved)
+    return out
+
+
+def _check(users: np.ndarray, items: np.ndarray, k: int, exclude_indptr, exclude_indices) -> None:
     if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
         raise ValueError(f"users {users.shape} and items {items.shape} must be (n, d) and (m, d)")
     if k < 1:
@@ -85,61 +122,53 @@ def topk(users: np.ndarray, items: np.ndarray, k: int, *,
         raise ValueError(f"exclude_indptr has {len(exclude_indptr)} entries for {n} users (want n + 1)")
     if m >= 1 << 32:
         raise ValueError(f"{m} items: item indices must fit in 32 bits")
-    if exclude_indptr is None:
-        indptr, excluded = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    else:
-        indptr = np.asarray(exclude_indptr, dtype=np.int64)
-        excluded = _sorted_per_user(indptr, np.asarray(exclude_indices, dtype=np.int64))
 
-    if not (n and m):
-        return TopK(np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32),
-                    np.zeros(n, dtype=np.int32))
-    # Left empty: each block's _finish fills its rows (padding included) while they are in cache, on its
-    # own thread; filling them here first was a single-threaded pass over n x k x 12 bytes (10K items:
-    # ~7% of the call).
-    out_idx = np.empty((n, k), dtype=np.int64)
-    out_score = np.empty((n, k), dtype=np.float32)
-    counts = np.empty(n, dtype=np.int32)
+
+def _exclusions(n: int, exclude_indptr, exclude_indices) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR exclusion lists as int64 (indptr, indices), each user's indices in ascending item order;
+    n empty lists when none are given."""
+    if exclude_indptr is None:
+        return np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    indptr = np.asarray(exclude_indptr, dtype=np.int64)
+    return indptr, _sorted_per_user(indptr, np.asarray(exclude_indices, dtype=np.int64))
+
+
+def _tiling(n: int, m: int, k: int, block_bytes: int, tile_items: int | None, buffer_factor: int) -> _Tiling:
     if tile_items is None:
         tile_items = m if 4 * m * WHOLE_ROW_USERS <= block_bytes else TILE_ITEMS
     width = int(max(1, min(m, tile_items)))
-    block = int(max(1, min(n, block_bytes // (4 * width))))
-    capacity = max(k * buffer_factor, k + 16)
-    item_rows = torch.from_numpy(items)
-    # Each item tile as its own contiguous (d, width) matrix: sgemm runs ~30% faster on it than on a
-    # transposed (width, d) view.
-    item_tiles = [item_rows[first:first + width].T.contiguous() for first in range(0, m, width)]
-    cursor = indptr[:-1].copy()                 # per user: next exclusion not yet passed
+    return _Tiling(width=width, block=int(max(1, min(n, block_bytes // (4 * width)))),
+                   capacity=max(k * buffer_factor, k + 16))
 
-    def run(blocks: range) -> None:
-        buffer = torch.empty(block * width, dtype=torch.float32)
-        kept = np.empty((block, capacity), dtype=np.uint64)
-        for start in blocks:
-            stop = min(n, start + block)
-            sizes = np.zeros(stop - start, dtype=np.int64)
-            bars = np.full(stop - start, NEG_INF, dtype=np.float32)
-            user_rows = torch.from_numpy(users[start:stop])
-            for t, item_tile in enumerate(item_tiles):
-                first = t * width
-                tile = buffer[:(stop - start) * item_tile.shape[1]].view(stop - start, item_tile.shape[1])
-                torch.matmul(user_rows, item_tile, out=tile)
-                _scan_tile(tile.numpy(), first, kept, sizes, bars, k,
-                           cursor[start:stop], indptr[start + 1:stop + 1], excluded)
-            _finish(kept, sizes, k, out_score[start:stop], out_idx[start:stop], counts[start:stop])
 
-    workers = max(1, min(threads or torch.get_num_threads(), -(-n // block)))
-    starts = range(0, n, block)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)                    # one core per block: the threads are ours
-    try:
-        if workers == 1:
-            run(starts)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, [starts[w::workers] for w in range(workers)]))
-    finally:
-        torch.set_num_threads(saved)
-    return TopK(out_idx, out_score, counts)
+def _score_blocks(blocks: range, users: np.ndarray, item_tiles: list[torch.Tensor], k: int, tiling: _Tiling,
+                  cursor: np.ndarray, indptr: np.ndarray, excluded: np.ndarray, out: TopK) -> None:
+    """The user blocks starting at ``blocks``, one after the other on this thread: each block's scores
+    one item tile at a time into a reused buffer, offered to the selection while in cache, then the
+    block's rows of ``out`` written."""
+    n = users.shape[0]
+    buffer = torch.empty(tiling.block * tiling.width, dtype=torch.float32)
+    kept = np.empty((tiling.block, tiling.capacity), dtype=np.uint64)
+    for start in blocks:
+        stop = min(n, start + tiling.block)
+        sizes = np.zeros(stop - start, dtype=np.int64)
+        bars = np.full(stop - start, NEG_INF, dtype=np.float32)
+        user_rows = torch.from_numpy(users[start:stop])
+        for t, item_tile in enumerate(item_tiles):
+            tile = buffer[:(stop - start) * item_tile.shape[1]].view(stop - start, item_tile.shape[1])
+            torch.matmul(user_rows, item_tile, out=tile)
+            _scan_tile(tile.numpy(), t * tiling.width, kept, sizes, bars, k,
+                       cursor[start:stop], indptr[start + 1:stop + 1], excluded)
+        _finish(kept, sizes, k, out.scores[start:stop], out.indices[start:stop], out.counts[start:stop])
+
+
+def _in_threads(work: Callable[[Any], None], parts: list) -> None:
+    """``work(part)`` for every part, one thread each (the calling thread when there is one part)."""
+    if len(parts) == 1:
+        work(parts[0])
+        return
+    with ThreadPoolExecutor(len(parts)) as pool:
+        list(pool.map(work, parts))
 
 
 def topk_with_boosts(users: np.ndarray, items: np.ndarray, k: int, boost_indptr: np.ndarray,
@@ -166,28 +195,18 @@ def topk_with_boosts(users: np.ndarray, items: np.ndarray, k: int, boost_indptr:
                 exclude_indices=exclude_indices, **tiling)
     if widest == 0:
         return _first_k(base, k)
-    if exclude_indptr is None:
-        x_indptr, x_sorted = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    else:
-        x_indptr = np.asarray(exclude_indptr, dtype=np.int64)
-        x_sorted = _sorted_per_user(x_indptr, np.asarray(exclude_indices, dtype=np.int64))
-    out_idx = np.full((n, k), -1, dtype=np.int64)
-    out_score = np.full((n, k), NEG_INF, dtype=np.float32)
-    counts = np.zeros(n, dtype=np.int32)
+    x_indptr, x_sorted = _exclusions(n, exclude_indptr, exclude_indices)
+    out = TopK(np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32),
+               np.zeros(n, dtype=np.int32))
     threads = max(1, min(tiling.get("threads") or torch.get_num_threads(), n))
     bounds = np.linspace(0, n, threads + 1).astype(np.int64)
 
     def merge(t: int) -> None:
-        lo, hi = bounds[t], bounds[t + 1]
         _merge_boosts(users, items, base.indices, base.scores, b_indptr, b_items, b_values, x_indptr, x_sorted,
-                      lo, hi, out_idx, out_score, counts)
+                      bounds[t], bounds[t + 1], out.indices, out.scores, out.counts)
 
-    if threads == 1:
-        merge(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(merge, range(threads)))
-    return TopK(out_idx, out_score, counts)
+    _in_threads(merge, list(range(threads)))
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -329,8 +348,8 @@ def _scan_tile(tile, first_item, kept, sizes, bars, k, cursor, excl_end, exclude
 
     Per row, one vectorised pass marks the scores above the bar in a byte mask (a plain loop over the
     row, which compiles to wide compares); the 8-byte words of the mask that are not zero give the
-    marked columns, listed without a branch per column. A column so marked is tested again against the bar of the moment, which only rises, so
-    the result is the same as offering every score in turn."""
+    marked columns, listed without a branch per column. A column so marked is tested again against
+    the bar of the moment, which only rises, so the result is the same as offering every score in turn."""
     capacity = kept.shape[1]
     bits = tile.view(np.uint32)
     width = tile.shape[1]

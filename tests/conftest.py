@@ -1,10 +1,14 @@
 """Shared fixtures: one session-scoped Spark with Delta (local[2], few shuffle partitions, UI off,
-loopback) for the whole test run."""
+loopback) for the whole test run; :func:`args_for`, the one way tests build a job's arguments; and
+:func:`free_port` for the tests that start clusters."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 from pathlib import Path
+from typing import Any, Mapping
 
 import pytest
 
@@ -47,6 +51,30 @@ def lake(tmp_path) -> str:
     return str(root)
 
 
+def args_for(cls: type, lake: str, config=None, overrides: Mapping[str, Any] | None = None, **fields: Any):
+    """A job's frozen ``*Args`` as its ``main`` would build them: the common arguments of
+    ``runtime.job_args`` (a fresh run id, ``config`` or the defaults with the dotted ``overrides`` on top)
+    and the job's own ``fields`` (a misspelt one is a TypeError). The job's name is its `warmstart`
+    subcommand's, as in its lineage records::
+
+        args = args_for(BuildFeaturesArgs, lake, config, run_date=D, overrides={"features.sequence_length": 3})
+        build_features.run(spark, args)
+    """
+    from jobs import cli, runtime
+
+    module = cls.__module__.rpartition(".")[2]
+    job = next((name for name, (mod, _) in cli.COMMANDS.items() if mod == module), module)
+    common = runtime.job_args(job, lake, config, fields.get("run_date"), **dict(overrides or {}))
+    return cls(**{f.name: getattr(common, f.name) for f in dataclasses.fields(runtime.JobArgs)}, **fields)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for the clusters the slow tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def retail_dir() -> Path:
     if not RETAIL.is_dir():
@@ -55,8 +83,8 @@ def retail_dir() -> Path:
 
 
 # For tiny inputs: interpreting expressions costs less CPU than generating and compiling code for each
-# of a job's many small queries (results do not depend on it). Jobs run as subprocesses get it through
-# `spark.conf` (TINY_JOB_OVERRIDES): a small drop's features job took 58 s with code generation, 45 s without.
+# of a job's many small queries (results do not depend on it; docs/operations.md). Jobs run as
+# subprocesses get it through `spark.conf` (TINY_JOB_OVERRIDES).
 INTERPRETED_SQL = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 TINY_JOB_OVERRIDES = ["spark.conf=" + json.dumps(INTERPRETED_SQL), "spark.delta_snapshot_partitions=2"]
 

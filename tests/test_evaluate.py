@@ -2,7 +2,6 @@
 items eligible and masked), the report files, a rerun that changes nothing, and bad arguments."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -14,6 +13,7 @@ import torch
 from features.tables import ITEMS, USER_SEQUENCES
 from jobs import lake as lakeio
 from jobs import runtime
+from conftest import args_for
 
 AS_OF = dt.date(2024, 3, 1)
 P = "purchase"
@@ -38,26 +38,26 @@ def write_sequences(spark, lake: str, rows: dict = ROWS) -> None:
     lakeio.replace_partition(spark, lake, USER_SEQUENCES, spark.createDataFrame(rows, USER_SEQUENCES.schema), AS_OF)
 
 
-def save_model(models_root: str, sequences_version: int) -> None:
+def save_model(models_root: str, name: str, sequences_version: int) -> None:
     from training.model import SeqRec, SeqRecConfig
     from training.registry import promote, save_version
 
     torch.manual_seed(0)
     model = SeqRec(SeqRecConfig(num_items=5, dim=8, num_heads=2, max_seq_len=4, use_text=False))
-    save_version(models_root, "warmstart-seqrec", "v1", model, ["A", "B", "C", "D", "E"],
+    save_version(models_root, name, "v1", model, ["A", "B", "C", "D", "E"],
                  {"target_event_types": ["purchase"]}, {"val_ndcg@10": 0.1, "history": []},
                  {"run_date": str(AS_OF), "inputs": {"features/user_sequences": sequences_version}})
-    promote(models_root, "warmstart-seqrec", "v1", margin=0.0)
+    promote(models_root, name, "v1", margin=0.0)
 
 
-def eval_args(lake: str, config, tmp_path: Path, baselines: str | None, mask_seen: bool = False, version="latest"):
+def eval_args(lake: str, config, tmp_path: Path, baselines: str | None, mask_seen: bool = False, version="latest",
+              **overrides):
     from jobs.evaluate import EvaluateArgs
 
-    cfg = config.with_overrides({"paths.models": str(tmp_path / "models"), "paths.reports": str(tmp_path / "reports"),
-                                 "evaluate.als_rank": 2, "evaluate.als_max_iter": 3})
-    common = runtime.job_args("evaluate", lake, cfg, AS_OF)
-    return EvaluateArgs(**{f.name: getattr(common, f.name) for f in dataclasses.fields(runtime.JobArgs)},
-                        run_date=AS_OF, model_version=version, baselines=baselines, mask_seen=mask_seen)
+    return args_for(EvaluateArgs, lake, config, run_date=AS_OF, model_version=version, baselines=baselines,
+                    mask_seen=mask_seen,
+                    overrides={"paths.models": str(tmp_path / "models"), "paths.reports": str(tmp_path / "reports"),
+                               "evaluate.als_rank": 2, "evaluate.als_max_iter": 3, **overrides})
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ def test_evaluate_protocol_baselines_report_and_rerun(spark, lake, tmp_path, con
     from jobs.evaluate import run
 
     write_sequences(spark, lake)
-    save_model(str(tmp_path / "models"), lakeio.version(spark, lake, USER_SEQUENCES))
+    save_model(str(tmp_path / "models"), config.train.name, lakeio.version(spark, lake, USER_SEQUENCES))
     summary = run(spark, eval_args(lake, config, tmp_path, "popularity,repeat,cooccurrence,als", mask_seen=True))
     out = tmp_path / "reports" / str(AS_OF) / "model"
     ev = json.loads((out / "metrics.json").read_text())
@@ -104,11 +104,13 @@ def test_unknown_baseline_and_missing_model_are_usage_errors(spark, lake, tmp_pa
     write_sequences(spark, lake)
     with pytest.raises(runtime.UsageError, match="no LATEST model"):
         run(spark, eval_args(lake, config, tmp_path, "popularity"))
-    save_model(str(tmp_path / "models"), lakeio.version(spark, lake, USER_SEQUENCES))
+    save_model(str(tmp_path / "models"), config.train.name, lakeio.version(spark, lake, USER_SEQUENCES))
     with pytest.raises(runtime.UsageError, match="unknown baseline.*bogus"):
         run(spark, eval_args(lake, config, tmp_path, "popularity,bogus"))
     with pytest.raises(runtime.UsageError, match="missing"):
         run(spark, eval_args(lake, config, tmp_path, "popularity", version="v9"))
+    with pytest.raises(runtime.UsageError, match="no LATEST model for 'other-model'"):   # the registry name is train.name
+        run(spark, eval_args(lake, config, tmp_path, "popularity", **{"train.name": "other-model"}))
 
 
 def test_items_scoring_never_recommends_are_neither_candidates_nor_targets(spark, lake, tmp_path, config):
@@ -120,7 +122,7 @@ def test_items_scoring_never_recommends_are_neither_candidates_nor_targets(spark
     write_sequences(spark, lake, {**ROWS, "u6": u6})
     items = [(i, f"item {i}", None, "non_product" if i == "D" else "home", None, 1.0, ts(1)) for i in "ABCDE"]
     lakeio.append(spark, lake, ITEMS, spark.createDataFrame(items, ITEMS.schema))
-    save_model(str(tmp_path / "models"), lakeio.version(spark, lake, USER_SEQUENCES))
+    save_model(str(tmp_path / "models"), config.train.name, lakeio.version(spark, lake, USER_SEQUENCES))
     run(spark, eval_args(lake, config, tmp_path, "popularity,repeat", mask_seen=True))
     ev = json.loads((tmp_path / "reports" / str(AS_OF) / "model" / "metrics.json").read_text())
     assert ev["users_evaluated"] == 2

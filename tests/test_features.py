@@ -12,9 +12,12 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_FEATURES, ITEM_STATE, ITEMS, USER_DAILY,
-                             USER_FEATURES, USER_SEQUENCES, USER_STATE)
+from features import daily, state
+from features.item_features import item_features
 from features.sequences import sequences_full, sequences_incremental
+from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_DAILY, ITEM_FEATURES, ITEM_STATE, ITEMS, USER_DAILY,
+                             USER_FEATURES, USER_SEQUENCES, USER_STATE)
+from features.user_features import user_features
 from jobs import build_features, lake as lake_io, runtime
 
 D = dt.date(2024, 1, 31)          # the as_of_date of every test here
@@ -205,11 +208,25 @@ def test_sequences_keep_last_n_oldest_first_with_ties_by_item(spark, built):
     assertDataFrameEqual(partition(spark, lake, USER_SEQUENCES), expected)
 
 
-def test_schemas_are_the_declared_ones(spark, built):
-    lake, _ = built
-    for table in (USER_FEATURES, ITEM_FEATURES, USER_SEQUENCES, USER_STATE, ITEM_STATE):
-        got = lake_io.read(spark, lake, table).schema
-        assert [(f.name, f.dataType) for f in got] == [(f.name, f.dataType) for f in table.schema], table.name
+def test_feature_functions_produce_the_declared_schemas(spark):
+    """Each feature function's own output, before ``lake.conform`` casts it, has the declared columns in
+    order with the declared types; nested nullability is part of the type (arrays without null
+    elements, as training reads them). Top-level nullability is compared only for user_sequences, the
+    contract with training: elsewhere Spark marks outer-join and aggregate columns nullable whatever the
+    data, and Delta enforces the declared NOT NULL on write."""
+    events = spark.createDataFrame(EVENTS_ROWS, EVENTS.schema)
+    items = spark.createDataFrame(ITEM_ROWS, ITEMS.schema)
+    user_daily, item_daily = daily.user_daily(events, items, 12), daily.item_daily(events, 12)
+    user_state = state.user_state(spark.createDataFrame([], USER_STATE.schema), user_daily, None, D, None)
+    item_state = state.item_state(spark.createDataFrame([], ITEM_STATE.schema), item_daily, None, D, None)
+    sequences = sequences_full(events, D, 3)
+    outputs = [(USER_DAILY, user_daily), (ITEM_DAILY, item_daily), (USER_STATE, user_state), (ITEM_STATE, item_state),
+               (USER_FEATURES, user_features(user_state, user_daily, D, 5)),
+               (ITEM_FEATURES, item_features(item_state, item_daily, items, D, 1.0, 49.0)),
+               (USER_SEQUENCES, sequences), (USER_SEQUENCES, sequences_incremental(sequences, events, D, 3))]
+    for table, df in outputs:
+        assert [(f.name, f.dataType) for f in df.schema] == [(f.name, f.dataType) for f in table.schema], table.name
+    assert sequences.schema == USER_SEQUENCES.schema and outputs[-1][1].schema == USER_SEQUENCES.schema
 
 
 def test_first_run_is_full_and_summary_counts_rows(spark, built):
@@ -276,9 +293,9 @@ def test_a_state_written_before_its_newest_column_makes_a_full_build(spark, tmp_
     assert "category_last_dates" not in lake_io.read(spark, lake, USER_STATE).columns
     summary = run_job(spark, lake, config)
     assert summary["mode"] == "full" and summary["base_as_of_date"] is None
-    state = lake_io.read(spark, lake, USER_STATE)
-    assert state.columns == USER_STATE.columns
-    assert state.where(F.col("as_of_date") == F.lit(D - dt.timedelta(days=1)))\
+    rows = lake_io.read(spark, lake, USER_STATE)
+    assert rows.columns == USER_STATE.columns
+    assert rows.where(F.col("as_of_date") == F.lit(D - dt.timedelta(days=1)))\
         .where(F.col("category_last_dates").isNull()).count() > 0      # the old partition reads it as null
     assertDataFrameEqual(partition(spark, lake, USER_FEATURES),
                          spark.createDataFrame(EXPECTED_USERS, USER_FEATURES.schema), rtol=1e-9)

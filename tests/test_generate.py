@@ -36,7 +36,7 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     a = synthetic.generate(tmp_path / "a", seed=3, **kwargs)
     b = synthetic.generate(tmp_path / "b", seed=3, **kwargs)
     rerun = synthetic.generate(tmp_path / "a", seed=3, **kwargs)   # overwrite in place
-    c = synthetic.generate(tmp_path / "c", seed=4, **kwargs)
+    synthetic.generate(tmp_path / "c", seed=4, **kwargs)
     assert a == rerun and {k: v for k, v in a.items() if k != "out_dir"} == {k: v for k, v in b.items() if k != "out_dir"}
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a")["events/part-00000.csv"] != _digest(tmp_path / "c")["events/part-00000.csv"]

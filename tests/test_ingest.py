@@ -49,9 +49,6 @@ def _twice(spark, lake, config, run_date, **kw):
     return first, second
 
 
-# --------------------------------------------------------------------------------------------------
-# Every reason code, line by line
-
 HEADER = "user_id,item_id,event_type,event_ts,quantity,price,session_id"
 LINES: list[tuple[bytes, str | None]] = [        # (line, expected reason or None = good) from line 2 on
     (b"u1,i1,view,2024-01-03T10:00:00Z,,,s1", None),                       # plain view
@@ -145,10 +142,6 @@ def test_each_reason_code_conservation_and_rerun(spark, lake, config, tmp_path):
         "item_id string, title string, price double, updated_at timestamp"))
 
 
-# --------------------------------------------------------------------------------------------------
-# Online Retail: the mapping on a real sample, with the two files' overlap
-
-
 def _retail_sample(retail_dir: Path, tmp: Path) -> tuple[Path, Path]:
     """The first 150 rows of online_retail.csv.gz (2010-12-01, inside the overlap week), one June row
     (summer time) and five rows with no customer id; from the 2009-2010 file its first 100 rows plus
@@ -220,10 +213,6 @@ def test_online_retail_sample_mapping_overlap_and_rerun(spark, lake, config, tmp
     assert lakeio.read(spark, lake, ITEMS).where(F.col("item_id") == "POST").select("category").first()[0] == "non_product"
 
 
-# --------------------------------------------------------------------------------------------------
-# Generated data: every injected bad record is quarantined with its kind
-
-
 def test_generated_bad_records_land_in_quarantine_by_kind(spark, lake, config, tmp_path):
     jsonl = synthetic.generate(tmp_path / "j", users=60, items=40, days=4, start_date="2024-02-01", seed=11,
                                bad_rate=0.04, fmt="jsonl", events=1500)
@@ -243,10 +232,6 @@ def test_generated_bad_records_land_in_quarantine_by_kind(spark, lake, config, t
     assert first["items_inserted"] == 40
 
 
-# --------------------------------------------------------------------------------------------------
-# Usage errors: one line, exit 2
-
-
 def test_missing_path_and_unknown_format_exit_2_with_one_line(lake, tmp_path, capsys, spark):
     missing = ingest.main(["--lake", lake, "--run-date", "2024-01-01", "--events", str(tmp_path / "nope.csv")])
     unknown = ingest.main(["--lake", lake, "--run-date", "2024-01-01", "--events", str(tmp_path), "--format", "xml"])
@@ -259,10 +244,6 @@ def test_missing_path_and_unknown_format_exit_2_with_one_line(lake, tmp_path, ca
     assert err[0] == f"warmstart ingest: input path not found: {tmp_path / 'nope.csv'}"
     assert "invalid choice: 'xml'" in err[1] and "cannot infer the format" in err[2] and "nothing to ingest" in err[3]
     assert not (Path(lake) / "bronze").exists()
-
-
-# --------------------------------------------------------------------------------------------------
-# A real kill during the MERGE
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
 """training.model: tensor shapes, the causal mask, one batch overfitted, sampled softmax, fine-tuning
-only the encoder's top layers, the registry round trip (load_model) and, on generated data with known
-tastes, the model beating popularity by a margin."""
+only the encoder's top layers, the registry round trip (load_model), the time split of the examples
+(training.data) and, on generated data with known tastes, the model beating popularity by a margin."""
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 from training import metrics as M
-from training.data import ExampleSpec, encode, examples_batch, split_sequence
+from features.contract import cutoff
+from training.data import ExampleSpec, encode, examples_batch, split_sequence, time_split
 from training.model import FIRST_ITEM, PAD, SeqRec, SeqRecConfig, encode_texts
 from training.train_loop import train_in_process
 
@@ -124,7 +127,83 @@ def test_config_validation():
         SeqRecConfig(num_items=5, encoder_mode="thaw")
 
 
+# Run date 2024-01-14: cut-off 2024-01-15 00:00, a 7-day validation window from 2024-01-08 00:00.
+RUN_DATE = dt.date(2024, 1, 14)
+WINDOW_START = dt.datetime(2024, 1, 8)
+P, V_, C = "purchase", "view", "add_to_cart"
+SPLIT_ROWS = {   # user: [(event_ts, item, event_type)], oldest first
+    "before_and_inside": [
+        ("2024-01-02 10:00", "a", P),
+        ("2024-01-05 09:00", "b", P), ("2024-01-05 09:00", "c", P),   # one basket (one timestamp)
+        ("2024-01-07 23:59", "d", V_),                                # the last minute before the window: input
+        ("2024-01-08 00:00", "e", P), ("2024-01-08 00:00", "f", P),   # at the window's first instant: inside
+        ("2024-01-08 00:00", "e", P),                                 # the same item twice in a basket
+        ("2024-01-10 12:00", "g", V_),                                # a view: not a target type
+        ("2024-01-12 08:00", "a", P),                                 # bought before the window too: a target
+        ("2024-01-14 23:59", "e", P),                                 # bought again in the window: counted once
+        ("2024-01-15 00:00", "h", P)],                                # at the cut-off: never seen
+    "no_input_before_the_window": [("2024-01-09 10:00", "b", P), ("2024-01-11 10:00", "c", P)],
+    "no_target_in_the_window": [("2024-01-03 10:00", "a", P), ("2024-01-04 10:00", "b", P),
+                                ("2024-01-09 10:00", "c", V_), ("2024-01-13 10:00", "c", C)],
+}
+
+
+def split_batch(rows: dict = SPLIT_ROWS) -> dict[str, list]:
+    return {"user_id": list(rows), "item_ids": [[e[1] for e in r] for r in rows.values()],
+            "event_types": [[e[2] for e in r] for r in rows.values()],
+            "event_ts": [[pd.Timestamp(e[0], tz="UTC") for e in r] for r in rows.values()]}
+
+
+def test_time_split_at_the_validation_window():
+    """Input = events before the window; targets = the distinct items bought in it; refit = every event
+    before the cut-off; no target-type event in the window, or no event before it, leaves no validation."""
+    b = split_batch()
+    splits = [time_split(b["item_ids"][r], b["event_types"][r], b["event_ts"][r], WINDOW_START, cutoff(RUN_DATE))
+              for r in range(3)]
+    s = splits[0]
+    assert s.input_items == ["a", "b", "c", "d"] and s.input_types == [P, P, P, V_]
+    assert s.val_targets == ["e", "f", "a"]                   # first bought first, each once; never g or h
+    assert s.refit_items == list("abcdefegae") and s.baskets == [0, 1, 1, 2, 3, 3, 3, 4, 5, 6]
+    d0 = (dt.date(2024, 1, 2) - dt.date(1970, 1, 1)).days
+    assert s.days == [d0, d0 + 3, d0 + 3, d0 + 5, d0 + 6, d0 + 6, d0 + 6, d0 + 8, d0 + 10, d0 + 12]
+    assert splits[1].input_items == [] and splits[1].val_targets == ["b", "c"] and splits[1].refit_items == ["b", "c"]
+    assert splits[2].input_items == ["a", "b"] and splits[2].val_targets == [] and splits[2].refit_items == list("abcc")
+
+
+def test_examples_train_before_the_window_validate_in_it_and_refit_on_everything():
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abcdefgh")}, cutoff=cutoff(RUN_DATE), horizon_days=7,
+                       max_seq_len=10, max_targets=4)
+    assert spec.window_start == WINDOW_START
+    ex = examples_batch(split_batch(), spec)
+    tok = lambda letters, width: [spec.item_index[x] + FIRST_ITEM for x in letters] + [PAD] * (width - len(letters))  # noqa: E731
+    day = lambda s: (dt.date.fromisoformat(s) - dt.date(1970, 1, 1)).days  # noqa: E731
+    # the selection run trains on the events before the window only
+    assert ex["train_tokens"].tolist() == [tok("abcd", 11), tok("", 11), tok("ab", 11)]
+    assert ex["train_len"].tolist() == [4, 0, 2] and ex["train_types"][0].tolist()[:5] == [4, 4, 4, 1, 0]
+    assert ex["train_days"][0].tolist()[:5] == [day("2024-01-02"), day("2024-01-05"), day("2024-01-05"),
+                                                day("2024-01-07"), -1]
+    # validation: one example, from the same input, on the window's distinct purchases, scored with the
+    # recent popularity of the window's first day
+    assert ex["has_val"].tolist() == [1, 0, 0]
+    assert ex["val_tokens"][0].tolist() == tok("abcd", 10) and ex["val_baskets"][0].tolist()[:5] == [0, 1, 1, 2, -1]
+    assert ex["val_targets"][0].tolist() == [spec.item_index[x] for x in "efa"] + [-1]
+    assert ex["val_day"].tolist() == [day("2024-01-08"), -1, -1]
+    capped = examples_batch(split_batch(), dataclasses.replace(spec, max_targets=2))
+    assert capped["val_targets"][0].tolist() == [spec.item_index["e"], spec.item_index["f"]]
+    # the refit: every event before the cut-off, the window's included, each basket a target once
+    assert ex["refit_tokens"].tolist() == [tok("abcdefegae", 11), tok("bc", 11), tok("abcc", 11)]
+    assert ex["refit_len"].tolist() == [10, 2, 4]
+    assert ex["refit_baskets"][0].tolist() == [0, 1, 1, 2, 3, 3, 3, 4, 5, 6, -1]
+    assert ex["refit_days"][0].tolist()[-2:] == [day("2024-01-14"), -1]
+    # without the refit (train.loop.refit=false) the refit arrays are not built at all
+    plain = examples_batch(split_batch(), spec, refit=False)
+    assert not any(k.startswith("refit_") for k in plain) and plain["train_tokens"].tolist() == ex["train_tokens"].tolist()
+    with pytest.raises(ValueError, match="horizon_days must be >= 1"):
+        ExampleSpec(item_index={}, cutoff=cutoff(RUN_DATE), horizon_days=0)
+
+
 def test_split_with_baskets():
+    """jobs/evaluate.py's leave-last-out split."""
     ts = [1, 2, 2, 3, 4, 4, 4, 5]
     items = ["a", "b", "c", "d", "e", "f", "e", "g"]
     kinds = ["purchase", "purchase", "purchase", "view", "purchase", "purchase", "purchase", "view"]
@@ -133,23 +212,6 @@ def test_split_with_baskets():
     assert s.test_items == ["a", "b", "c", "d"]              # everything strictly before it
     assert s.val_targets == ["b", "c"] and s.val_items == ["a"]
     assert s.train_items == ["a"] and s.purchases == 6
-
-
-def test_refit_examples_end_before_the_test_basket_and_train_on_the_validation_basket():
-    ts = [1, 2, 2, 3, 4, 4, 4, 5]                             # the split of test_split_with_baskets
-    items = ["a", "b", "c", "d", "e", "f", "e", "g"]
-    kinds = ["purchase", "purchase", "purchase", "view", "purchase", "purchase", "purchase", "view"]
-    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abcdefg")}, max_seq_len=6)
-    ex = examples_batch({"user_id": ["u"], "item_ids": [items], "event_types": [kinds], "event_ts": [ts]}, spec)
-    tok = lambda letters: [spec.item_index[x] + FIRST_ITEM for x in letters]  # noqa: E731
-    assert ex["train_tokens"][0].tolist() == tok("a") + [PAD] * 6 and ex["train_len"][0] == 1
-    # refit: a, b, c, d (the validation basket b, c is a target now), never e, f or the view after them
-    assert ex["refit_tokens"][0].tolist() == tok("abcd") + [PAD] * 3 and ex["refit_len"][0] == 4
-    assert ex["refit_types"][0].tolist()[:4] == [4, 4, 4, 1] and ex["refit_baskets"][0].tolist() == [0, 1, 1, 2, -1, -1, -1]
-    # without the refit (train.loop.refit=false) the refit arrays are not built at all
-    plain = examples_batch({"user_id": ["u"], "item_ids": [items], "event_types": [kinds], "event_ts": [ts]}, spec,
-                           refit=False)
-    assert not any(k.startswith("refit_") for k in plain) and plain["train_tokens"].tolist() == ex["train_tokens"].tolist()
 
 
 def test_registry_round_trip(tmp_path):
@@ -396,31 +458,37 @@ def test_recent_term_in_loss_scores_and_the_scorers_extra_column(tmp_path):
     assert matrix.shape == (V, D + 1)
     assert np.allclose(loaded.user_embeddings(seqs, kinds) @ matrix.T + boosts, dense, atol=1e-5)
 
-    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abc")}, max_seq_len=4)
+    # run date 2024-01-08, a 5-day window from 2024-01-04: its first day is not the first target's day
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abc")}, cutoff=cutoff(dt.date(2024, 1, 8)),
+                       horizon_days=5, max_seq_len=4)
     stamps = [pd.Timestamp("2024-01-01 10:00", tz="UTC"), pd.Timestamp("2024-01-03 09:00", tz="UTC"),
               pd.Timestamp("2024-01-05 23:00", tz="UTC"), pd.Timestamp("2024-01-08 08:00", tz="UTC")]
     ex = examples_batch({"user_id": ["u"], "item_ids": [["a", "b", "c", "a"]], "event_types": [["purchase"] * 4],
                          "event_ts": [stamps]}, spec)
     d0 = (pd.Timestamp("2024-01-01") - pd.Timestamp("1970-01-01")).days
-    assert ex["train_days"][0].tolist() == [d0, d0 + 2, -1, -1, -1]      # before the validation basket
-    assert ex["val_day"][0] == d0 + 4 and ex["refit_days"][0].tolist()[:3] == [d0, d0 + 2, d0 + 4]
+    assert ex["train_days"][0].tolist() == [d0, d0 + 2, -1, -1, -1]      # before the validation window
+    assert ex["val_day"][0] == d0 + 3                                    # the window's first day
+    assert ex["refit_days"][0].tolist() == [d0, d0 + 2, d0 + 4, d0 + 7, -1]
 
 
 def test_rebuy_counts_per_phase_and_log_odds_hand_computed():
-    """Buyers / rebuyers (two or more baskets) of each item within each user's train input (before the
-    validation basket) and refit input (before the test basket); log-odds against the overall rate."""
+    """Buyers / rebuyers (two or more baskets) of each item within each user's train input (the events
+    before the validation window) and refit input (every event before the cut-off); log-odds against
+    the overall rate."""
     from training.data import item_stats_batch, rebuy_log_odds
 
-    batch = {"item_ids": [["a", "b", "a", "c", "a"], ["b", "b", "d"]],
-             "event_types": [["purchase"] * 5, ["purchase", "view", "purchase"]],
-             "event_ts": [[1, 1, 2, 3, 4], [1, 2, 3]]}
-    # user 1: baskets {a, b} {a} {c} {a}: test = the last, validation = {c}; train input a, b, a
-    # user 2: baskets {b} {b viewed} {d}: test = {d}, validation = {b}; train input empty, refit b, b (view)
-    got = item_stats_batch(batch)
+    day = lambda n, hour=10: pd.Timestamp(2024, 1, n, hour, tz="UTC")  # noqa: E731
+    batch = {"item_ids": [["a", "b", "a", "c", "a"], ["b", "b", "b", "d"]],
+             "event_types": [["purchase"] * 5, ["purchase", "view", "purchase", "purchase"]],
+             "event_ts": [[day(1), day(1), day(2), day(3), day(4)], [day(1), day(2), day(3), day(3)]]}
+    # run date 2024-01-04, a 2-day window from 2024-01-03:
+    # user 1: baskets {a, b} {a} | {c} {a}: train input a, b, a (a rebought); refit all of it
+    # user 2: baskets {b} {b viewed} | {b, d}: train input b once; in the refit b is rebought
+    got = item_stats_batch(batch, window_start=dt.datetime(2024, 1, 3), cutoff=cutoff(dt.date(2024, 1, 4)))
     assert got["item_id"].tolist() == ["a", "b", "c", "d"]
-    assert got["count"].tolist() == [3, 3, 1, 1]              # every event, for the vocabulary and popularity
-    assert got["buyers_train"].tolist() == [1, 1, 0, 0] and got["rebuyers_train"].tolist() == [1, 0, 0, 0]
-    assert got["buyers_refit"].tolist() == [1, 2, 1, 0] and got["rebuyers_refit"].tolist() == [1, 0, 0, 0]
+    assert got["count"].tolist() == [3, 4, 1, 1]              # every event, for the vocabulary and popularity
+    assert got["buyers_train"].tolist() == [1, 2, 0, 0] and got["rebuyers_train"].tolist() == [1, 0, 0, 0]
+    assert got["buyers_refit"].tolist() == [1, 2, 1, 1] and got["rebuyers_refit"].tolist() == [1, 1, 0, 0]
     # overall rate p = 1/4; item rate (rebuyers + 20p) / (buyers + 20); log-odds minus logit(p)
     odds = rebuy_log_odds(np.array([1, 2, 1, 0]), np.array([1, 0, 0, 0]))
     assert np.allclose(odds, [np.log(1.2), np.log(15 / 17), np.log(0.9375), 0.0], atol=1e-6)
@@ -436,7 +504,10 @@ def test_model_beats_popularity_on_known_tastes():
     seqs, items, truth = generate(users=300, categories=8, items_per_category=10, baskets_per_user=6,
                                   with_views=False, max_len=20, seed=1)
     vocab = sorted(items["item_id"])
-    spec = ExampleSpec(item_index={i: k for k, i in enumerate(vocab)}, max_seq_len=16)
+    # baskets daily from 2024-02-23 (as_of 2024-03-01): a 4-day window holds the last two, so training
+    # sees the first four and the test below (the last basket, from the five before it) is unseen
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate(vocab)}, cutoff=cutoff(dt.date(2024, 3, 1)),
+                       horizon_days=4, max_seq_len=16)
     ex = examples_batch({c: seqs[c].tolist() for c in ("user_id", "item_ids", "event_types", "event_ts")}, spec)
     keep = ex["train_len"] >= 2
     by_id = items.set_index("item_id")

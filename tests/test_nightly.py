@@ -1,14 +1,17 @@
-"""The nightly flow's own logic: when training is due, missing stages, progress headlines, and a
-critical gate that stops the flow (exit 3) with nothing after it run."""
+"""The nightly flow's own logic: when training is due, the stages it runs (order, arguments, the
+configured gates, what it skips: the backtest of night D - h only on training nights with published
+lists), progress headlines, the delayed feedback of a night with nothing published, and a critical gate
+that stops the flow (exit 3) with nothing after it run."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import pytest
+from conftest import args_for
 
-from jobs import nightly, runtime
+from features.tables import PUBLISHED
+from jobs import nightly, runtime, status
 
 D = dt.date(2024, 1, 31)
 
@@ -56,6 +59,82 @@ def test_check_train_due_exit_codes(tmp_path, capsys):
     assert nightly.main(["--lake", str(lake), "--run-date", "2024-13-01", "--check-train-due"]) == 2
 
 
+def test_check_backtest_due_exit_codes(spark, tmp_path, capsys):
+    """Airflow's backtest_due task: night D - nightly.feedback_days has published lists (0) or not (99)."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    argv = ["--lake", str(lake), "--run-date", "2024-01-31", "--check-backtest-due"]
+    assert nightly.main(argv) == 99                                   # no candidates/published table yet
+    published = dt.datetime(2024, 1, 25, 3)
+    rows = [(dt.date(2024, 1, 24), 5, "20240117-old", 10, 200, "publish-1", published),
+            (dt.date(2024, 1, 24), 6, "20240117-old", 11, 220, "publish-2", published + dt.timedelta(hours=1)),
+            (dt.date(2024, 1, 23), 4, "20240117-old", 10, 200, "publish-0", published - dt.timedelta(days=1))]
+    spark.createDataFrame(rows, PUBLISHED.schema).write.format("delta").save(str(lake / PUBLISHED.name))
+    assert nightly.main(argv) == 0
+    assert nightly.main([*argv, "nightly.feedback_days=6"]) == 99     # 2024-01-25: nothing published
+    # the flow reads the same row through Spark (any Hadoop path)
+    for reader in (None, spark):
+        row = nightly.published_run(str(lake), dt.date(2024, 1, 24), reader)
+        assert (row["table_version"], row["run_id"]) == (6, "publish-2"), reader
+        assert nightly.published_run(str(lake), dt.date(2024, 1, 25), reader) is None
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "the backtest is not due for 2024-01-31: nothing was published for 2024-01-24: no lists to judge",
+        # a night published twice counts by its latest row: what online services loaded last
+        ("the backtest is due for 2024-01-31: lists published for 2024-01-24 (model 20240117-old, "
+         "user_candidates version 6)"),
+        "the backtest is not due for 2024-01-31: nothing was published for 2024-01-25: no lists to judge"]
+
+
+def test_delayed_feedback_of_a_night_with_nothing_published_says_so(tmp_path):
+    args = args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D)
+    feedback = nightly.delayed_feedback(None, args, WEEK_AGO, None)   # no Spark needed to say so
+    assert feedback == {"published_run_date": "2024-01-24", "feedback_days": 7, "window": "[2024-01-25, 2024-02-01)",
+                        "published": False, "users_judged": 0,
+                        "note": "nothing was published for 2024-01-24: no lists to judge"}
+    assert status.feedback_line(feedback) == "nothing was published for 2024-01-24: no lists to judge"
+
+
+FEEDBACK = {"published_run_date": "2024-01-24", "feedback_days": 7, "window": "[2024-01-25, 2024-02-01)",
+            "published": True, "model_version": "20240117-old", "candidates_table_version": 6, "events_version": 3,
+            "users_listed": 60, "users_judged": 22, "ndcg@10": 0.125, "recall@20": 0.3125, "hit@10": 0.5,
+            "mrr": 0.25, "explore_ndcg@10": None, "explore_users": 0}
+
+
+def test_feedback_line():
+    assert status.feedback_line(FEEDBACK) == (
+        "lists published for 2024-01-24 (model 20240117-old): NDCG@10 0.1250  Recall@20 0.3125  "
+        "hit rate@10 0.5000  MRR 0.2500  explore NDCG@10 - on 22 customers")
+    none_judged = {**FEEDBACK, "users_judged": 0, "note": "no one to judge yet"}
+    assert status.feedback_line(none_judged) == \
+        "lists published for 2024-01-24 (model 20240117-old): no one to judge yet"
+
+
+def test_run_report_leads_with_the_delayed_feedback_and_links_the_backtest(tmp_path):
+    """No leave-last-out table: the model's quality is the backtest of the published lists (linked) and
+    the delayed feedback (first on the page)."""
+    from jobs import report
+
+    args = args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D)
+    folder = Path(args.reports_root) / "backtest" / "2024-01-24_2024-01-24"
+    runtime.write_json(str(folder / "summary.json"), {
+        "users_judged": 22, "best_baseline": "p_topfreq",
+        "pooled": {"lists": {"ndcg@10": 0.125}, "p_topfreq": {"ndcg@10": 0.1}},
+        "lists_vs_best": {"diff": 0.025, "ci_low": -0.01, "ci_high": 0.06},
+        "per_night": [{"model_versions": {"lists": "published: 20240117-old"}}]})
+    runtime.write_json(f"{args.reports_root}/2024-01-31/model/metrics.json", {"results": {"model": {"ndcg@10": 0.9}}})
+    summary = {"status": "succeeded", "error": None, "stages": [], "total_seconds": 1.0, "model": {"version": None},
+               "delayed_feedback": FEEDBACK}
+    html = Path(report.write(args, D, nightly=summary)).read_text()
+    line = ('<p id="delayed-feedback-line"><strong>Lists published for 2024-01-24: NDCG@10 0.1250 on 22 '
+            'customers</strong></p>')
+    assert line in html and html.index(line) < html.index('<h2 id="stages">')
+    assert ('<a class="backtest-report" href="../backtest/2024-01-24_2024-01-24/index.html">' in html)
+    assert ("Lists (published: 20240117-old) NDCG@10 0.1250, best tuned baseline\n    p_topfreq 0.1000 on 22 "
+            "customers; lists &minus; best\n    +0.0250 (95% CI -0.0100 to +0.0600).") in html
+    assert 'id="evaluation"' not in html and "0.9000" not in html   # evaluate's leave-last-out figures
+
+
 def test_headline_picks_the_stage_counts():
     summary = {"records_read": 1963, "events_inserted": 1939, "duplicates": 0, "quarantined": 24,
                "wall_seconds": 3.5, "lineage": "/x.json"}
@@ -65,19 +144,110 @@ def test_headline_picks_the_stage_counts():
     assert nightly.headline("mystery", {"a": 1, "b": "x", "c": 0.5, "d": True}) == "a=1  c=0.5000"
 
 
-def _args(tmp_path, **overrides) -> nightly.NightlyArgs:
-    common = runtime.job_args("nightly", str(tmp_path / "lake"), run_date=D, **overrides)
-    return runtime.dataclass_from(nightly.NightlyArgs, type("NS", (), {})(), common, run_date=D)
+class _Recording(nightly.Flow):
+    """The flow with every stage succeeding at once, recording what it was asked to run; training
+    registers version 20240131-new; ``published`` maps the nights with published lists to their
+    ``candidates/published`` row."""
+
+    def __init__(self, args: nightly.NightlyArgs, published: dict[dt.date, dict] | None = None):
+        super().__init__(args, nightly.plan_size(args.config.nightly))
+        self.ran: list[tuple[str, list[str]]] = []
+        self.published_rows = published or {}
+        self.asked: list[dt.date] = []
+
+    def stage(self, name: str, module: str, argv: list[str]) -> nightly.StageResult:
+        self.progress.begin(name)
+        self.ran.append((name, argv))
+        result = nightly.StageResult(name, "succeeded", exit_code=0,
+                                     summary={"version": "20240131-new"} if module == "train" else {})
+        self.results.append(result)
+        self.progress.end(result)
+        return result
+
+    def _table_exists(self, table: str) -> bool:
+        return True
+
+    def published(self, day: dt.date) -> dict | None:
+        self.asked.append(day)
+        return self.published_rows.get(day)
+
+    def feedback(self, night_of: dt.date, published: dict | None) -> nightly.StageResult:
+        self.progress.begin(nightly.FEEDBACK)
+        self.ran.append((nightly.FEEDBACK, [str(night_of), str((published or {}).get("table_version"))]))
+        result = nightly.StageResult(nightly.FEEDBACK, "succeeded", exit_code=0)
+        self.results.append(result)
+        self.progress.end(result)
+        return result
 
 
-def test_missing_stage_is_an_error_unless_allowed(tmp_path, capsys):
-    strict = nightly.Flow(_args(tmp_path), total=1)
-    with pytest.raises(runtime.WarmstartError, match="stage magic not available: jobs/no_such_job.py"):
-        strict.stage("magic", "no_such_job", [])
-    lenient = nightly.Flow(_args(tmp_path, **{"nightly.require_all_stages": False}), total=1)
-    result = lenient.stage("magic", "no_such_job", [])
-    assert (result.status, result.note) == ("not available", "jobs/no_such_job.py is not there yet")
-    assert "magic" in capsys.readouterr().out
+WEEK_AGO = dt.date(2024, 1, 24)
+PUBLISHED_WEEK_AGO = {"run_date": "2024-01-24", "table_version": 5, "model_version": "20240117-old"}
+
+
+def test_stages_run_in_order_with_the_configured_gates(tmp_path):
+    args = args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D, events=("drop/events",),
+                    format="parquet", overrides={"nightly.gates_after_ingest": ["bronze/events"],
+                                                 "nightly.gates_after_features": ["features/user_sequences"]})
+    flow = _Recording(args, {WEEK_AGO: PUBLISHED_WEEK_AGO})
+    nightly.run_stages(flow)
+    day = ["--run-date", "2024-01-31"]
+    assert flow.ran == [
+        ("ingest", [*day, "--events", "drop/events", "--format", "parquet"]),   # no --items: none given
+        ("gate bronze/events", ["--table", "bronze/events", *day]),
+        ("features", day),
+        ("gate features/user_sequences", ["--table", "features/user_sequences", *day]),
+        ("train", day),                                                          # no model yet: due
+        # the lists served a week ago, against the week since (not leave-last-out)
+        ("backtest", ["--run-dates", "2024-01-24", "--horizon", "7", "--lists", "published"]),
+        ("score", day),
+        ("publish", day),
+        ("delayed feedback", ["2024-01-24", "5"]),                               # that night's published row
+    ]
+    assert flow.asked == [WEEK_AGO]
+    assert flow.progress.done == flow.progress.total == 9
+
+
+def test_the_backtest_and_feedback_follow_nightly_feedback_days(tmp_path):
+    args = args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D, train="always",
+                    overrides={"nightly.feedback_days": 3, "nightly.gates_after_ingest": [],
+                               "nightly.gates_after_features": []})
+    flow = _Recording(args, {dt.date(2024, 1, 28): {"table_version": 9}, WEEK_AGO: PUBLISHED_WEEK_AGO})
+    nightly.run_stages(flow)
+    assert [r for r in flow.ran if r[0] in ("backtest", "delayed feedback")] == [
+        ("backtest", ["--run-dates", "2024-01-28", "--horizon", "3", "--lists", "published"]),
+        ("delayed feedback", ["2024-01-28", "9"])]
+
+
+def test_a_training_night_without_lists_a_week_ago_skips_the_backtest_saying_why(tmp_path, capsys):
+    args = args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D, overrides={
+        "nightly.gates_after_ingest": [], "nightly.gates_after_features": []})
+    flow = _Recording(args)   # the first nights of a lake: nothing published for 2024-01-24
+    nightly.run_stages(flow)
+    assert [(r.name, r.status, r.note) for r in flow.results if r.name in ("train", "backtest")] == [
+        ("train", "succeeded", ""),
+        ("backtest", "skipped", "nothing was published for 2024-01-24: no lists to judge")]
+    assert [name for name, _ in flow.ran][-3:] == ["score", "publish", "delayed feedback"]
+    assert "backtest                     skipped" in capsys.readouterr().out
+
+
+def test_no_drop_and_no_training_due_skip_those_stages(tmp_path, capsys):
+    _model(tmp_path / "models", "20240130-abc")   # trained yesterday, weekly cadence
+    flow = _Recording(args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D))
+    nightly.run_stages(flow)
+    assert [(r.name, r.status) for r in flow.results] == [
+        ("ingest", "skipped"),
+        ("gate bronze/events", "succeeded"), ("gate bronze/items", "succeeded"),   # the default gate lists
+        ("features", "succeeded"),
+        ("gate features/user_features", "succeeded"), ("gate features/item_features", "succeeded"),
+        ("gate features/user_sequences", "succeeded"),
+        ("train", "skipped"), ("backtest", "skipped"),
+        ("score", "succeeded"), ("publish", "succeeded"), ("delayed feedback", "succeeded"),
+    ]
+    assert flow.progress.done == flow.progress.total == 12
+    out = capsys.readouterr().out
+    assert "[ 1/12] ingest" in out and "no --events/--items given" in out
+    assert "[ 8/12] train" in out and "not due: last trained 2024-01-30 (1 d ago, cadence 7 d)" in out
+    assert "[ 9/12] backtest" in out and "no new model tonight: the backtest runs on training nights" in out
 
 
 @pytest.mark.slow

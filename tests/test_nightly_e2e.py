@@ -1,7 +1,9 @@
-"""`warmstart nightly` end to end on a small generated drop, as a user runs it: killed with SIGKILL in the
-middle of the features stage, then rerun for the same date to completion. Checks that nothing is
-duplicated (row counts and keys of every table), the final summary, `warmstart status`, and the run
-report rendered by headless Chromium with the network off."""
+"""`warmstart nightly` end to end on a small generated drop, as a user runs it: night D - 7 runs to
+completion (it trains and publishes), then night D is killed with SIGKILL in the middle of the features
+stage and rerun to completion. Checks that nothing is duplicated (row counts and keys of every table),
+the final summary, the delayed feedback on the lists published for D - 7 (against training/backtest on
+the same rows) and the backtest of that night, `warmstart status`, and the run report rendered by
+headless Chromium with the network off."""
 from __future__ import annotations
 
 import json
@@ -18,6 +20,7 @@ from conftest import TINY_JOB_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent
 D = "2024-01-31"
+WEEK_AGO = "2024-01-24"   # D - nightly.feedback_days: its published lists are judged on D's night
 pytestmark = pytest.mark.slow
 # A small model and short lists: the flow, not the model, is under test here.
 SMALL = ["train.model.dim=32", "train.model.num_layers=1", "train.model.max_seq_len=20", "train.loop.epochs=2",
@@ -35,21 +38,32 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    """Run 1 killed (SIGKILL to its process group, JVM included) once features started; run 2 completes."""
-    from features.synthetic import generate
+    """The night a week before D runs to completion on the same drop (the events after it are quarantined
+    as in its future; D's ingest takes them); then D's run 1 is killed (SIGKILL to its process group, JVM
+    included) once features started, and run 2 completes."""
+    from features.synthetic import Funnel, generate
 
     root = tmp_path_factory.mktemp("nightly")
     drop = root / "drop"
-    generated = generate(drop, users=60, items=200, days=10, start_date="2024-01-22", seed=11, bad_rate=0.01)
+    # 17 days: ten before the week-ago night, its week of feedback; more carts bought than the default
+    # funnel's, so that about twenty customers are judged on that week
+    generated = generate(drop, users=60, items=200, days=17, start_date="2024-01-15", seed=11, bad_rate=0.01,
+                         funnel=Funnel(p_cart=0.7, p_purchase=0.8))
     lake = root / "lake"
-    cmd = [sys.executable, "-m", "jobs.cli", "nightly", "--lake", str(lake), "--run-date", D,
-           "--events", str(drop / "events"), "--items", str(drop / "items"), "--summary-json", str(root / "summary.json"),
-           *SMALL]
+
+    def cmd(day: str, summary: str) -> list[str]:
+        return [sys.executable, "-m", "jobs.cli", "nightly", "--lake", str(lake), "--run-date", day, "--events",
+                str(drop / "events"), "--items", str(drop / "items"), "--summary-json", str(root / summary), *SMALL]
+
+    week_ago = subprocess.run(cmd(WEEK_AGO, "week_ago.json"), capture_output=True, text=True, env=_env(), cwd=REPO,
+                              timeout=1500)
+    (root / "week_ago.out").write_text(week_ago.stdout + week_ago.stderr)
+    assert week_ago.returncode == 0, week_ago.stdout[-3000:] + week_ago.stderr[-3000:]
 
     first_out = []
     with open(root / "run1.err", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(), cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd(D, "summary.json"), stdout=subprocess.PIPE, stderr=err, text=True, env=_env(),
+                                cwd=REPO, start_new_session=True)
         for line in proc.stdout:
             first_out.append(line)
             if re.match(r"\[\s*\d+/\d+\] features\s+running", line):
@@ -59,11 +73,11 @@ def flow(tmp_path_factory):
         proc.wait(timeout=60)
     killed_at = first_out[-1]
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=1500)
+    second = subprocess.run(cmd(D, "summary.json"), capture_output=True, text=True, env=_env(), cwd=REPO, timeout=1500)
     (root / "run2.out").write_text(second.stdout)
     (root / "run2.err").write_text(second.stderr)
     return {"root": root, "lake": lake, "drop": drop, "generated": generated, "first_rc": proc.returncode,
-            "first_out": "".join(first_out), "killed_at": killed_at, "second": second}
+            "first_out": "".join(first_out), "killed_at": killed_at, "second": second, "week_ago": week_ago}
 
 
 def test_killed_run_then_rerun_completes_without_duplicates(spark, flow):
@@ -89,7 +103,10 @@ def test_killed_run_then_rerun_completes_without_duplicates(spark, flow):
     quarantined = int(re.search(r"quarantined=([\d,]+)", ingest["rows"]).group(1).replace(",", ""))
     assert read == flow["generated"]["events"]
     assert n_events == read - quarantined == events.select("event_id").distinct().count()
-    assert table("bronze/events_quarantine").count() == quarantined
+    quarantine = table("bronze/events_quarantine")
+    assert quarantine.where(F.col("run_date") == D).count() == quarantined
+    week_ago = json.loads((flow["root"] / "week_ago.json").read_text())   # its future: D's days, and the bad rows
+    assert quarantine.where(F.col("run_date") == WEEK_AGO).count() == week_ago["quarantined"] > quarantined
     assert table("bronze/items").count() == table("bronze/items").select("item_id").distinct().count() == 200
 
     # one row per key in every feature partition and in the candidates
@@ -101,12 +118,13 @@ def test_killed_run_then_rerun_completes_without_duplicates(spark, flow):
     assert table("features/user_sequences").where(F.col("as_of_date") == D).count() == users
     cands = table("candidates/user_candidates").where(F.col("run_date") == D)
     assert cands.count() == cands.select("user_id", "rank").distinct().count() == users * 20
-    # the killed run never got to training or publishing: one model, one published set
-    models = [p.name for p in (flow["root"] / "models" / "warmstart-seqrec").iterdir() if p.name[:1].isdigit()]
-    assert len(models) == 1 and summary["model_version"] == models[0]
-    published = table("candidates/published").collect()
+    # the killed run never got to training or publishing: one model and one published set per night
+    models = sorted(p.name for p in (flow["root"] / "models" / "warmstart-seqrec").iterdir() if p.name[:1].isdigit())
+    assert [m[:8] for m in models] == ["20240124", "20240131"] and summary["model_version"] == models[1]
+    users_then = events.where(F.col("event_date") <= WEEK_AGO).select("user_id").distinct().count()
+    published = table("candidates/published").orderBy("published_at").collect()
     assert [(str(p.run_date), p.model_version, p.users, p.rows) for p in published] == \
-        [(D, models[0], users, users * 20)]
+        [(WEEK_AGO, models[0], users_then, users_then * 20), (D, models[1], users, users * 20)]
 
 
 def test_final_summary_lists_counts_gates_model_and_reports(flow):
@@ -114,10 +132,17 @@ def test_final_summary_lists_counts_gates_model_and_reports(flow):
     summary = json.loads((flow["root"] / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["gates_passed"] == "5/5"
     assert summary["model_trained_tonight"] is True
-    assert 0 <= summary["val_ndcg@10"] <= 1 and 0 <= summary["model_ndcg@10"] <= 1
-    assert 0 <= summary["popularity_ndcg@10"] <= 1   # the evaluate stage's baselines are in the summary
+    assert 0 <= summary["val_ndcg@10"] <= 1
+    assert not [k for k in summary if k.startswith(("model_ndcg", "popularity_"))]   # no leave-last-out figures
+    # the training night's backtest: the lists published a week ago beside the tuned baselines
+    assert (summary["backtest_night"], summary["backtest_status"]) == (WEEK_AGO, "succeeded")
+    assert 0 <= summary["backtest_lists_ndcg@10"] <= 1 and 0 <= summary["backtest_best_baseline_ndcg@10"] <= 1
+    backtest = flow["root"] / "reports" / "backtest" / f"{WEEK_AGO}_{WEEK_AGO}" / "index.html"
+    assert summary["backtest_report"] == str(backtest)
+    assert Path(summary["backtest_report"]).is_file() and summary["backtest_report"] in out
     assert summary["published_rows"] == summary["published_users"] * 20 > 0
-    for stage in ("ingest", "gate bronze/events", "features", "train", "evaluate", "score", "publish"):
+    for stage in ("ingest", "gate bronze/events", "features", "train", "backtest", "score", "publish",
+                  "delayed feedback"):
         assert re.search(rf"\[\s*\d+/\d+\] {re.escape(stage)}\s+succeeded\s+[\d.]+s", out), stage
     assert "== warmstart nightly 2024-01-31: succeeded" in out
     reports = flow["root"] / "reports" / D
@@ -134,7 +159,8 @@ def test_status_shows_the_run_its_lineage_and_the_published_set(flow, capsys):
     out = capsys.readouterr().out
     data = status.collect(str(flow["lake"]))
     assert data["focus_run_date"] == D
-    assert [n["status"] for n in data["nightly"]] == ["succeeded"]   # the killed run left no record
+    # the killed run left no record
+    assert [(n["run_date"], n["status"]) for n in data["nightly"]] == [(D, "succeeded"), (WEEK_AGO, "succeeded")]
     assert set(data["gates"]) == {"bronze/events", "bronze/items", "features/user_features",
                                   "features/item_features", "features/user_sequences"}
     assert all(g["verdict"] == "passed" for g in data["gates"].values())
@@ -148,6 +174,87 @@ def test_status_shows_the_run_its_lineage_and_the_published_set(flow, capsys):
     assert f"{current['table_version']}" in out and "published candidate sets" in out
 
 
+def _direct_feedback(spark, lake: Path) -> dict:
+    """The week-ago night's lists judged straight from the lake with training/backtest: every purchase
+    (not only the window's buyers), the published partition's rows put in rank order here."""
+    import datetime as dt
+
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from training import backtest as B
+
+    def table(name, version=None):
+        reader = spark.read.format("delta")
+        return (reader.option("versionAsOf", version) if version is not None else reader).load(f"{lake}/{name}")
+
+    published = (table("candidates/published").where(F.col("run_date") == WEEK_AGO)
+                 .orderBy(F.desc("published_at")).first())
+    rows = (table("candidates/user_candidates", published.table_version).where(F.col("run_date") == WEEK_AGO)
+            .select("user_id", "rank", "item_id").toPandas())
+    items = table("bronze/items").select("item_id", "category").toPandas().sort_values("item_id")
+    index = {item: i for i, item in enumerate(items["item_id"])}
+    purchases = table("bronze/events").where(F.col("event_type") == "purchase").select(
+        "user_id", "item_id", "event_ts").toPandas()
+    purchases["item"] = purchases["item_id"].map(index)
+    purchases = purchases.dropna(subset=["item"]).astype({"item": np.int64})
+    night = B.night(purchases, dt.date.fromisoformat(WEEK_AGO), 7, (items["category"] != "non_product").to_numpy())
+    lists = []
+    for user in night.user_ids[night.evaluated]:
+        mine = rows[rows["user_id"] == user].sort_values("rank")
+        lists.append(np.array([index[i] for i in mine["item_id"]], dtype=np.int64))
+    per_user = B.judge(lists, night)
+    return {"published": published, "users_judged": len(night.evaluated),
+            "explore_users": int(np.isfinite(per_user["explore_ndcg@10"]).sum()),
+            **{m: float(np.nanmean(per_user[m])) for m in ("ndcg@10", "recall@20", "hit@10", "mrr", "explore_ndcg@10")}}
+
+
+def test_delayed_feedback_judges_the_lists_published_a_week_ago(spark, flow, capsys):
+    from jobs import runtime, status
+
+    summary = json.loads((flow["root"] / "summary.json").read_text())
+    feedback = summary["delayed_feedback"]
+    expected = _direct_feedback(spark, flow["lake"])
+    published = expected.pop("published")
+    assert {k: feedback[k] for k in ("published_run_date", "window", "model_version", "candidates_table_version")} == {
+        "published_run_date": WEEK_AGO, "window": "[2024-01-25, 2024-02-01)",
+        "model_version": published.model_version, "candidates_table_version": published.table_version}
+    assert feedback["users_judged"] == expected["users_judged"]
+    assert feedback["explore_users"] == expected["explore_users"]
+    assert expected["users_judged"] >= 10 and expected["recall@20"] > 0   # figures worth comparing
+    for metric in ("ndcg@10", "recall@20", "hit@10", "mrr", "explore_ndcg@10"):
+        assert feedback[metric] == pytest.approx(expected[metric], abs=1e-6), metric
+    # the backtest of that night judged the same lists of the same customers
+    assert summary["backtest_users_judged"] == feedback["users_judged"]
+    assert summary["backtest_lists_ndcg@10"] == pytest.approx(feedback["ndcg@10"], abs=1e-6)
+
+    # the same figures in the nested summary, the lineage record, the run report and `warmstart status`
+    assert json.loads(Path(summary["summary_file"]).read_text())["delayed_feedback"] == feedback
+    record = [r for r in runtime.read_lineage(str(flow["lake"])) if r["job"] == "nightly" and r["run_date"] == D]
+    assert record[-1]["summary"]["delayed_feedback"] == feedback
+    html = (flow["root"] / "reports" / D / "index.html").read_text()
+    assert (f"Lists published for {WEEK_AGO}: NDCG@10 {expected['ndcg@10']:.4f} on {expected['users_judged']:,} "
+            "customers") in html
+    assert status.main(["--lake", str(flow["lake"])]) == 0
+    out = capsys.readouterr().out
+    assert (f"  {D}  lists published for {WEEK_AGO} (model {published.model_version}): "
+            f"NDCG@10 {expected['ndcg@10']:.4f}  Recall@20 {expected['recall@20']:.4f}") in out
+    assert f"  {WEEK_AGO}  nothing was published for 2024-01-17: no lists to judge" in out
+
+
+def test_the_week_ago_night_had_nothing_to_judge_and_said_so(flow):
+    week_ago = json.loads((flow["root"] / "week_ago.json").read_text())
+    assert week_ago["status"] == "succeeded"
+    assert week_ago["delayed_feedback"] == {
+        "published_run_date": "2024-01-17", "feedback_days": 7, "window": "[2024-01-18, 2024-01-25)",
+        "published": False, "users_judged": 0, "note": "nothing was published for 2024-01-17: no lists to judge"}
+    assert (week_ago["backtest_night"], week_ago["backtest_status"]) == ("2024-01-17", "skipped")
+    assert "backtest_lists_ndcg@10" not in week_ago
+    out = flow["week_ago"].stdout
+    assert re.search(r"\] backtest\s+skipped\s+nothing was published for 2024-01-17: no lists to judge", out)
+    assert "delayed feedback: nothing was published for 2024-01-17: no lists to judge" in out
+
+
 def test_run_report_renders_offline_in_chromium(flow, tmp_path):
     index = flow["root"] / "reports" / D / "index.html"
     html = index.read_text()
@@ -155,11 +262,13 @@ def test_run_report_renders_offline_in_chromium(flow, tmp_path):
     cmd = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
            "--dump-dom", index.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    for element in ('id="stages-table"', 'id="quality-table"', 'id="model-metrics"', 'id="candidate-stats"',
-                    'id="strategy-mix"', 'id="top-items"', 'id="published-table"'):
+    for element in ('id="delayed-feedback-table"', 'id="stages-table"', 'id="quality-table"', 'id="model-metrics"',
+                    'id="candidate-stats"', 'id="strategy-mix"', 'id="top-items"', 'id="published-table"'):
         assert element in dom, element
     assert len(re.findall(r'<img id="plot-[a-z-]+" alt="[^"]+" src="data:image/png;base64,', dom)) == 3
-    assert dom.count('href="quality/') == 5 and 'class="model-report"' in dom
+    assert dom.count('href="quality/') == 5
+    backtest = f"../backtest/{WEEK_AGO}_{WEEK_AGO}/index.html"
+    assert f'class="backtest-report" href="{backtest}"' in dom and (index.parent / backtest).is_file()
     shot = tmp_path / "report.png"
     subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
                     f"--screenshot={shot}", "--window-size=1200,2400", index.as_uri()],

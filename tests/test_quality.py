@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 from pyspark.sql import types as T
 
 from features import quality, suites
 from features.tables import EVENTS, USER_FEATURES, USER_SEQUENCES, table as declared_table
+from jobs.config import QualityConfig
 
 RUN = dt.date(2024, 3, 10)
 PREV = RUN - dt.timedelta(days=1)
@@ -64,12 +64,19 @@ def _validate(spark, rows, prev_rows=None, table="bronze/events", context=None, 
     return quality.validate_table(spark, _frame(spark, table, rows), table, RUN, prev, context, config=config)
 
 
-# --- suites as code ------------------------------------------------------------------------------
 
-def test_defaults_yaml_matches_suite_defaults():
-    section = yaml.safe_load((Path(__file__).parent.parent / "jobs" / "defaults.yaml").read_text())["quality"]
-    for key, value in {**suites.DEFAULT_THRESHOLDS, **quality.DEFAULT_SETTINGS}.items():
-        assert section[key] == value, key
+def test_every_threshold_a_check_names_is_configured():
+    import re
+    import string
+
+    checks = [check for checks in suites.SUITES.values() for check in checks]
+    named = {check.params[p] for check in checks for p in suites.THRESHOLD_PARAMS
+             if isinstance(check.params.get(p), str) and re.fullmatch(r"[a-z_]+", check.params[p])}
+    named |= {field for check in checks for _, field, _, _ in string.Formatter().parse(check.params.get("predicate", ""))
+              if field and field not in ("run_date", "cutoff")}
+    # the test sees the names checks use, in parameters and in predicates
+    assert {"non_product_item_pattern", "max_rank", "min_coverage", "max_short_list_share"} <= named
+    assert named - set(quality.thresholds()) == set()
 
 
 def test_every_check_reads_declared_columns():
@@ -83,12 +90,11 @@ def test_every_check_reads_declared_columns():
 def test_non_product_pattern_on_online_retail_codes():
     import re
 
-    pattern = re.compile(suites.DEFAULT_THRESHOLDS["non_product_item_pattern"])
+    pattern = re.compile(QualityConfig().non_product_item_pattern)
     assert [c for c in ["POST", "DOT", "M", "BANK CHARGES", "gift_0001_40", "AMAZONFEE", "C2"] if not pattern.match(c)] == []
     assert [c for c in ["85123A", "22423", "84029G", "15056BL", "item_000042", "MUG"] if pattern.match(c)] == []
 
 
-# --- planted faults ------------------------------------------------------------------------------
 
 def test_clean_partition_passes(spark):
     result = _validate(spark, _clean_events(), _clean_events(PREV), context={"quarantined_count": 1, "read_count": 100})
@@ -178,8 +184,8 @@ def test_real_dirt_is_reported_by_configured_severity(spark):
     assert default.success_critical
     assert default.result("quarantine_rate").observed == pytest.approx(0.23)
 
-    strict = {"severity": {"bronze_events": {"quarantine_rate": "critical", "item_id_is_product_code": "critical"}},
-              "quarantine_rate_max": 0.3, "product_item_pattern": r"^\d{5}[A-Z]?$"}
+    strict = QualityConfig(severity={"bronze_events": {"quarantine_rate": "critical", "item_id_is_product_code": "critical"}},
+                           quarantine_rate_max=0.3, product_item_pattern=r"^\d{5}[A-Z]?$")
     result = _validate(spark, rows, context=context, config=strict)
     assert _failed(result) == {"item_id_is_product_code": "critical", "price_positive": "warning",
                                "item_id_matches_product_pattern": "warning"}
@@ -215,7 +221,6 @@ def test_drift_of_key_columns(spark):
         pytest.approx(3 * previous_mean), pytest.approx(0.5 * previous_mean), pytest.approx(1.5 * previous_mean))
 
 
-# --- the job ---------------------------------------------------------------------------------------
 
 def _sequences(n: int, as_of: dt.date) -> list[dict]:
     return [dict(user_id=f"u{i}", as_of_date=as_of, item_ids=["a", "b"], event_types=["view", "purchase"],
@@ -223,7 +228,7 @@ def _sequences(n: int, as_of: dt.date) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_job_gate_fails_with_report_path_and_is_repeatable(spark, lake, tmp_path, capsys):
+def test_job_gate_fails_with_report_path_and_is_repeatable(spark, lake, capsys):
     from jobs import lake as lake_io
     from jobs import validate
 
@@ -259,7 +264,6 @@ def test_job_usage_errors(spark, lake, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-# --- the report renders offline ---------------------------------------------------------------------
 
 def _chromium_dump_dom(html_path: Path) -> str:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -296,7 +300,6 @@ def test_html_report_renders_offline_in_headless_chromium(spark, tmp_path):
     assert "item_id=POST, rows=1" in dom        # a sample offending value made it to the page
 
 
-# --- real data -------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_online_retail_dirt_shows(spark, retail_dir):

@@ -9,7 +9,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from features.tables import EVENTS, ITEMS, TABLES
-from jobs import cli, lake as lakeio, runtime
+from jobs import cli, jvm, lake as lakeio, runtime
 
 
 def test_config_layers_defaults_file_env_and_overrides(tmp_path, monkeypatch):
@@ -17,12 +17,12 @@ def test_config_layers_defaults_file_env_and_overrides(tmp_path, monkeypatch):
     user.write_text("spark:\n  shuffle_partitions: 64\n  conf:\n    spark.sql.ansi.enabled: true\n")
     monkeypatch.setenv("WARMSTART_LAKE", "/data/lake")
     cfg = runtime.load_config(str(user), runtime.parse_overrides(["spark.master=local[3]", "ingest.future_tolerance_days=2"]))
-    assert cfg.get("spark.shuffle_partitions") == 64          # from the file
-    assert cfg.get("spark.driver_memory") == "4g"             # default kept under a partial override
-    assert cfg.get("spark.conf") == {"spark.sql.ansi.enabled": True}
-    assert cfg.get("paths.lake") == "/data/lake"               # environment
-    assert cfg.get("spark.master") == "local[3]"               # key=value wins
-    assert cfg.get("ingest.future_tolerance_days") == 2        # YAML-typed
+    assert cfg.spark.shuffle_partitions == 64              # from the file
+    assert cfg.spark.driver_memory == "4g"                 # default kept under a partial override
+    assert cfg.spark.conf == {"spark.sql.ansi.enabled": True}
+    assert cfg.paths.lake == "/data/lake"                  # environment
+    assert cfg.spark.master == "local[3]"                  # key=value wins
+    assert cfg.ingest.future_tolerance_days == 2           # YAML-typed
 
 
 def test_overrides_are_told_apart_from_paths_and_flags():
@@ -49,7 +49,7 @@ def _toy_job(argv, raise_=None):
     def run(args):
         if raise_:
             raise raise_
-        return {"run_date": args.run_date.isoformat(), "lake": args.lake, "n": args.config.get("toy.n")}
+        return {"run_date": args.run_date.isoformat(), "lake": args.lake, "k": args.config.score.k}
 
     return runtime.run_job("toy", parser, lambda ns, common: runtime.dataclass_from(_ToyArgs, ns, common),
                            run, argv, needs_spark=False)
@@ -65,10 +65,10 @@ class _ToyArgs(runtime.JobArgs):
 
 def test_job_contract_summary_json_and_exit_codes(tmp_path, capsys):
     out = tmp_path / "summary.json"
-    code = _toy_job(["--run-date", "2024-03-01", "--lake", str(tmp_path / "lk"), "--summary-json", str(out), "toy.n=7"])
+    code = _toy_job(["--run-date", "2024-03-01", "--lake", str(tmp_path / "lk"), "--summary-json", str(out), "score.k=7"])
     assert code == 0
     summary = json.loads(out.read_text())
-    assert summary["status"] == "succeeded" and summary["n"] == 7 and summary["run_date"] == "2024-03-01"
+    assert summary["status"] == "succeeded" and summary["k"] == 7 and summary["run_date"] == "2024-03-01"
     assert summary["lake"] == str(tmp_path / "lk")
 
     assert _toy_job(["--run-date", "yesterday"]) == 2
@@ -166,7 +166,7 @@ def test_code_version_tells_uncommitted_edits_apart(tmp_path, monkeypatch):
 
 
 def test_spark_tuning_defaults_yield_to_what_spark_submit_set():
-    spark_section = runtime.load_config().section("spark")
+    spark_section = runtime.load_config().spark
     local = runtime._tuning(spark_section, {})
     assert local["spark.sql.shuffle.partitions"] == "8"
     assert local["spark.databricks.delta.snapshotPartitions"] == "8"   # Delta's 50 is a cluster's size
@@ -180,22 +180,22 @@ def test_cds_options_follow_the_archive_and_keep_the_users_own_after_them(tmp_pa
     jars = tmp_path / "jars"
     jars.mkdir()
     cfg = runtime.load_config(overrides={"spark.jars_dir": str(jars)})
-    assert runtime.cds_java_options(cfg) == "" and runtime.driver_java_options(cfg) == {}   # no archive yet
-    (jars / runtime.CDS_ARCHIVE_NAME).write_bytes(b"archive")
-    options = runtime.cds_java_options(cfg)
-    assert options.split()[:2] == [f"-XX:SharedArchiveFile={jars / runtime.CDS_ARCHIVE_NAME}", "-Xshare:auto"]
+    assert jvm.cds_java_options(cfg) == "" and jvm.driver_java_options(cfg) == {}   # no archive yet
+    (jars / jvm.CDS_ARCHIVE_NAME).write_bytes(b"archive")
+    options = jvm.cds_java_options(cfg)
+    assert options.split()[:2] == [f"-XX:SharedArchiveFile={jars / jvm.CDS_ARCHIVE_NAME}", "-Xshare:auto"]
     assert "-Xlog:all=warning:stderr" in options      # a JVM that cannot use it says so on stderr, not stdout
-    assert runtime.cds_archive(cfg) == jars / runtime.CDS_ARCHIVE_NAME
-    assert runtime.cds_archive(cfg.with_overrides({"spark.cds_archive": "off"})) is None
-    assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": "off"})) == ""
-    assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": False})) == ""   # YAML's `off`
+    assert jvm.cds_archive(cfg) == jars / jvm.CDS_ARCHIVE_NAME
+    assert jvm.cds_archive(cfg.with_overrides({"spark.cds_archive": "off"})) is None
+    assert jvm.cds_java_options(cfg.with_overrides({"spark.cds_archive": "off"})) == ""
+    assert jvm.cds_java_options(cfg.with_overrides({"spark.cds_archive": False})) == ""   # YAML's `off`
     elsewhere = tmp_path / "other.jsa"
-    assert runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": str(elsewhere)})) == ""
+    assert jvm.cds_java_options(cfg.with_overrides({"spark.cds_archive": str(elsewhere)})) == ""
     elsewhere.write_bytes(b"archive")
-    assert str(elsewhere) in runtime.cds_java_options(cfg.with_overrides({"spark.cds_archive": str(elsewhere)}))
+    assert str(elsewhere) in jvm.cds_java_options(cfg.with_overrides({"spark.cds_archive": str(elsewhere)}))
     mine = cfg.with_overrides({"spark.conf": {"spark.driver.extraJavaOptions": "-Xss4m"}})
-    assert runtime.driver_java_options(mine) == {"spark.driver.extraJavaOptions": options + " -Xss4m"}
-    assert runtime.driver_java_options(mine.with_overrides({"spark.cds_archive": "off"})) == {
+    assert jvm.driver_java_options(mine) == {"spark.driver.extraJavaOptions": options + " -Xss4m"}
+    assert jvm.driver_java_options(mine.with_overrides({"spark.cds_archive": "off"})) == {
         "spark.driver.extraJavaOptions": "-Xss4m"}
 
 
@@ -221,7 +221,7 @@ def test_the_setup_archive_maps_into_a_local_spark_driver(tmp_path):
     import subprocess
     import sys
 
-    archive = runtime.cds_archive(runtime.load_config())
+    archive = jvm.cds_archive(runtime.load_config())
     assert archive.is_file(), f"{archive} is missing: run `make cds` (part of `make setup`)"
     script = tmp_path / "driver.py"
     script.write_text(CDS_DRIVER)

@@ -28,6 +28,7 @@ from features import daily
 from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
 from jobs import lake as lakeio, runtime, score
 from scoring.topk import brute_force
+from conftest import args_for
 
 RUN = dt.date(2024, 3, 10)
 CATALOGUE = ["i01", "i02", "i03", "i04", "i05", "i06", "i07", "i08", "new1"]
@@ -90,7 +91,7 @@ def _items(spark):
 
 
 @pytest.fixture
-def tiny_lake(spark, lake, tmp_path):
+def tiny_lake(spark, lake, tmp_path, config):
     from training.model import SeqRec, SeqRecConfig
     from training.registry import promote, save_version
 
@@ -106,21 +107,14 @@ def tiny_lake(spark, lake, tmp_path):
     with torch.no_grad():
         model.recent_weight.fill_(0.8)             # the recent-popularity column counts in the ranking
     models = tmp_path / "models"
-    save_version(str(models), "warmstart-seqrec", "v1", model, VOCAB, {}, {"val_ndcg@10": 0.1}, {})
-    promote(str(models), "warmstart-seqrec", "v1", margin=0.0)
-    return {"lake": lake, "models": str(models), "reports": str(tmp_path / "reports")}
+    save_version(str(models), config.train.name, "v1", model, VOCAB, {}, {"val_ndcg@10": 0.1}, {})
+    promote(str(models), config.train.name, "v1", margin=0.0)
+    return {"lake": lake, "models": str(models), "reports": str(tmp_path / "reports"), "name": config.train.name}
 
 
-def _args(tiny_lake, config, k=4, **overrides):
-    common = runtime.job_args("score", tiny_lake["lake"], config, RUN,
-                              **{"paths.models": tiny_lake["models"], "paths.reports": tiny_lake["reports"], **overrides})
-    return runtime.dataclass_from(score.ScoreArgs, _ns(run_date=RUN, k=k, model_version="latest"), common)
-
-
-def _ns(**kw):
-    import argparse
-
-    return argparse.Namespace(**kw)
+def _args(tiny_lake, config, k=4, run_date=RUN, **overrides):
+    return args_for(score.ScoreArgs, tiny_lake["lake"], config, run_date=run_date, k=k, model_version="latest",
+                    overrides={"paths.models": tiny_lake["models"], "paths.reports": tiny_lake["reports"], **overrides})
 
 
 def _rows(spark, lake):
@@ -141,7 +135,7 @@ def _reference(tiny_lake, k, excluded):
 
     from training.registry import load_model
 
-    model = load_model(tiny_lake["models"])
+    model = load_model(tiny_lake["models"], tiny_lake["name"])
     items = pd.DataFrame([{"item_id": i, "title": f"title {i}", "description": None,
                            "category": "garden" if i < "i05" else "kitchen", "brand": "brand", "price": 1.0,
                            "updated_at": TS("2024-01-01T00:00:00")} for i in CATALOGUE])
@@ -227,11 +221,11 @@ def test_only_catalogue_items_are_candidates_and_new_items_are_scored(spark, tin
 
 def test_missing_inputs_are_usage_errors(spark, tiny_lake, config, tmp_path):
     with pytest.raises(runtime.UsageError, match="no as_of_date=2024-03-11 partition"):
-        args = _args(tiny_lake, config)
-        score.run(spark, runtime.dataclass_from(score.ScoreArgs, _ns(run_date=RUN + dt.timedelta(days=1), k=4,
-                                                                     model_version="latest"), args))
+        score.run(spark, _args(tiny_lake, config, run_date=RUN + dt.timedelta(days=1)))
     with pytest.raises(runtime.UsageError, match="no LATEST model"):
         score.run(spark, _args(tiny_lake, config, **{"paths.models": str(tmp_path / "nowhere")}))
+    with pytest.raises(runtime.UsageError, match="no LATEST model for 'other-model'"):   # the registry name is train.name
+        score.run(spark, _args(tiny_lake, config, **{"train.name": "other-model"}))
     with pytest.raises(runtime.UsageError, match="--k must be"):
         score.run(spark, _args(tiny_lake, config, k=-1))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import INTERPRETED_SQL
+from conftest import INTERPRETED_SQL, free_port
 
-from jobs import runtime
+from jobs import jvm, runtime
 
 REPO = Path(__file__).resolve().parent.parent
 D = "2024-01-31"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spark_home() -> Path:
@@ -77,7 +70,7 @@ def standalone(tmp_path_factory):
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "256m",
            "SPARK_LOG_DIR": str(work / "logs"), "SPARK_WORKER_CORES": "1", "SPARK_WORKER_MEMORY": "1g",
            "PYSPARK_PYTHON": sys.executable}
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     spark_class = str(home / "bin" / "spark-class")
     procs: list[subprocess.Popen] = []
     try:
@@ -89,7 +82,7 @@ def standalone(tmp_path_factory):
         for i in range(2):
             procs.append(subprocess.Popen(
                 [spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
-                 "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(_free_port()),
+                 "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
                  "--work-dir", str(work / f"worker{i}")],
                 env=env, stdout=open(work / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
         _wait(lambda: len([w for w in _master_state(ui)["workers"] if w["state"] == "ALIVE"]) == 2,
@@ -132,7 +125,7 @@ def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> sub
            *(a for k, v in INTERPRETED_SQL.items() for a in ("--conf", f"{k}={v}")),   # tiny inputs: see conftest
            "--jars", jars, "--py-files", str(package),
            # the client-mode driver runs here: it maps the class-data-sharing archive, as docs/operations.md says
-           *(["--driver-java-options", cds] if (cds := runtime.cds_java_options(runtime.load_config())) else []),
+           *(["--driver-java-options", cds] if (cds := jvm.cds_java_options(runtime.load_config())) else []),
            str(REPO / "jobs" / f"{job}.py"), *args]
     with open(log, "w") as out:
         result = subprocess.run(cmd, env={**cluster["env"], "WARMSTART_SPARK_LOG_LEVEL": "WARN"}, stdout=out,

@@ -1,5 +1,6 @@
 """`warmstart status` on a lake with hand-written lineage records and published rows: the latest run
-date's lineage and gates, the nightly runs, the published sets newest first."""
+date's lineage and gates, the nightly runs, the delayed feedback of recent nights, the published sets
+newest first."""
 from __future__ import annotations
 
 import datetime as dt
@@ -71,3 +72,25 @@ def test_status_of_an_earlier_date_and_of_an_empty_lake(spark, lake, tmp_path, c
     assert status.main(["--lake", str(empty)]) == 0
     assert "no runs recorded under _runs/ yet" in capsys.readouterr().out
     assert status.main(["--lake", lake, "--runs", "0"]) == 2
+
+
+def test_status_lists_the_delayed_feedback_of_recent_nights(lake, capsys):
+    figures = {"published_run_date": "2024-01-24", "feedback_days": 7, "published": True,
+               "model_version": "20240117-old", "users_judged": 22, "ndcg@10": 0.125, "recall@20": 0.3125,
+               "hit@10": 0.5, "mrr": 0.25, "explore_ndcg@10": 0.0625, "explore_users": 9}
+    # 2024-01-29: recorded before the step existed; 2024-01-31: a rerun, then a run stopped before the step
+    _record(lake, "nightly", "2024-01-29", "2024-01-29T02:30:00", summary={"model": {"version": None}})
+    _record(lake, "nightly", "2024-01-30", "2024-01-30T02:30:00", summary={"delayed_feedback": {
+        "published_run_date": "2024-01-23", "published": False, "note": "nothing was published for 2024-01-23"}})
+    _record(lake, "nightly", "2024-01-31", "2024-01-31T02:30:00", summary={"delayed_feedback": {**figures, "mrr": 0.5}})
+    _record(lake, "nightly", "2024-01-31", "2024-01-31T03:30:00", summary={"delayed_feedback": figures})
+    _record(lake, "nightly", "2024-01-31", "2024-01-31T04:30:00", status_="failed", summary={"delayed_feedback": None})
+    data = status.collect(lake)
+    assert [(f["run_date"], f["published_run_date"], f.get("mrr")) for f in data["delayed_feedback"]] == [
+        ("2024-01-31", "2024-01-24", 0.25), ("2024-01-30", "2024-01-23", None)]
+    assert status.main(["--lake", lake]) == 0
+    section = capsys.readouterr().out.split("delayed feedback")[1].split("\n\n")[0].splitlines()[1:]
+    assert section == [
+        ("  2024-01-31  lists published for 2024-01-24 (model 20240117-old): NDCG@10 0.1250  Recall@20 0.3125  "
+         "hit rate@10 0.5000  MRR 0.2500  explore NDCG@10 0.0625 on 22 customers"),
+        "  2024-01-30  nothing was published for 2024-01-23"]

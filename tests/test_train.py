@@ -3,7 +3,6 @@ registry it writes, the rerun that changes nothing, a worker killed mid-training
 checkpoint, the LATEST promotion rule, and bad input."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -11,15 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import args_for
 from features.tables import ITEMS, USER_SEQUENCES
 from jobs import lake as lakeio
 from jobs import runtime
+from jobs.config import DEFAULT_MODEL_NAME
 
 AS_OF = dt.date(2024, 3, 1)
+# The generated users buy one basket a day, 2024-02-24 to 02-28 (synthetic_sequences): a 3-day validation
+# window, [02-28, 03-02), holds each user's last basket.
+WINDOW = {"first_day": "2024-02-28", "last_day": "2024-03-01"}
 
 TINY = {"train.model.dim": 32, "train.model.num_layers": 2, "train.model.num_heads": 2,
         "train.model.max_seq_len": 20, "train.model.dropout": 0.0, "train.loop.batch_size": 32,
-        "train.loop.epochs": 3, "train.loop.patience": 3, "train.loop.lr": 0.005, "train.cpus_per_worker": 0.5}
+        "train.loop.epochs": 3, "train.loop.patience": 3, "train.loop.lr": 0.005, "train.cpus_per_worker": 0.5,
+        "train.validation_days": 3}
 
 
 def _py(value):
@@ -34,14 +39,48 @@ def write_inputs(spark, lake: str, seqs, items) -> None:
     lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame(item_rows, ITEMS.schema))
 
 
-def train_args(lake: str, config, tmp_path: Path, workers: int = 2, force: bool = False, **overrides):
+def train_args(lake: str, config, tmp_path: Path, workers: int = 2, force: bool = False):
     from jobs.train import TrainArgs
 
-    cfg = config.with_overrides({**TINY, "paths.models": str(tmp_path / "models"),
-                                 "paths.reports": str(tmp_path / "reports"), **overrides})
-    common = runtime.job_args("train", lake, cfg, AS_OF)
-    return TrainArgs(**{f.name: getattr(common, f.name) for f in dataclasses.fields(runtime.JobArgs)},
-                     run_date=AS_OF, workers=workers, force=force)
+    return args_for(TrainArgs, lake, config, run_date=AS_OF, workers=workers, force=force,
+                    overrides={**TINY, "paths.models": str(tmp_path / "models"), "paths.reports": str(tmp_path / "reports")})
+
+
+def dies_once_at_epoch(epoch: int, marker: str, delay_s: float = 15.0):
+    """A worker function: training.train_loop.train_worker, except that the last rank SIGKILLs its own
+    process once (``marker`` records it) at the start of ``epoch``, just after reporting the one before.
+
+    The controller registers the previous epoch's checkpoint when it next polls the workers; a kill
+    before that restarts from scratch (seen in CI on a busy machine). So the doomed rank lives on for
+    ``delay_s`` first, while the others start the epoch and wait for it in the all-reduce."""
+
+    def worker(loop_config: dict) -> None:   # a closure: Ray pickles it by value into the workers
+        import os
+        import signal
+        import time
+        from pathlib import Path
+        from unittest import mock
+
+        import ray.train
+
+        from training.train_loop import train_worker
+
+        ctx = ray.train.get_context()
+        report = ray.train.report
+
+        def report_then_die(metrics: dict, **kwargs) -> None:
+            report(metrics, **kwargs)
+            rank = ctx.get_world_rank()
+            if (metrics.get("epoch") == epoch - 1 and rank == ctx.get_world_size() - 1
+                    and not os.path.exists(marker)):
+                Path(marker).write_text(f"killed rank {rank} pid {os.getpid()} at epoch {epoch}\n")
+                time.sleep(delay_s)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        with mock.patch.object(ray.train, "report", report_then_die):
+            train_worker(loop_config)
+
+    return worker
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +108,22 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     epoch 2 (once, guarded by a marker file): Ray restarts the worker group from epoch 1's checkpoint
     (model + optimizer in safetensors) and the run finishes and registers the best epoch."""
     from jobs.train import run
-    from training.data import rebuy_log_odds, split_sequence
     from training.registry import latest_version, load_model
 
     seqs, items, _ = synthetic
     write_inputs(spark, lake, seqs, items)
     marker = tmp_path / "killed.txt"
-    kill = {"train.loop.chaos_kill_at_epoch": 2, "train.loop.chaos_marker": str(marker)}
-    first = run(train_args(lake, config, tmp_path, **kill))
+    worker = dies_once_at_epoch(2, str(marker))
+    first = run(train_args(lake, config, tmp_path), train_loop_per_worker=worker)
     assert "killed rank 1" in marker.read_text()
     assert first["resumed_from_epoch"] == 2                 # restarted with epochs 0-1 done
     assert first["reused"] is False and first["promoted"] is True
     assert first["workers"] == 2 and first["epochs_run"] == 3
     assert first["catalogue_size"] == 48
-    # every user has 5 baskets: one for validation, one for test, three to train on
+    # every user has 5 baskets: four before the validation window to train on, the last one in it
     assert first["val_users"] == 120 and first["train_sequences_per_epoch"] == 120
-    # the refit: the chosen epoch count again, on every user's events up to the test basket
+    assert first["validation_window"] == WINDOW and first["val_targets"] == window_targets(seqs)
+    # the refit: the chosen epoch count again, on every user's events before the cut-off
     assert first["refit_epochs"] == first["best_epoch"] + 1 and first["refit_sequences_per_epoch"] == 120
     folder = Path(first["path"])
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "item_vocab.json", "lineage.json",
@@ -95,30 +134,56 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
     assert lineage["code_version"] == runtime.code_version()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+    assert metrics["validation_window"] == WINDOW
+    assert metrics["val_users"] == 120 and metrics["val_targets"] == first["val_targets"]
     assert metrics["val_ndcg@10"] == max(h["val_ndcg@10"] for h in metrics["history"])
     assert [h["refit_epoch"] for h in metrics["refit_history"]] == list(range(metrics["refit_epochs"]))
     assert 0.0 < metrics["val_ndcg@10"] <= 1.0
-    # the dot product's and recent popularity's scales were chosen on the best epoch's validation NDCG@10
-    # and registered; this lake has no features/item_daily, so the recent term is 0 and its ties go to 1
+    assert_scales_chosen_on_validation(metrics, first, folder)
+    assert latest_version(str(tmp_path / "models"), DEFAULT_MODEL_NAME) == first["version"]
+    model = load_model(str(tmp_path / "models"))
+    assert model.item_ids == sorted(items["item_id"])
+    assert model.dim == 32 and model.max_seq_len == 20
+    assert_refit_rebuy_log_odds(model, seqs)
+
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
+    second = run(train_args(lake, config, tmp_path), train_loop_per_worker=worker)
+    after = sorted((str(p), p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
+    assert second["reused"] is True and second["version"] == first["version"]
+    assert after == before
+
+
+def assert_scales_chosen_on_validation(metrics: dict, summary: dict, folder: Path) -> None:
+    """The dot product's and recent popularity's scales were chosen on the best epoch's validation
+    NDCG@10 and registered; this lake has no features/item_daily, so the recent term is 0 and its ties
+    go to 1."""
     by_pair = {tuple(float(x) for x in pair.split()): v for pair, v in metrics["scales_val_ndcg@10"].items()}
     assert sorted({a for a, _ in by_pair}) == [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0]
     assert sorted({c for _, c in by_pair}) == [0.25, 0.5, 0.75, 1.0] and len(by_pair) == 40
     assert by_pair[(1.0, 1.0)] == pytest.approx(metrics["val_ndcg@10"], abs=1e-6)
     chosen = (metrics["dot_scale"], metrics["recent_scale"])
-    assert chosen == (first["dot_scale"], first["recent_scale"]) and by_pair[chosen] == max(by_pair.values())
+    assert chosen == (summary["dot_scale"], summary["recent_scale"]) and by_pair[chosen] == max(by_pair.values())
     assert metrics["recent_scale"] == 1.0
     assert json.loads((folder / "config.json").read_text())["model"]["dot_scale"] == metrics["dot_scale"]
-    assert latest_version(str(tmp_path / "models"), "warmstart-seqrec") == first["version"]
-    model = load_model(str(tmp_path / "models"))
-    assert model.item_ids == sorted(items["item_id"])
-    assert model.dim == 32 and model.max_seq_len == 20
-    # the registered (refit) weights carry the rebuy log-odds of the refit inputs, counted here directly
+
+
+def window_targets(seqs) -> int:
+    """The validation targets counted here directly: each user's distinct purchases in the window."""
+    start = dt.datetime.fromisoformat(WINDOW["first_day"])
+    return sum(len({i for i, k, t in zip(r["item_ids"], r["event_types"], r["event_ts"])
+                    if k == "purchase" and _py(t) >= start}) for r in seqs.to_dict("records"))
+
+
+def assert_refit_rebuy_log_odds(model, seqs) -> None:
+    """The registered (refit) weights carry the rebuy log-odds of the refit inputs (every event before the
+    cut-off, the validation window's too), counted here directly."""
+    from training.data import basket_ordinals, rebuy_log_odds
+
     buyers, rebuyers = np.zeros(48), np.zeros(48)
     index = {item: i for i, item in enumerate(model.item_ids)}
     for r in seqs.to_dict("records"):
-        s = split_sequence(r["item_ids"], r["event_types"], r["event_ts"])
         baskets_of: dict[str, set] = {}
-        for item, kind, basket in zip(s.test_items, s.test_types, s.baskets):
+        for item, kind, basket in zip(r["item_ids"], r["event_types"], basket_ordinals(r["event_ts"])):
             if kind == "purchase":
                 baskets_of.setdefault(item, set()).add(basket)
         for item, baskets in baskets_of.items():
@@ -126,12 +191,6 @@ def test_two_worker_run_survives_a_killed_worker_registers_and_rerun_changes_not
             rebuyers[index[item]] += len(baskets) > 1
     assert rebuyers.sum() > 0
     assert np.allclose(model.model.rebuy_log_odds.numpy(), rebuy_log_odds(buyers, rebuyers), atol=1e-6)
-
-    before = sorted((str(p), p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
-    second = run(train_args(lake, config, tmp_path, **kill))
-    after = sorted((str(p), p.stat().st_mtime_ns) for p in (tmp_path / "models").rglob("*") if p.is_file())
-    assert second["reused"] is True and second["version"] == first["version"]
-    assert after == before
 
 
 def test_missing_sequences_is_a_usage_error(lake, tmp_path, config):
@@ -141,12 +200,13 @@ def test_missing_sequences_is_a_usage_error(lake, tmp_path, config):
         run(train_args(lake, config, tmp_path))
 
 
-def test_bad_model_config_is_a_usage_error(spark, lake, tmp_path, config, synthetic):
-    from jobs.train import model_and_loop_configs
+def test_bad_model_config_is_a_usage_error(lake, tmp_path, capsys):
+    from jobs.train import main
 
-    cfg = config.with_overrides({"train.model.dim": 30, "train.model.num_heads": 4})
-    with pytest.raises(runtime.UsageError, match="divisible"):
-        model_and_loop_configs(cfg, 10)
+    rc = main(["--lake", lake, "--run-date", str(AS_OF), f"paths.models={tmp_path / 'm'}",
+               "train.model.dim=30", "train.model.num_heads=4"])
+    assert rc == 2
+    assert "divisible" in capsys.readouterr().err
 
 
 def test_cli_missing_partition_exits_2(spark, lake, tmp_path, synthetic, capsys):

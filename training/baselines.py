@@ -35,13 +35,13 @@ def popularity_scores(counts: np.ndarray, n_users: int) -> np.ndarray:
     return np.broadcast_to(counts, (n_users, counts.shape[0])).astype(np.float64)
 
 
-def user_item_matrix(histories: Sequence[Sequence[int]], num_items: int, binary: bool = True) -> sparse.csr_matrix:
+def user_item_matrix(histories: Sequence[Sequence[int]], num_items: int) -> sparse.csr_matrix:
+    """(users, V) binary: 1 where the user's history holds the item."""
     rows = np.concatenate([np.full(len(h), u) for u, h in enumerate(histories)]) if histories else np.zeros(0)
     cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if histories else np.zeros(0)
     x = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(histories), num_items))
     x.sum_duplicates()
-    if binary:
-        x.data[:] = 1.0
+    x.data[:] = 1.0
     return x
 
 
@@ -78,9 +78,9 @@ def repeat_scores(histories: Sequence[Sequence[int]], counts: np.ndarray) -> np.
     return out
 
 
-def fit_als(interactions, *, rank: int = 64, reg_param: float = 0.1, alpha: float = 10.0,
-            max_iter: int = 10, seed: int = 0):
-    """Spark MLlib ALS, implicit. ``interactions``: DataFrame (user_idx int, item_idx int, count double).
+def fit_als(interactions, *, rank: int, reg_param: float, alpha: float, max_iter: int, seed: int = 0):
+    """Spark MLlib ALS, implicit. ``interactions``: DataFrame (user_idx int, item_idx int, count double);
+    ``rank``, ``reg_param``, ``alpha``, ``max_iter``: the ``evaluate.als_*`` settings (jobs/config.py).
     Returns the fitted ``ALSModel`` (its ``userFactors`` / ``itemFactors`` DataFrames hold the vectors)."""
     from pyspark.ml.recommendation import ALS
 
@@ -98,3 +98,23 @@ def factor_scores(user_factors: np.ndarray, item_factors: np.ndarray, item_has_f
     missing = ~item_has_factor
     scores[:, missing] = floor + 1e-3 * _normalised(counts)[missing][None, :]
     return scores
+
+
+def als_factors(spark, histories: Sequence[Sequence[int]], num_items: int, *, rank: int, reg_param: float,
+                alpha: float, max_iter: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Implicit ALS (:func:`fit_als`) on the user x item counts of ``histories`` (catalogue indices, one
+    list per user): (user factors (n, rank), item factors (V, rank), whether each item got a factor)."""
+    import pandas as pd
+
+    rows = [(u, int(i)) for u, h in enumerate(histories) for i in h]
+    counts = pd.DataFrame(rows, columns=["user_idx", "item_idx"]).value_counts().reset_index(name="count")
+    df = spark.createDataFrame(counts.astype({"user_idx": "int32", "item_idx": "int32", "count": "float64"}))
+    model = fit_als(df, rank=rank, reg_param=reg_param, alpha=alpha, max_iter=max_iter, seed=seed)
+    users = np.zeros((len(histories), model.rank))
+    for row in model.userFactors.collect():
+        users[row["id"]] = row["features"]
+    items = np.zeros((num_items, model.rank))
+    has = np.zeros(num_items, dtype=bool)
+    for row in model.itemFactors.collect():
+        items[row["id"]], has[row["id"]] = row["features"], True
+    return users, items, has

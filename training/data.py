@@ -1,20 +1,26 @@
-"""Training and evaluation examples from ``features/user_sequences`` rows (one user per as_of_date, the
-last N interactions oldest first): the temporal leave-last-out split, token encoding, and the Ray Data
-pipeline that streams the examples to the Ray Train workers in shards.
+"""Training examples from ``features/user_sequences`` rows as of run date D (one user per as_of_date: the
+last N events before ``features.contract.cutoff(D)`` = D + 1 day, oldest first): the time split, token
+encoding, and the Ray Data pipeline that streams the examples to the Ray Train workers in shards.
 
-Split of one user's sequence (``split_sequence``), with *baskets*: the events that share one timestamp
-(an Online Retail invoice puts all its lines on one timestamp):
-- test: the last basket that holds a target-type event (``purchase`` by default); its target is the set
-  of its target-type items; its input is every event strictly before it.
-- validation: the last such basket before the test one, the same way.
-- train: the events before the validation basket (next-item targets at every position).
-- refit: the events before the test basket (the validation basket is its last target), for the final
-  fit once early stopping has picked the epoch count (training.train_loop).
-So no example sees its own basket or anything later, and nothing ever trains on a test basket. Called by training.train_loop (via the Ray Data
+The time split (``time_split``) cuts every user's sequence at the same instant, the start of the
+*validation window* [cutoff(D) - horizon, cutoff(D)) (``train.validation_days``, 7: the week before the
+run date, as the next-week backtest judges the lists, jobs/backtest.py). *Baskets* are the events that
+share one timestamp (an Online Retail invoice puts all its lines on one timestamp).
+- validation: input = the user's events before the window; targets = the distinct target-type items
+  (``purchase`` by default) the user bought in the window, a next-week set. A user with no event before
+  the window, or no target in it, gives no validation example.
+- train (the selection run: early stopping and the dot / recent scales choose on the validation users):
+  the events before the window, every basket a next-basket target of the ones before it.
+- refit: every event before cutoff(D), for the final fit once the selection run has picked the epoch
+  count (training.train_loop).
+So nothing chosen sees, in any user's inputs or targets, an event of the window, nor anything at or after
+cutoff(D). ``split_sequence``, the per-user leave-last-out split (test = the last purchase basket,
+validation = the one before), is jobs/evaluate.py's. Called by training.train_loop (via the Ray Data
 pipeline), jobs/train.py, jobs/evaluate.py and bench/train.py.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +32,8 @@ from training.model import EVENT_TYPES, FIRST_ITEM, PAD, UNK
 
 @dataclass(frozen=True)
 class Split:
+    """jobs/evaluate.py's leave-last-out split of one user's sequence (``split_sequence``)."""
+
     train_items: list[str]
     train_types: list[str]
     val_items: list[str]                 # validation input
@@ -77,19 +85,65 @@ def split_sequence(item_ids: Sequence[str], event_types: Sequence[str], event_ts
 
 
 @dataclass(frozen=True)
+class TimeSplit:
+    """One user's sequence cut at the validation window [window_start, cutoff) (``time_split``)."""
+
+    input_items: list[str]               # events before the window: the selection run's sequence, the validation input
+    input_types: list[str]
+    val_targets: list[str]               # distinct target-type items bought in the window, first bought first
+    refit_items: list[str]               # every event before the cut-off: the refit's sequence
+    refit_types: list[str]
+    baskets: list[int]                   # basket ordinal of every event before the cut-off (slice like the items)
+    days: list[int]                      # UTC day of every event before the cut-off (event_days; slice the same way)
+
+
+def utc_stamps(event_ts: Sequence[Any]) -> np.ndarray:
+    """Timestamps or dates (naive = UTC, or tz-aware) -> naive UTC datetime64[us]."""
+    if len(event_ts) == 0:
+        return np.zeros(0, "datetime64[us]")
+    return pd.to_datetime(pd.Series(list(event_ts)), utc=True).dt.tz_localize(None).to_numpy("datetime64[us]")
+
+
+def time_split(item_ids: Sequence[str], event_types: Sequence[str], event_ts: Sequence[Any],
+               window_start: dt.datetime, cutoff: dt.datetime,
+               target_event_types: Iterable[str] = ("purchase",)) -> TimeSplit:
+    """The time split of one time-ordered sequence (module docstring). Events at or after ``cutoff``
+    (none, in a user_sequences row as of the cut-off's night) are dropped."""
+    items, types = list(item_ids), list(event_types)
+    stamps = utc_stamps(event_ts)
+    start, end = utc_stamps([window_start, cutoff])
+    n_input, n_all = int((stamps < start).sum()), int((stamps < end).sum())
+    wanted = set(target_event_types)
+    targets = list(dict.fromkeys(items[j] for j in range(n_input, n_all) if types[j] in wanted))
+    days = stamps[:n_all].astype("datetime64[D]").astype(np.int64).tolist()
+    return TimeSplit(input_items=items[:n_input], input_types=types[:n_input], val_targets=targets,
+                     refit_items=items[:n_all], refit_types=types[:n_all],
+                     baskets=basket_ordinals(list(event_ts)[:n_all]), days=days)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExampleSpec:
     """How rows become padded arrays; travels to Ray Data tasks."""
 
     item_index: dict[str, int]                         # item id -> catalogue index (0..V-1)
+    cutoff: dt.datetime                                # features.contract.cutoff(D) of the run date D (UTC, naive)
+    horizon_days: int = 7                              # window [cutoff - horizon, cutoff) (train.validation_days)
     max_seq_len: int = 50                              # T
-    max_targets: int = 100                             # validation basket cap (padding width)
+    max_targets: int = 100                             # validation target cap (padding width; train.max_val_targets)
     target_event_types: tuple[str, ...] = ("purchase",)
     event_types: tuple[str, ...] = EVENT_TYPES
     type_index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.horizon_days < 1:
+            raise ValueError(f"horizon_days must be >= 1, got {self.horizon_days}")
         if not self.type_index:
             object.__setattr__(self, "type_index", {t: i + 1 for i, t in enumerate(self.event_types)})
+
+    @property
+    def window_start(self) -> dt.datetime:
+        """The validation window's first instant: the selection run sees nothing from here on."""
+        return self.cutoff - dt.timedelta(days=self.horizon_days)
 
 
 def encode(items: Sequence[str], types: Sequence[str], width: int, spec: ExampleSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -105,10 +159,7 @@ def encode(items: Sequence[str], types: Sequence[str], width: int, spec: Example
 def event_days(event_ts: Sequence[Any]) -> np.ndarray:
     """Timestamps (or dates) -> their UTC dates as days since 1970-01-01 (int64), the recent-popularity
     row key."""
-    if len(event_ts) == 0:
-        return np.zeros(0, np.int64)
-    stamps = pd.to_datetime(pd.Series(list(event_ts)), utc=True).dt.tz_localize(None)
-    return stamps.to_numpy(dtype="datetime64[D]").astype(np.int64)
+    return utc_stamps(event_ts).astype("datetime64[D]").astype(np.int64)
 
 
 def encode_days(days: np.ndarray, width: int) -> np.ndarray:
@@ -128,63 +179,68 @@ def encode_baskets(baskets: Sequence[int], width: int) -> np.ndarray:
 
 
 def examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True) -> dict[str, np.ndarray]:
-    """A batch of user_sequences rows -> padded training + validation arrays (Ray Data map_batches).
-    train_tokens / train_types / train_baskets / train_days (B, T+1): the training events (see
-    SeqRec.loss). val_* (B, T): the validation input; val_targets (B, max_targets) catalogue indices
-    padded with -1; val_day (B,) the validation basket's day. refit_* (B, T+1), with ``refit``: the
-    events before the test basket, the same way as train_*."""
+    """A batch of user_sequences rows -> padded training + validation arrays (Ray Data map_batches), by
+    the time split at ``spec.window_start``. train_tokens / train_types / train_baskets / train_days
+    (B, T+1): the events before the window (see SeqRec.loss). val_* (B, T): the validation input (the
+    same events); val_targets (B, max_targets) catalogue indices padded with -1; val_day (B,) the
+    window's first day, whose recent-popularity row scores the window. refit_* (B, T+1), with ``refit``:
+    every event before the cut-off, the same way as train_*."""
     T, M = spec.max_seq_len, spec.max_targets
     rows = len(batch["user_id"])
-    out = {"train_tokens": np.zeros((rows, T + 1), np.int64), "train_types": np.zeros((rows, T + 1), np.int64),
-           "train_baskets": np.full((rows, T + 1), -1, np.int64), "train_days": np.full((rows, T + 1), -1, np.int64),
-           "train_len": np.zeros(rows, np.int64), "val_tokens": np.zeros((rows, T), np.int64),
-           "val_types": np.zeros((rows, T), np.int64), "val_baskets": np.full((rows, T), -1, np.int64),
-           "val_targets": np.full((rows, M), -1, np.int64), "val_day": np.full(rows, -1, np.int64),
-           "has_val": np.zeros(rows, np.int64)}
-    if refit:
-        out.update({"refit_tokens": np.zeros((rows, T + 1), np.int64), "refit_types": np.zeros((rows, T + 1), np.int64),
-                    "refit_baskets": np.full((rows, T + 1), -1, np.int64),
-                    "refit_days": np.full((rows, T + 1), -1, np.int64), "refit_len": np.zeros(rows, np.int64)})
+    out = {"val_tokens": np.zeros((rows, T), np.int64), "val_types": np.zeros((rows, T), np.int64),
+           "val_baskets": np.full((rows, T), -1, np.int64), "val_targets": np.full((rows, M), -1, np.int64),
+           "val_day": np.full(rows, -1, np.int64), "has_val": np.zeros(rows, np.int64)}
+    for prefix in ("train", "refit") if refit else ("train",):
+        out.update({f"{prefix}_tokens": np.zeros((rows, T + 1), np.int64),
+                    f"{prefix}_types": np.zeros((rows, T + 1), np.int64),
+                    f"{prefix}_baskets": np.full((rows, T + 1), -1, np.int64),
+                    f"{prefix}_days": np.full((rows, T + 1), -1, np.int64), f"{prefix}_len": np.zeros(rows, np.int64)})
+    window_day = int(event_days([spec.window_start])[0])
     for r in range(rows):
-        s = split_sequence(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.target_event_types)
-        days = event_days(batch["event_ts"][r])
-        out["train_tokens"][r], out["train_types"][r] = encode(s.train_items, s.train_types, T + 1, spec)
-        out["train_baskets"][r] = encode_baskets(s.baskets[:len(s.train_items)], T + 1)
-        out["train_days"][r] = encode_days(days[:len(s.train_items)], T + 1)
-        out["train_len"][r] = min(len(s.train_items), T + 1)
+        s = time_split(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.window_start,
+                       spec.cutoff, spec.target_event_types)
+        _put_sequence(out, "train", r, s, len(s.input_items), spec)
         if refit:
-            out["refit_tokens"][r], out["refit_types"][r] = encode(s.test_items, s.test_types, T + 1, spec)
-            out["refit_baskets"][r] = encode_baskets(s.baskets[:len(s.test_items)], T + 1)
-            out["refit_days"][r] = encode_days(days[:len(s.test_items)], T + 1)
-            out["refit_len"][r] = min(len(s.test_items), T + 1)
+            _put_sequence(out, "refit", r, s, len(s.refit_items), spec)
         known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
-        if s.val_items and known:
-            out["val_tokens"][r], out["val_types"][r] = encode(s.val_items, s.val_types, T, spec)
-            out["val_baskets"][r] = encode_baskets(s.baskets[:len(s.val_items)], T)
+        if s.input_items and known:
+            out["val_tokens"][r], out["val_types"][r] = encode(s.input_items, s.input_types, T, spec)
+            out["val_baskets"][r] = encode_baskets(s.baskets[:len(s.input_items)], T)
             out["val_targets"][r, :len(known)] = known
-            out["val_day"][r] = days[len(s.val_items)]
+            out["val_day"][r] = window_day
             out["has_val"][r] = 1
     return out
+
+
+def _put_sequence(out: dict[str, np.ndarray], prefix: str, r: int, s: TimeSplit, n: int, spec: ExampleSpec) -> None:
+    """Row r of the ``prefix`` training arrays: the first n events of the split (its last T+1 of them)."""
+    width = spec.max_seq_len + 1
+    out[f"{prefix}_tokens"][r], out[f"{prefix}_types"][r] = encode(s.refit_items[:n], s.refit_types[:n], width, spec)
+    out[f"{prefix}_baskets"][r] = encode_baskets(s.baskets[:n], width)
+    out[f"{prefix}_days"][r] = encode_days(np.asarray(s.days[:n], np.int64), width)
+    out[f"{prefix}_len"][r] = min(n, width)
 
 
 REBUY_PRIOR_BUYERS = 20.0   # rebuy rates shrink toward the average as if every item had 20 more buyers
 
 
-def item_stats_batch(batch: dict[str, Any], target_event_types: Sequence[str] = ("purchase",)) -> dict[str, np.ndarray]:
+def item_stats_batch(batch: dict[str, Any], target_event_types: Sequence[str] = ("purchase",), *,
+                     window_start: dt.datetime, cutoff: dt.datetime) -> dict[str, np.ndarray]:
     """user_sequences rows -> per item of the batch (summed later, one pass over the sequences): ``count``,
     its events (vocabulary and popularity); ``buyers_*`` / ``rebuyers_*``, the users who bought it, and
-    in two or more baskets, within each user's ``train`` input (before the validation basket) and
-    ``refit`` input (before the test basket), the inputs each training phase sees (rebuy_log_odds)."""
+    in two or more baskets, within each user's ``train`` input (the events before the validation window)
+    and ``refit`` input (every event before the cut-off), the inputs each training phase sees
+    (rebuy_log_odds)."""
     wanted = set(target_event_types)
     counts: dict[str, int] = {}
     tally: dict[str, list[int]] = {}
     for items, kinds, stamps in zip(batch["item_ids"], batch["event_types"], batch["event_ts"]):
         for item in items:
             counts[str(item)] = counts.get(str(item), 0) + 1
-        s = split_sequence(items, kinds, stamps, target_event_types)
-        for col, end in ((0, len(s.train_items)), (2, len(s.test_items))):
+        s = time_split(items, kinds, stamps, window_start, cutoff, target_event_types)
+        for col, end in ((0, len(s.input_items)), (2, len(s.refit_items))):
             baskets_of: dict[str, set[int]] = {}
-            for item, kind, basket in zip(s.test_items[:end], s.test_types[:end], s.baskets[:end]):
+            for item, kind, basket in zip(s.refit_items[:end], s.refit_types[:end], s.baskets[:end]):
                 if kind in wanted:
                     baskets_of.setdefault(str(item), set()).add(basket)
             for item, baskets in baskets_of.items():

@@ -79,3 +79,63 @@ def evaluate_scores(scores: np.ndarray, targets: Sequence[Sequence[int]], ks: Se
     out = finalize(metric_sums(scores, targets, ks))
     out[f"coverage@{max(ks)}"] = catalogue_coverage(rank_items(scores, max(ks)), scores.shape[1])
     return out
+
+
+# Published top-K lists and the repeat / explore split (Li et al., TOIS 2023). The backtest scores the
+# lists as published (item indices, best first), not score matrices. Ranks are float so that a target
+# missing from the list can be rank inf: recall_at_k, ndcg_at_k and reciprocal_rank above then need no
+# change (inf <= k is False, 1 / inf is 0).
+
+def list_target_ranks(top_lists: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """1-based position of each distinct target in its user's list, inf where the list lacks it, in
+    ascending target-index order (as target_ranks). Lists may differ in length; a list holding an item
+    twice is an upstream bug and raises."""
+    out = []
+    for lst, tgt in zip(top_lists, targets, strict=True):
+        lst = np.asarray(lst, dtype=np.int64)
+        if len(np.unique(lst)) != len(lst):
+            raise ValueError(f"a ranked list repeats an item: {lst.tolist()}")
+        tgt = np.unique(np.asarray(tgt, dtype=np.int64))
+        where = np.full(len(tgt), np.inf)
+        _, at_target, at_list = np.intersect1d(tgt, lst, return_indices=True)
+        where[at_target] = at_list + 1.0
+        out.append(where)
+    return out
+
+
+def hit_rate_at_k(ranks: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Per user 1.0 if any target is in the top k, else 0.0 (no targets: 0.0); the mean is the hit rate."""
+    return np.array([float((r <= k).any()) for r in ranks])
+
+
+def repeat_targets(targets: Sequence[Sequence[int]], past_items: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The distinct targets the user bought before (sorted)."""
+    return [np.intersect1d(np.asarray(t, np.int64), np.asarray(p, np.int64))
+            for t, p in zip(targets, past_items, strict=True)]
+
+
+def explore_targets(targets: Sequence[Sequence[int]], past_items: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The distinct targets the user never bought before (sorted). Users left with none have no explore
+    task: average explore metrics over the users with at least one (a 0 for them would measure nothing)."""
+    return [np.setdiff1d(np.asarray(t, np.int64), np.asarray(p, np.int64))
+            for t, p in zip(targets, past_items, strict=True)]
+
+
+def explore_lists(ranked_lists: Sequence[Sequence[int]], past_items: Sequence[Sequence[int]],
+                  k: int) -> list[np.ndarray]:
+    """Each list with the user's past items removed, then its top k. Pass lists longer than k (e.g.
+    rank_items(scores) in full) for k explore items: from a published top-k the remainder is shorter."""
+    out = []
+    for lst, past in zip(ranked_lists, past_items, strict=True):
+        lst = np.asarray(lst, dtype=np.int64)
+        out.append(lst[~np.isin(lst, np.asarray(past, np.int64))][:k])
+    return out
+
+
+def repeat_share_at_k(top_lists: Sequence[Sequence[int]], past_items: Sequence[Sequence[int]], k: int) -> np.ndarray:
+    """Per user, the share of the (up to) k items shown that the user bought before; an empty list is 0."""
+    out = []
+    for lst, past in zip(top_lists, past_items, strict=True):
+        shown = np.asarray(lst, dtype=np.int64)[:k]
+        out.append(float(np.isin(shown, np.asarray(past, np.int64)).mean()) if len(shown) else 0.0)
+    return np.array(out)

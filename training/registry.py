@@ -3,7 +3,8 @@
 
 A version folder holds (all plain files, no pickle):
 - ``model.safetensors``  the model's state dict (frozen mode includes the cached text embeddings)
-- ``config.json``        ``{"model": SeqRecConfig, "train": TrainConfig}``
+- ``config.json``        ``{"model": SeqRecConfig, "train": LoopConfig + target_event_types}`` (read back:
+  the model's part only, leniently; older versions' "train" may hold keys LoopConfig no longer has)
 - ``item_vocab.json``    the catalogue item ids, in the model's index order
 - ``metrics.json``       validation metrics (and per-epoch history) from training
 - ``lineage.json``       Delta versions trained on, code version, run id, configuration
@@ -14,42 +15,25 @@ one's by more than a margin (or when forced). Called by jobs/train.py, jobs/eval
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+# The folder and pointer functions live in training/versions.py (no torch: the nightly flow and Airflow
+# ask them); re-exported here so that the registry is one import for its users.
+from training.versions import (DEFAULT_NAME, FILES, RegistryError, dump_json, latest_version,  # noqa: F401
+                               list_versions, promote, read_config, read_json, replace_file, version_dir)
 from training.data import basket_ordinals, encode_baskets
 from training.model import FIRST_ITEM, PAD, UNK, SeqRec, SeqRecConfig, encode_texts, item_text
 
-DEFAULT_NAME = "warmstart-seqrec"
-FILES = ("model.safetensors", "config.json", "item_vocab.json", "metrics.json", "lineage.json")
-
-
-class RegistryError(Exception):
-    """A missing or incomplete model version."""
-
-
-def version_dir(models_root: str, name: str, version: str) -> Path:
-    return Path(models_root) / name / version
-
-
-def latest_version(models_root: str, name: str = DEFAULT_NAME) -> str | None:
-    pointer = Path(models_root) / name / "LATEST"
-    return pointer.read_text().strip() if pointer.is_file() else None
-
-
-def list_versions(models_root: str, name: str = DEFAULT_NAME) -> list[str]:
-    root = Path(models_root) / name
-    return sorted(p.name for p in root.iterdir() if (p / "model.safetensors").is_file()) if root.is_dir() else []
 
 
 def save_version(models_root: str, name: str, version: str, model: SeqRec, item_ids: Sequence[str],
@@ -60,44 +44,14 @@ def save_version(models_root: str, name: str, version: str, model: SeqRec, item_
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"name": name, "version": version})
-    _dump(tmp / "config.json", {"model": model.cfg.to_dict(), "train": train_config})
-    _dump(tmp / "item_vocab.json", list(item_ids))
-    _dump(tmp / "metrics.json", metrics)
-    _dump(tmp / "lineage.json", lineage)
+    dump_json(tmp / "config.json", {"model": model.cfg.to_dict(), "train": train_config})
+    dump_json(tmp / "item_vocab.json", list(item_ids))
+    dump_json(tmp / "metrics.json", metrics)
+    dump_json(tmp / "lineage.json", lineage)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
-
-
-def promote(models_root: str, name: str, version: str, margin: float, force: bool = False) -> tuple[bool, str]:
-    """Point LATEST at ``version`` unless its validation NDCG@10 is worse than the current LATEST's by
-    more than ``margin`` (absolute). Returns (moved, reason)."""
-    current = latest_version(models_root, name)
-    new_ndcg = _read(version_dir(models_root, name, version) / "metrics.json").get("val_ndcg@10")
-    reason = "forced" if force else "no previous version"
-    if current and current != version and not force:
-        cur_ndcg = _read(version_dir(models_root, name, current) / "metrics.json").get("val_ndcg@10")
-        if cur_ndcg is not None and new_ndcg is not None and new_ndcg < cur_ndcg - margin:
-            return False, f"val_ndcg@10 {new_ndcg:.4f} < LATEST {current}'s {cur_ndcg:.4f} - margin {margin}"
-        reason = f"val_ndcg@10 {new_ndcg} vs LATEST {current}'s {cur_ndcg} within margin {margin}"
-    elif current == version:
-        return True, "already LATEST"
-    replace_file(Path(models_root) / name / "LATEST", lambda tmp: tmp.write_text(version + "\n"))
-    return True, reason
-
-
-def replace_file(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` whole or not at all: ``write`` fills a temporary file beside it, which is then
-    renamed over it, so a reader sees the old file or the new one, never part of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -139,7 +93,7 @@ class LoadedModel:
         return np.hstack([vectors, col])
 
     def set_recent_popularity(self, log_counts: np.ndarray | None, first_day: int) -> None:
-        """The per-day recent popularity (jobs.train.recent_popularity) for ``catalogue_scores``' days."""
+        """The per-day recent popularity (training.inputs.recent_popularity) for ``catalogue_scores``' days."""
         self.model.set_recent_popularity(None if log_counts is None else torch.from_numpy(np.asarray(log_counts)),
                                          first_day)
 
@@ -262,7 +216,7 @@ def load_model(models_root: str, name: str = DEFAULT_NAME, version: str = "lates
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise RegistryError(f"model {name}/{version} under {models_root} is missing {', '.join(missing)}")
-    config = _read(folder / "config.json")
+    config = read_json(folder / "config.json")
     # Versions registered before the repeat head existed have neither key: they are plain dot-product models;
     # those from before the item rebuy term have a repeat head without it, and so on for recent popularity.
     cfg = SeqRecConfig.from_dict({"repeat_head": False, "basket_targets": False, "item_rebuy": False, "recent_days": 0,
@@ -270,14 +224,6 @@ def load_model(models_root: str, name: str = DEFAULT_NAME, version: str = "lates
     model = SeqRec(cfg)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()
-    return LoadedModel(name=name, version=version, item_ids=[str(i) for i in _read(folder / "item_vocab.json")],
-                       model=model, config=config, metrics=_read(folder / "metrics.json"),
-                       lineage=_read(folder / "lineage.json"), path=str(folder))
-
-
-def _dump(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-
-
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return LoadedModel(name=name, version=version, item_ids=[str(i) for i in read_json(folder / "item_vocab.json")],
+                       model=model, config=config, metrics=read_json(folder / "metrics.json"),
+                       lineage=read_json(folder / "lineage.json"), path=str(folder))

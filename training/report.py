@@ -59,3 +59,31 @@ def render(evaluation: dict) -> str:
         ev=evaluation, columns=METRIC_COLUMNS,
         curves=training_curves_png(evaluation.get("training_history", [])),
         comparison=comparison_png(evaluation["results"]))
+
+
+BACKTEST_COLUMNS = ("ndcg@10", "ndcg@20", "recall@10", "recall@20", "mrr", "hit@10", "coverage@10",
+                    "repeat_share@10", "explore_ndcg@10", "explore_recall@20")
+
+
+def backtest_night_png(night: dict) -> str:
+    """One night's NDCG@10 per method with its 95% bootstrap interval (users resampled)."""
+    methods = night["methods"]
+    names = list(methods)
+    values = [methods[m]["ndcg@10"] for m in names]
+    low = [v - methods[m]["ndcg@10_ci"][0] for m, v in zip(names, values)]
+    high = [methods[m]["ndcg@10_ci"][1] - v for m, v in zip(names, values)]
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    colors = ["#2a6fdb" if m.startswith("lists") else "#999999" for m in names]
+    ax.bar(range(len(names)), values, yerr=[low, high], capsize=4, color=colors)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(f"night {night['night']}: {night['users']} customers, next {night.get('horizon_days', 7)} days")
+    return _png(fig)
+
+
+def render_backtest(result: dict) -> str:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("training", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]))
+    plots = {n["night"]: backtest_night_png({**n, "horizon_days": result["horizon_days"]})
+             for n in result["per_night"]}
+    return env.get_template("backtest_report.html").render(r=result, columns=BACKTEST_COLUMNS, plots=plots)

@@ -5,88 +5,43 @@ Each worker: rebuilds the typed configs from a plain dict, builds :class:`traini
 resumes from ``ray.train.get_checkpoint()`` if there is one (a restarted worker group after a crash,
 ``FailureConfig``), trains on its shard of the ``train`` dataset, scores its shard of ``val`` against the
 full catalogue, all-reduces the metric sums and reports them every epoch (every rank calls
-``ray.train.report``; rank 0 attaches the checkpoint). Early stopping on validation NDCG@10; then
-(``refit``) the chosen number of epochs again from the same initial weights on every example up to
-each user's test basket (the ``refit`` dataset): the validation basket, each user's most recent one,
-becomes a training target, and users with only two baskets get an example (Online Retail: 3,878
-sequences instead of 2,346). Those weights are registered; the reported validation metrics are the
+``ray.train.report``; rank 0 attaches the checkpoint). The selection run trains on the events before the
+validation window (the last ``train.validation_days`` before the run date's cut-off) and validates on
+what each user bought in it (training.data, the time split); early stopping and the dot / recent scales
+choose on it. Then (``refit``) the chosen number of epochs again from the same initial weights on every
+event before the cut-off (the ``refit`` dataset): the window's baskets become training targets too
+(docs/model.md, "Refit"). Those weights are registered; the reported validation metrics are the
 selection run's.
-Called by jobs/train.py and bench/train.py.
+Checkpoints: safetensors for tensors, JSON for everything else. Called by jobs/train.py and
+bench/train.py.
 """
 from __future__ import annotations
 
 import json
-import os
-import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from training import metrics as M
+from training.config import LoopConfig
 from training.model import SeqRec, SeqRecConfig
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30                    # upper bound; early stopping usually ends sooner
-    batch_size: int = 64                # sequences per worker per step
-    lr: float = 2e-3                    # AdamW; small transformer, short schedule
-    weight_decay: float = 0.01
-    patience: int = 3                   # epochs without a better validation NDCG@10 before stopping
-    min_delta: float = 1e-4             # "better" means at least this much higher
-    eval_batch_size: int = 256          # validation users scored per matmul against the catalogue
-    seed: int = 0
-    grad_clip: float = 1.0
-    gate_lr_scale: float = 20.0         # the few scalar weights (repeat head, history skip) learn this much faster
-    refit: bool = True                  # after early stopping, the chosen epoch count again from the start on
-                                        # the examples up to each test basket; those weights are registered
-    dot_scales: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0)
-                                        # after early stopping, the best epoch's validation NDCG@10 with the dot
-                                        # product at each of these scales; the best is registered (model.dot_scale)
-    recent_scales: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-                                        # with dot_scales, the same for the recent-popularity term (every pair is
-                                        # tried); the best scales the registered model.recent_weight
-    chaos_kill_at_epoch: int | None = None   # tests only: rank 1 SIGKILLs itself once at this epoch
-    chaos_marker: str | None = None          # file that marks the kill as done (so it happens once)
-    chaos_delay_s: float = 15.0               # tests only: seconds the doomed rank lives on (see the kill)
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("epochs, batch_size and patience must be >= 1")
-        if self.chaos_kill_at_epoch is not None and not self.chaos_marker:
-            raise ValueError("chaos_kill_at_epoch needs chaos_marker")
-        self.dot_scales = tuple(float(a) for a in self.dot_scales)
-        self.recent_scales = tuple(float(c) for c in self.recent_scales)
-        if any(not a > 0 for a in self.dot_scales + self.recent_scales):
-            raise ValueError(f"dot_scales and recent_scales must all be > 0, got {list(self.dot_scales)}, "
-                             f"{list(self.recent_scales)}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def optimizer(model: SeqRec, lr: float, weight_decay: float, gate_lr_scale: float = 1.0) -> torch.optim.AdamW:
     """AdamW; the repeat head's and the history skip's per-lag / per-type weights (a few dozen scalars
     that set how much the user's own past counts) get ``gate_lr_scale`` x the learning rate and no
-    weight decay: at the shared rate they barely move before the embeddings overfit (measured on
-    Online Retail: the repeat weights stayed within 0.2 of their start while validation NDCG peaked)."""
+    weight decay: at the shared rate they barely move before the embeddings overfit (docs/model.md)."""
     gates = {"repeat_lag", "repeat_type", "repeat_rebuy", "history_weight", "recent_weight"}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if n not in gates], "lr": lr, "weight_decay": weight_decay},
               {"params": [p for n, p in named if n in gates], "lr": lr * gate_lr_scale, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints: safetensors for tensors, JSON for everything else
 
 
 def save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
@@ -127,10 +82,6 @@ def read_trainer_state(folder: str | Path) -> dict:
     return json.loads((Path(folder) / "trainer_state.json").read_text())
 
 
-# --------------------------------------------------------------------------------------------------
-# The worker
-
-
 def _all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
     import torch.distributed as dist
 
@@ -146,11 +97,13 @@ def _all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
 def validate(model: SeqRec, batches, device, autocast, scales: tuple[tuple[float, float], ...] = ()) -> dict[str, float]:
     """Full-catalogue ranking of this worker's validation users; returns metric *sums*. With ``scales``
     (a, c) pairs, also ``ndcg@10 x<a> r<c>``: the NDCG@10 sum with the scores ``a * u . e_i + r_u(i) +
-    c * recent(i)``."""
+    c * recent(i)``. ``targets``: the number of validation targets (a count, not a metric)."""
     model.eval()
     with autocast():
         items = model.item_vectors().float()                                         # (V, d)
-    sums: dict[str, float] = {}
+    # Every key from the start, at 0: a shard the window left without validation users still all-reduces.
+    keys = [*M.metric_sums(np.zeros((0, 1)), []), "targets", *(f"ndcg@10 x{a} r{c}" for a, c in scales)]
+    sums: dict[str, float] = dict.fromkeys(keys, 0.0)
     for b in batches:
         baskets = b["val_baskets"].to(device) if "val_baskets" in b else None
         with autocast():
@@ -160,11 +113,11 @@ def validate(model: SeqRec, batches, device, autocast, scales: tuple[tuple[float
         rep = np.zeros_like(dot) if rep is None else rep.float().cpu().numpy()
         recent = np.zeros_like(dot) if recent is None else recent.float().cpu().numpy()
         targets = [row[row >= 0] for row in b["val_targets"].cpu().numpy()]
+        sums["targets"] += float(sum(len(t) for t in targets))
         for k, v in M.metric_sums(dot + rep + recent, targets).items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k] += v
         for a, c in scales:
-            key = f"ndcg@10 x{a} r{c}"
-            sums[key] = sums.get(key, 0.0) + M.metric_sums(a * dot + rep + c * recent, targets, (10,))["ndcg@10"]
+            sums[f"ndcg@10 x{a} r{c}"] += M.metric_sums(a * dot + rep + c * recent, targets, (10,))["ndcg@10"]
     return sums
 
 
@@ -178,7 +131,7 @@ def choose_scales(sums: dict[str, float], scales: tuple[tuple[float, float], ...
     return best, {f"{a} {c}": round(v, 6) for (a, c), v in by_pair.items()}
 
 
-def scale_grid(tcfg: TrainConfig, model_cfg: SeqRecConfig) -> tuple[tuple[float, float], ...]:
+def scale_grid(tcfg: LoopConfig, model_cfg: SeqRecConfig) -> tuple[tuple[float, float], ...]:
     """The (dot, recent) pairs validation tries: recent scales only when the model has that term."""
     recent = tcfg.recent_scales if model_cfg.recent_days and tcfg.recent_scales else (1.0,)
     dots = tcfg.dot_scales or (1.0,)
@@ -186,25 +139,37 @@ def scale_grid(tcfg: TrainConfig, model_cfg: SeqRecConfig) -> tuple[tuple[float,
 
 
 def train_worker(loop_config: dict) -> None:
-    """Ray Train worker function. ``loop_config``: {"model": SeqRecConfig dict, "train": TrainConfig
+    """Ray Train worker function. ``loop_config``: {"model": SeqRecConfig dict, "train": LoopConfig
     dict, "text_embeddings": (V, text_dim) float32 array or None, "item_counts": (V,) or None,
     "rebuy_log_odds": {"train": (V,), "refit": (V,)} or None (the items' rebuy log-odds over each phase's
-    inputs: the selection run's come from before the validation baskets, the refit's from before the test ones),
+    inputs: the selection run's from the events before the validation window, the refit's from every event
+    before the cut-off),
     "recent_popularity": {"log_counts": (D, V), "first_day": int} or None (training.data.recent_purchase_matrix)}."""
+    import ray.train
+
+    run = _start(loop_config)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    while run.state.get("phase", "select") == "select":
+        run.select_epoch(train_shard, val_shard)
+    # Refit: the epoch count early stopping chose, on every event before the cut-off (the validation
+    # window's baskets become training targets). Its weights are the ones registered; validation metrics
+    # stay those of the selection run (the refit model has trained on the window).
+    refit_shard = ray.train.get_dataset_shard("refit") if run.state.get("phase") == "refit" else None
+    while run.state.get("phase") == "refit":
+        run.refit_epoch(refit_shard)
+
+
+def _start(loop_config: dict) -> _WorkerRun:
+    """This rank's model, optimizer and trainer state, from the plain dict and the checkpoint if any."""
     import ray.train
     import ray.train.torch as rt
 
     cfg = SeqRecConfig.from_dict(loop_config["model"])
-    tcfg = TrainConfig.from_dict(loop_config["train"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    tcfg = LoopConfig.from_dict(loop_config["train"])
+    rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(tcfg.seed)          # the same initial weights on every rank (the refit starts over from them)
     device = rt.get_device()
-    use_bf16 = device.type == "cuda"
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
     text = loop_config.get("text_embeddings")
     model = SeqRec(cfg, torch.as_tensor(np.asarray(text)) if text is not None else None)
     torch.manual_seed(tcfg.seed + rank)   # dropout and sampling differ per rank
@@ -215,81 +180,122 @@ def train_worker(loop_config: dict) -> None:
         model.set_rebuy_log_odds(torch.as_tensor(np.asarray(rebuy["train"])))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.gate_lr_scale)
-
-    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    best_state = initial_state = _state(model)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            folder = Path(folder)
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
-            best_state = load_file(str(folder / "best_model.safetensors"))
-            load_optimizer(opt, folder)
-            state = read_trainer_state(folder)
-        state["resumed_from_epoch"] = state["epoch"]
-    model = rt.prepare_model(model)       # DDP on >1 worker, moved to the device
-    inner: SeqRec = model.module if hasattr(model, "module") else model
+    initial_state = _state(model)
+    state, best_state = _resume(model, opt, initial_state)
+    wrapped = rt.prepare_model(model)     # DDP on >1 worker, moved to the device
+    inner: SeqRec = wrapped.module if hasattr(wrapped, "module") else wrapped
     if cfg.recent_days:
-        # Without a matrix the term is 0 but still in the graph (DDP wants every parameter used).
-        recent = loop_config.get("recent_popularity") or {}
-        counts = recent.get("log_counts")
-        inner.set_recent_popularity(torch.as_tensor(np.asarray(counts if counts is not None else np.zeros((1, cfg.num_items)),
-                                                               dtype=np.float32)).to(device),
-                                    int(recent.get("first_day", 0)))
+        _set_recent_popularity(inner, loop_config.get("recent_popularity"), device)
+    return _WorkerRun(cfg=cfg, tcfg=tcfg, rank=rank, device=device, model=wrapped, inner=inner, opt=opt,
+                      trainable=trainable, state=state, best_state=best_state, initial_state=initial_state,
+                      rebuy=rebuy)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
 
-    def train_epoch(shard, prefix: str, epoch: int) -> dict[str, float]:
-        model.train()
+def _resume(model: SeqRec, opt: torch.optim.Optimizer, initial_state: dict[str, torch.Tensor]
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(trainer state, best weights so far): from the checkpoint a restarted worker group is given
+    (``FailureConfig``), loading the model and the optimizer from it too; else a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}, initial_state
+    with checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        best_state = load_file(str(folder / "best_model.safetensors"))
+        load_optimizer(opt, folder)
+        state = read_trainer_state(folder)
+    state["resumed_from_epoch"] = state["epoch"]
+    return state, best_state
+
+
+def _set_recent_popularity(model: SeqRec, recent: dict | None, device: torch.device) -> None:
+    # Without a matrix the term is 0 but still in the graph (DDP wants every parameter used).
+    recent = recent or {}
+    counts = recent.get("log_counts")
+    if counts is None:
+        counts = np.zeros((1, model.cfg.num_items))
+    model.set_recent_popularity(torch.as_tensor(np.asarray(counts, dtype=np.float32)).to(device),
+                                int(recent.get("first_day", 0)))
+
+
+@dataclass
+class _WorkerRun:
+    """One rank's run: ``model`` is what trains (DDP-wrapped on >1 worker), ``inner`` the bare SeqRec;
+    ``state`` is what checkpoints carry (epoch, early stopping, phase, histories)."""
+
+    cfg: SeqRecConfig
+    tcfg: LoopConfig
+    rank: int
+    device: torch.device
+    model: torch.nn.Module
+    inner: SeqRec
+    opt: torch.optim.Optimizer
+    trainable: list[torch.nn.Parameter]
+    state: dict
+    best_state: dict[str, torch.Tensor]
+    initial_state: dict[str, torch.Tensor]
+    rebuy: dict
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def train_epoch(self, shard, prefix: str, epoch: int) -> dict[str, float]:
+        """One pass over this rank's shard of ``<prefix>_*`` examples."""
+        tcfg = self.tcfg
+        self.model.train()
         started = time.time()
         loss_sum, steps, seqs = 0.0, 0, 0
-        for batch in shard.iter_torch_batches(batch_size=tcfg.batch_size, dtypes=torch.long, device=device,
+        for batch in shard.iter_torch_batches(batch_size=tcfg.batch_size, dtypes=torch.long, device=self.device,
                                               local_shuffle_buffer_size=4 * tcfg.batch_size,
                                               local_shuffle_seed=tcfg.seed + epoch):
-            with autocast():
-                loss = model(batch[f"{prefix}_tokens"], batch[f"{prefix}_types"], batch.get(f"{prefix}_baskets"),
-                             batch.get(f"{prefix}_days"))
-            opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.model(batch[f"{prefix}_tokens"], batch[f"{prefix}_types"],
+                                  batch.get(f"{prefix}_baskets"), batch.get(f"{prefix}_days"))
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
-            opt.step()
+            torch.nn.utils.clip_grad_norm_(self.trainable, tcfg.grad_clip)
+            self.opt.step()
             loss_sum += float(loss.detach())
             steps += 1
             seqs += batch[f"{prefix}_tokens"].shape[0]
         return {"loss_sum": loss_sum, "steps": float(steps), "sequences": float(seqs), "seconds": time.time() - started}
 
-    def report(metrics: dict) -> None:
-        if rank == 0:
+    def validation_sums(self, val_shard, scales: tuple[tuple[float, float], ...] = ()) -> dict[str, float]:
+        """This rank's :func:`validate` sums (not yet all-reduced)."""
+        batches = val_shard.iter_torch_batches(batch_size=self.tcfg.eval_batch_size, dtypes=torch.long)
+        return validate(self.inner, batches, self.device, self.autocast, scales)
+
+    def report(self, metrics: dict) -> None:
+        """Every rank reports; rank 0 attaches the checkpoint."""
+        import ray.train
+
+        if self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                write_checkpoint(Path(tmp), inner, opt, best_state, state)
+                write_checkpoint(Path(tmp), self.inner, self.opt, self.best_state, self.state)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
 
-    while state.get("phase", "select") == "select":
+    def select_epoch(self, train_shard, val_shard) -> None:
+        """One epoch of the selection run: train, validate, early stopping, report."""
+        state, tcfg = self.state, self.tcfg
         epoch = state["epoch"]
-        if (tcfg.chaos_kill_at_epoch == epoch and rank == ctx.get_world_size() - 1
-                and not os.path.exists(tcfg.chaos_marker)):
-            Path(tcfg.chaos_marker).write_text(f"killed rank {rank} pid {os.getpid()} at epoch {epoch}\n")
-            # The controller registers the previous epoch's checkpoint when it next polls the workers; a
-            # kill before that restarts from scratch (seen in CI on a busy machine). Die mid-epoch instead.
-            time.sleep(tcfg.chaos_delay_s)
-            os.kill(os.getpid(), signal.SIGKILL)
         epoch_started = time.time()
-        trained = train_epoch(train_shard, "train", epoch)
-        sums = validate(inner, val_shard.iter_torch_batches(batch_size=tcfg.eval_batch_size, dtypes=torch.long),
-                        device, autocast)
+        trained = self.train_epoch(train_shard, "train", epoch)
+        sums = self.validation_sums(val_shard)
         sums.update({k: trained[k] for k in ("loss_sum", "steps", "sequences")})
         sums = _all_reduce_sums(sums)
-        val = M.finalize({k: v for k, v in sums.items() if k not in ("loss_sum", "steps", "sequences")})
+        counts = ("loss_sum", "steps", "sequences", "targets")
+        val = M.finalize({k: v for k, v in sums.items() if k not in counts})
         metrics = {"epoch": epoch, "train_loss": sums["loss_sum"] / max(sums["steps"], 1.0),
                    "train_sequences": int(sums["sequences"]), "epoch_seconds": round(time.time() - epoch_started, 2),
                    "epoch_train_seconds": round(trained["seconds"], 3),
-                   **{f"val_{k}": v for k, v in val.items()}}
+                   **{f"val_{k}": v for k, v in val.items()}, "val_targets": int(sums["targets"])}
         if metrics["val_ndcg@10"] > state["best_ndcg"] + tcfg.min_delta:
             state.update(best_ndcg=metrics["val_ndcg@10"], best_epoch=epoch, bad_epochs=0)
-            best_state = _state(inner)
+            self.best_state = _state(self.inner)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -297,36 +303,34 @@ def train_worker(loop_config: dict) -> None:
         stop = state["bad_epochs"] >= tcfg.patience or state["epoch"] >= tcfg.epochs
         metrics.update(best_val_ndcg10=state["best_ndcg"], best_epoch=state["best_epoch"], stopping=stop)
         if stop:
-            grid = scale_grid(tcfg, cfg)
-            if grid and state["best_epoch"] >= 0:
-                # How much the dot product and the recent popularity should count against the repeat head
-                # at the top of the list: the cross-entropy over the whole catalogue weighs them more than
-                # NDCG@10 wants (Online Retail: validation NDCG@10 0.245 at 1, 0.253 at 0.4 before the
-                # recent term). Chosen on the best epoch's weights.
-                inner.load_state_dict(best_state)
-                sums_by_scale = _all_reduce_sums(validate(
-                    inner, val_shard.iter_torch_batches(batch_size=tcfg.eval_batch_size, dtypes=torch.long),
-                    device, autocast, grid))
-                (state["dot_scale"], state["recent_scale"]), state["val_ndcg10_by_scales"] = \
-                    choose_scales(sums_by_scale, grid)
-                metrics.update(dot_scale=state["dot_scale"], recent_scale=state["recent_scale"])
-            state["phase"] = "refit" if tcfg.refit and state["best_epoch"] >= 0 else "done"
-            if state["phase"] == "refit":
-                # The final fit starts over from the same initial weights with a fresh optimizer.
-                inner.load_state_dict(initial_state)
-                if rebuy.get("refit") is not None:
-                    inner.set_rebuy_log_odds(torch.as_tensor(np.asarray(rebuy["refit"])))
-                opt = optimizer(inner, tcfg.lr, tcfg.weight_decay, tcfg.gate_lr_scale)
-                state.update(refit_epochs=state["best_epoch"] + 1, refit_epoch=0, refit_history=[])
-        report(metrics)
+            self.end_selection(val_shard, metrics)
+        self.report(metrics)
 
-    # Refit: the epoch count early stopping chose, on every example up to each user's test basket (the
-    # validation basket, the most recent one, becomes a training target, and users with two baskets get
-    # an example). Its weights are the ones registered; validation metrics stay those of the selection
-    # run (the refit model has trained on the validation baskets).
-    refit_shard = ray.train.get_dataset_shard("refit") if state.get("phase") == "refit" else None
-    while state.get("phase") == "refit":
-        trained = train_epoch(refit_shard, "refit", state["epoch"] + state["refit_epoch"])
+    def end_selection(self, val_shard, metrics: dict) -> None:
+        """After early stopping: choose the scales on the best epoch's weights, then set up the refit."""
+        state, tcfg = self.state, self.tcfg
+        grid = scale_grid(tcfg, self.cfg)
+        if grid and state["best_epoch"] >= 0:
+            # How much the dot product and the recent popularity should count against the repeat head
+            # at the top of the list: the cross-entropy over the whole catalogue weighs them more than
+            # NDCG@10 wants (docs/model.md, "Dot-product and recent-popularity scales").
+            self.inner.load_state_dict(self.best_state)
+            sums_by_scale = _all_reduce_sums(self.validation_sums(val_shard, grid))
+            (state["dot_scale"], state["recent_scale"]), state["val_ndcg10_by_scales"] = \
+                choose_scales(sums_by_scale, grid)
+            metrics.update(dot_scale=state["dot_scale"], recent_scale=state["recent_scale"])
+        state["phase"] = "refit" if tcfg.refit and state["best_epoch"] >= 0 else "done"
+        if state["phase"] == "refit":
+            # The final fit starts over from the same initial weights with a fresh optimizer.
+            self.inner.load_state_dict(self.initial_state)
+            if self.rebuy.get("refit") is not None:
+                self.inner.set_rebuy_log_odds(torch.as_tensor(np.asarray(self.rebuy["refit"])))
+            self.opt = optimizer(self.inner, tcfg.lr, tcfg.weight_decay, tcfg.gate_lr_scale)
+            state.update(refit_epochs=state["best_epoch"] + 1, refit_epoch=0, refit_history=[])
+
+    def refit_epoch(self, refit_shard) -> None:
+        state = self.state
+        trained = self.train_epoch(refit_shard, "refit", state["epoch"] + state["refit_epoch"])
         trained = {**_all_reduce_sums({k: v for k, v in trained.items() if k != "seconds"}), "seconds": trained["seconds"]}
         state["refit_epoch"] += 1
         metrics = {"phase": "refit", "refit_epoch": state["refit_epoch"] - 1,
@@ -335,18 +339,20 @@ def train_worker(loop_config: dict) -> None:
         state["refit_history"].append(metrics)
         if state["refit_epoch"] >= state["refit_epochs"]:
             state["phase"] = "done"
-            best_state = _state(inner)
-        report({**metrics, "stopping": state["phase"] == "done"})
+            self.best_state = _state(self.inner)
+        self.report({**metrics, "stopping": state["phase"] == "done"})
 
 
 def build_trainer(loop_config: dict, datasets: dict, *, num_workers: int, use_gpu: bool, storage_path: str,
-                  name: str, max_failures: int, cpus_per_worker: float = 1.0):
-    """The ``TorchTrainer`` for :func:`train_worker` (the driver side does nothing else)."""
+                  name: str, max_failures: int, cpus_per_worker: float = 1.0,
+                  train_loop_per_worker: Callable[[dict], None] = train_worker):
+    """The ``TorchTrainer`` for :func:`train_worker` (the driver side does nothing else). Tests hand in
+    a ``train_loop_per_worker`` that wraps it (tests/test_train.py kills a worker mid-run)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        train_worker,
+        train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
@@ -357,8 +363,8 @@ def build_trainer(loop_config: dict, datasets: dict, *, num_workers: int, use_gp
     )
 
 
-def config_dicts(model_cfg: SeqRecConfig, train_cfg: TrainConfig) -> dict:
-    return {"model": model_cfg.to_dict(), "train": asdict(train_cfg)}
+def config_dicts(model_cfg: SeqRecConfig, train_cfg: LoopConfig) -> dict:
+    return {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
 
 
 def train_in_process(model: SeqRec, tokens: torch.Tensor, types: torch.Tensor, *, epochs: int, batch_size: int,

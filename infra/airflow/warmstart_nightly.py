@@ -1,22 +1,28 @@
 """warmstart's nightly DAG: the flow of ``warmstart nightly`` as Airflow tasks, one per job, with the
 run date ``{{ ds }}``.
 
-    ingest -> gate_bronze_events, gate_bronze_items -> build_features
-      -> gate_user_features, gate_item_features, gate_user_sequences
-      -> training_due -> train (ray job submit) -> evaluate
+    ingest -> gate_events, gate_items (nightly.gates_after_ingest) -> build_features
+      -> gate_user_features, gate_item_features, gate_user_sequences (nightly.gates_after_features)
+      -> training_due -> train (ray job submit) -> backtest_due -> backtest (night ds - h, published lists)
       -> score -> publish -> run_report
 
 Spark stages are ``SparkSubmitOperator`` tasks (spark-submit of ``jobs/<job>.py`` with the Delta jars
 and, on a cluster, the package zip as ``--py-files``); training is a ``ray job submit`` to a Ray cluster
 (BashOperator: the Ray provider is not needed for a blocking submit, and ``ray job submit`` exits
 non-zero when the job fails). ``training_due`` asks ``jobs/nightly.py --check-train-due`` and is
-skipped (exit 99) when no training is due, which skips train and evaluate; score runs either way.
+skipped (exit 99) when no training is due, which skips train and the backtest; score runs either way.
+On training nights ``backtest_due`` (``jobs/nightly.py --check-backtest-due``) asks whether night
+ds - h (h = ``nightly.feedback_days``) had published lists; if so ``backtest`` judges them against the
+purchases since (``jobs/backtest.py --lists published``), else both are skipped (exit 99), saying why.
+The backtest replaced the leave-last-out ``evaluate`` task (other users' later events leaked into it).
 A failed gate (exit 3) fails its task and stops everything after it; gates are not retried (the data
 would not change), the other tasks are (every job is idempotent per run date).
 
-This file runs in Airflow's own virtualenv (``.venv-airflow``, ``make airflow-env``) and imports no
-warmstart code; it only shells out to the warmstart virtualenv. Where things are comes from the
-environment (set it on the scheduler and workers), defaults suiting a checkout:
+This file runs in Airflow's own virtualenv (``.venv-airflow``, ``make airflow-env``). From warmstart it
+imports only the light modules (``jobs/config.py``, ``jobs/jvm.py``: no Spark, no torch, found through
+``WARMSTART_HOME``), so that the gate lists and the drivers' JVM options are the jobs' own; the jobs
+themselves run in the warmstart virtualenv. Where things are comes from the environment (set it on the
+scheduler and workers), defaults suiting a checkout:
 
     WARMSTART_HOME          the checkout / installed code (default: two folders up from this file)
     WARMSTART_LAKE          lake root (default $WARMSTART_HOME/lake; s3a://... on a cluster)
@@ -28,20 +34,23 @@ environment (set it on the scheduler and workers), defaults suiting a checkout:
                             e.g. AIRFLOW_CONN_WARMSTART_SPARK='{"conn_type": "spark", "host": "local[2]"}'
                             or '{"conn_type": "spark", "host": "spark://master", "port": 7077}')
     WARMSTART_SPARK_PROPERTIES  a spark-defaults.conf (infra/spark/spark-defaults.conf on a cluster)
-    WARMSTART_JARS          comma-separated Delta jars (default $WARMSTART_HOME/.jars/*.jar)
-    WARMSTART_CDS_ARCHIVE   the drivers' JVM class-data-sharing archive (default $WARMSTART_HOME/.jars/spark-cds.jsa
-                            when it exists: `make cds`, infra/spark/build_cds_archive.py); 'off': none
+    WARMSTART_JARS          comma-separated Delta jars (default: the configuration's spark.jars_dir,
+                            else $WARMSTART_JARS_DIR, else $WARMSTART_HOME/.jars: its *.jar)
+    WARMSTART_CDS_ARCHIVE   the drivers' JVM class-data-sharing archive (default: the configuration's
+                            spark.cds_archive, $WARMSTART_HOME/.jars/spark-cds.jsa when it exists: `make cds`,
+                            infra/spark/build_cds_archive.py); 'off': none
     WARMSTART_PY_FILES      the package zip for executors (infra/spark/build_package.py), if any
     WARMSTART_RAY_ADDRESS   the Ray dashboard, e.g. http://ray-head:8265 (default http://127.0.0.1:8265)
     WARMSTART_RAY_PYTHON    python on the Ray head that runs the training driver (default WARMSTART_PYTHON)
-    WARMSTART_CONFIG        a YAML file merged over jobs/defaults.yaml, given to every job as --config
+    WARMSTART_CONFIG        a YAML file merged over the defaults (jobs/config.py), given to every job as
+                            --config; its nightly gate lists and spark settings shape this DAG too
     WARMSTART_RETRIES       retries of the non-gate tasks (default 2)
 """
 from __future__ import annotations
 
-import glob
 import os
 import shlex
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +59,15 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
 HOME = os.environ.get("WARMSTART_HOME") or str(Path(__file__).resolve().parents[2])
+if HOME not in sys.path:   # the DAG processor parses this file again and again in one process
+    sys.path.insert(0, HOME)
+from jobs import jvm  # noqa: E402 - found through WARMSTART_HOME
+from jobs.config import load_config  # noqa: E402
+
+CONFIG_FILE = os.environ.get("WARMSTART_CONFIG") or None
+CDS_ARCHIVE = os.environ.get("WARMSTART_CDS_ARCHIVE")
+# What the jobs will read: the gate lists, and the drivers' jars and class-data-sharing archive.
+CONFIG = load_config(CONFIG_FILE).with_overrides({"spark.cds_archive": CDS_ARCHIVE} if CDS_ARCHIVE else {})
 LAKE = os.environ.get("WARMSTART_LAKE") or f"{HOME}/lake"
 DROPS = os.environ.get("WARMSTART_DROPS") or f"{HOME}/data/drops"
 FORMAT = os.environ.get("WARMSTART_FORMAT", "auto")
@@ -57,33 +75,27 @@ PYTHON = os.environ.get("WARMSTART_PYTHON") or f"{HOME}/.venv/bin/python"
 SPARK_SUBMIT = os.environ.get("WARMSTART_SPARK_SUBMIT") or str(Path(PYTHON).with_name("spark-submit"))
 SPARK_CONN = os.environ.get("WARMSTART_SPARK_CONN", "warmstart_spark")
 SPARK_PROPERTIES = os.environ.get("WARMSTART_SPARK_PROPERTIES") or None
-JARS = os.environ.get("WARMSTART_JARS") or ",".join(sorted(glob.glob(f"{HOME}/.jars/*.jar")))
+JARS = os.environ.get("WARMSTART_JARS") or ",".join(jvm.jars(CONFIG))
 PY_FILES = os.environ.get("WARMSTART_PY_FILES") or None
-CDS_ARCHIVE = os.environ.get("WARMSTART_CDS_ARCHIVE") or f"{HOME}/.jars/spark-cds.jsa"
-# A spark-submit driver starts 3-5 s sooner with the archive mapped (jobs/runtime.py cds_java_options does the
-# same for local drivers); a JVM that cannot use it warns on stderr and runs without.
-DRIVER_CONF = ({"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={CDS_ARCHIVE} -Xshare:auto "
-                                                 "-Xlog:disable -Xlog:all=warning:stderr"}
-               if CDS_ARCHIVE != "off" and os.path.isfile(CDS_ARCHIVE) else {})
+# spark-submit starts the driver's JVM before any job code runs: the job cannot add these itself.
+DRIVER_CONF = jvm.driver_java_options(CONFIG)
 RAY_ADDRESS = os.environ.get("WARMSTART_RAY_ADDRESS", "http://127.0.0.1:8265")
 RAY_PYTHON = os.environ.get("WARMSTART_RAY_PYTHON") or PYTHON
-CONFIG = os.environ.get("WARMSTART_CONFIG") or None
 RETRIES = int(os.environ.get("WARMSTART_RETRIES", "2"))
+FEEDBACK_DAYS = CONFIG.nightly.feedback_days   # the backtest judges night ds - this (the nightly's D - h)
 
 # What every warmstart process gets: its interpreter for the Python workers, the lake, and no network.
 JOB_ENV = {
     "PYSPARK_PYTHON": PYTHON,
     "PYSPARK_DRIVER_PYTHON": PYTHON,
     "WARMSTART_LAKE": LAKE,
-    "WARMSTART_JARS_DIR": f"{HOME}/.jars",
+    "WARMSTART_JARS_DIR": str(jvm.jars_dir(CONFIG)),
     "GX_ANALYTICS_ENABLED": "false",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "PYTHONPATH": HOME,
 }
-COMMON_ARGS = ["--lake", LAKE] + (["--config", CONFIG] if CONFIG else [])
-GATES_AFTER_INGEST = ("bronze/events", "bronze/items")
-GATES_AFTER_FEATURES = ("features/user_features", "features/item_features", "features/user_sequences")
+COMMON_ARGS = ["--lake", LAKE] + (["--config", CONFIG_FILE] if CONFIG_FILE else [])
 
 
 def spark_job(task_id: str, job: str, args: list[str], timeout: timedelta, retries: int = RETRIES,
@@ -122,9 +134,18 @@ def gate(table: str) -> SparkSubmitOperator:
                      timedelta(minutes=30), retries=0)
 
 
+def gated(upstream, tables: tuple[str, ...], downstream) -> None:
+    """upstream >> the tables' gates >> downstream; straight through when the configuration lists none."""
+    gates = [gate(t) for t in tables]
+    if gates:
+        upstream >> gates >> downstream
+    else:
+        upstream >> downstream
+
+
 with DAG(
     dag_id="warmstart_nightly",
-    description="ingest -> gates -> features -> gates -> train (when due, Ray) -> evaluate -> score -> publish",
+    description="ingest -> gates -> features -> gates -> train (when due, Ray) -> backtest -> score -> publish",
     schedule="0 2 * * *",            # 02:00 UTC: after the day's drops have landed
     start_date=datetime(2024, 1, 1),
     catchup=False,
@@ -139,10 +160,8 @@ with DAG(
                        ["--run-date", "{{ ds }}", "--events", f"{DROPS}/{{{{ ds }}}}/events",
                         "--items", f"{DROPS}/{{{{ ds }}}}/items", "--format", FORMAT],
                        timedelta(hours=1))
-    ingest_gates = [gate(t) for t in GATES_AFTER_INGEST]
     features = spark_job("build_features", "build_features", ["--run-date", "{{ ds }}"], timedelta(hours=2))
-    feature_gates = [gate(t) for t in GATES_AFTER_FEATURES]
-    # exit 0: due, exit 99: not due -> this task is skipped, and with it train and evaluate
+    # exit 0: due, exit 99: not due -> this task is skipped, and with it train and the backtest
     training_due = python_job("training_due", "nightly", ["--run-date", "{{ ds }}", "--check-train-due"],
                               timedelta(minutes=5), retries=0)
     train = BashOperator(
@@ -154,13 +173,19 @@ with DAG(
         env=JOB_ENV, append_env=True, cwd=HOME,
         execution_timeout=timedelta(hours=4),
     )
-    evaluate = spark_job("evaluate", "evaluate", ["--run-date", "{{ ds }}"], timedelta(hours=1))
-    # none_failed: score also when training was not due (train/evaluate skipped), never after a failure
+    # The lists published h days before ds against the purchases since, beside tuned baselines; weekly,
+    # with training. Exit 99 (nothing published for that night) skips it.
+    backtest_due = python_job("backtest_due", "nightly", ["--run-date", "{{ ds }}", "--check-backtest-due"],
+                              timedelta(minutes=5), retries=0)
+    backtest = spark_job("backtest", "backtest",
+                         ["--run-dates", f"{{{{ macros.ds_add(ds, -{FEEDBACK_DAYS}) }}}}", "--horizon",
+                          str(FEEDBACK_DAYS), "--lists", "published"], timedelta(hours=1))
+    # none_failed: score also when training was not due (train/backtest skipped), never after a failure
     score = spark_job("score", "score", ["--run-date", "{{ ds }}"], timedelta(hours=2), trigger_rule="none_failed")
     publish = spark_job("publish", "publish", ["--run-date", "{{ ds }}"], timedelta(minutes=30), retries=1)
     report = python_job("run_report", "report", ["--run-date", "{{ ds }}"], timedelta(minutes=15))
 
-    ingest >> ingest_gates >> features
-    features >> feature_gates >> training_due
-    training_due >> train >> evaluate >> score
+    gated(ingest, CONFIG.nightly.gates_after_ingest, features)
+    gated(features, CONFIG.nightly.gates_after_features, training_due)
+    training_due >> train >> backtest_due >> backtest >> score
     score >> publish >> report

@@ -5,14 +5,13 @@
 
 A fresh driver JVM loads and verifies 17,000 classes one by one before it can count one row of a Spark
 session with Delta; with the archive, 11,700 of them (Spark's, Scala's and their libraries') are mapped
-from this one file instead. bench/startup.py (bench/results/startup.md): 2.8-5.3 s less per spark-submit
-(an empty session 7.7 -> 5.0 s, a gate 17.8 -> 14.2 s; 2 cores, 2026-12-04). Every short job pays that
-start: the Airflow DAG runs ten spark-submits a night.
+from this one file instead, and each spark-submit starts 3-5 s sooner (docs/operations.md, measured by
+bench/startup.py). Every short job pays that start: the Airflow DAG runs ten spark-submits a night.
 
 How: a child driver JVM started with ``-XX:ArchiveClassesAtExit`` runs two real jobs on a tiny generated
 drop (ingest, then a gate), and writes every class it loaded when it exits. The archive
-fits this JVM build and this pyspark's classpath only; ``jobs.runtime.cds_java_options`` passes it to
-local drivers, and the DAG to its spark-submits. Another JVM ignores it with a warning on stderr, so a
+fits this JVM build and this pyspark's classpath only; ``jobs.jvm.driver_java_options`` passes it to
+local drivers and to the DAG's spark-submits. Another JVM ignores it with a warning on stderr, so a
 stale archive costs the gain, never a run: rebuild it after changing Java or pyspark (`make cds`).
 The archive is written beside its final name and renamed: never half a file.
 """
@@ -71,7 +70,7 @@ def build(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, help="default: where drivers look for it (jobs.runtime.cds_archive)")
+    p.add_argument("--out", type=Path, help="default: where drivers look for it (jobs.jvm.cds_archive)")
     p.add_argument("--workload", type=Path, help=argparse.SUPPRESS)   # the child's side
     p.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
@@ -79,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         workload(ns.workload, ns.dump)
     else:
         sys.path.insert(0, str(REPO))
-        from jobs import runtime
+        from jobs import jvm
+        from jobs.config import load_config
 
-        out = ns.out or runtime.cds_archive(runtime.load_config())
+        out = ns.out or jvm.cds_archive(load_config())
         if out is None:
             raise SystemExit("build_cds_archive: spark.cds_archive is off: give --out")
         build(out)

@@ -1,6 +1,6 @@
 """Build the job package that spark-submit ships to a cluster's executors with ``--py-files``: one zip
-of the ``jobs``, ``features``, ``training`` and ``scoring`` packages (sources, defaults.yaml, report
-templates), importable by zipimport. The third-party libraries (delta-spark, pandas, pyarrow, torch)
+of the ``jobs``, ``features``, ``training`` and ``scoring`` packages (sources and report templates),
+importable by zipimport. The third-party libraries (delta-spark, pandas, pyarrow, torch)
 come from the nodes' virtualenv (``spark.pyspark.python``), not from this zip.
 
     python infra/spark/build_package.py                # -> build/warmstart-<version>-py.zip
