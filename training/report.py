@@ -81,9 +81,19 @@ def backtest_night_png(night: dict) -> str:
     return _png(fig)
 
 
+def _lists_first(methods: dict, pooled: dict) -> dict:
+    """The lists' rows first, then the baselines by pooled NDCG@10, best first (JSON keeps no order)."""
+    order = sorted(methods, key=lambda m: (not m.startswith("lists"), m.startswith("lists") and m,
+                                           -pooled.get(m, {}).get("ndcg@10", 0.0)))
+    return {m: methods[m] for m in order}
+
+
 def render_backtest(result: dict) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("training", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]))
+    pooled = result["pooled"]
+    result = {**result, "pooled": _lists_first(pooled, pooled),
+              "per_night": [{**n, "methods": _lists_first(n["methods"], pooled)} for n in result["per_night"]]}
     plots = {n["night"]: backtest_night_png({**n, "horizon_days": result["horizon_days"]})
              for n in result["per_night"]}
     return env.get_template("backtest_report.html").render(r=result, columns=BACKTEST_COLUMNS, plots=plots)
