@@ -514,7 +514,7 @@ def final_summary(flow: Flow, status: str, error: str | None) -> dict[str, Any]:
              for r in flow.results if r.name.startswith("gate ")}
     model = {"version": train.get("version") or str(score.get("model", "")).rpartition("/")[2] or _latest_model(args),
              "trained_tonight": bool(train) and not train.get("reused", False),
-             # training's validation (model selection on each user's last-but-one basket), not the
+             # training's validation (model selection on the week before the run date), not the
              # product's quality: that is the backtest and the delayed feedback below
              "metrics": {k: v for k, v in train.items()
                          if "@" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}}
