@@ -145,18 +145,32 @@ def _read_purchases(spark: SparkSession, args: BacktestArgs):
     for table in (EVENTS, ITEMS):
         if not lake.exists(spark, args.lake, table):
             raise runtime.UsageError(f"{table.name} not found under {args.lake}; run `warmstart ingest` first")
-    versions = {t.name: lake.version(spark, args.lake, t) for t in (EVENTS, ITEMS)}
-    items = lake.read(spark, args.lake, ITEMS, versions[ITEMS.name]).select("item_id", "category").toPandas()
+    return read_purchases(spark, args.lake, args.config)
+
+
+def read_purchases(spark: SparkSession, lake_root: str, config, *, through: dt.date | None = None,
+                   buyers_after: dt.date | None = None):
+    """What the backtest and the nightly's delayed feedback judge with: (the catalogue's item ids in the
+    scorer's order, its recommendable mask, the target-type events ``user_id, item, event_ts`` with
+    catalogue indices (events outside the catalogue dropped), the Delta versions read). ``through``: only
+    events up to that date; ``buyers_after``: only the customers with such an event after that date, with
+    their whole history (the feedback of one week needs nobody else)."""
+    versions = {t.name: lake.version(spark, lake_root, t) for t in (EVENTS, ITEMS)}
+    items = lake.read(spark, lake_root, ITEMS, versions[ITEMS.name]).select("item_id", "category").toPandas()
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
-    excluded = set(args.config.score.exclude_categories)
-    recommendable = ~items["category"].isin(excluded).to_numpy()
+    recommendable = ~items["category"].isin(set(config.score.exclude_categories)).to_numpy()
     index = pd.Series(np.arange(len(items)), index=items["item_id"].astype(str))
-    events = (lake.read(spark, args.lake, EVENTS, versions[EVENTS.name])
-              .where(F.col("event_type").isin(list(args.config.train.target_event_types)))
-              .select("user_id", "item_id", "event_ts").toPandas())
-    events["item"] = events["item_id"].map(index)
-    events = events.dropna(subset=["item"]).astype({"item": np.int64})
-    return items["item_id"].astype(str).tolist(), recommendable, events[["user_id", "item", "event_ts"]], versions
+    events = (lake.read(spark, lake_root, EVENTS, versions[EVENTS.name])
+              .where(F.col("event_type").isin(list(config.train.target_event_types))))
+    if through is not None:
+        events = events.where(F.col("event_date") <= F.lit(through))
+    if buyers_after is not None:
+        buyers = events.where(F.col("event_date") > F.lit(buyers_after)).select("user_id").distinct()
+        events = events.join(buyers, "user_id", "left_semi")
+    frame = events.select("user_id", "item_id", "event_ts").toPandas()
+    frame["item"] = frame["item_id"].astype(str).map(index)
+    frame = frame.dropna(subset=["item"]).astype({"item": np.int64})
+    return items["item_id"].astype(str).tolist(), recommendable, frame[["user_id", "item", "event_ts"]], versions
 
 
 def _night(spark, args: BacktestArgs, d: dt.date, catalogue, recommendable, purchases, methods, seeds) -> dict:

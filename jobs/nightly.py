@@ -380,8 +380,9 @@ def delayed_feedback(spark, args: NightlyArgs, night_of: dt.date, published: dic
     (module docstring); ``published`` is that night's ``candidates/published`` row, or None."""
     from pyspark.sql import functions as F
 
-    from features.tables import USER_CANDIDATES
+    from features.tables import EVENTS, USER_CANDIDATES
     from jobs import lake
+    from jobs.backtest import read_purchases
     from training import backtest as B
 
     h = args.config.nightly.feedback_days
@@ -392,7 +393,9 @@ def delayed_feedback(spark, args: NightlyArgs, night_of: dt.date, published: dic
     version = int(published["table_version"])
     rows = (lake.read(spark, args.lake, USER_CANDIDATES, version).where(F.col("run_date") == F.lit(night_of))
             .select("user_id", "rank", "item_id").toPandas())
-    purchases, index, recommendable, events_version = _feedback_purchases(spark, args, night_of)
+    catalogue, recommendable, purchases, versions = read_purchases(spark, args.lake, args.config,
+                                                                  through=args.run_date, buyers_after=night_of)
+    index, events_version = {item: i for i, item in enumerate(catalogue)}, versions[EVENTS.name]
     night = B.night(purchases, night_of, h, recommendable) if len(purchases) else None
     out.update(published=True, model_version=published.get("model_version"), candidates_table_version=version,
                events_version=events_version, users_listed=int(rows["user_id"].nunique()),
@@ -406,31 +409,6 @@ def delayed_feedback(spark, args: NightlyArgs, night_of: dt.date, published: dic
     out.update({m: None if np.isnan(v) else v for m, v in means.items()})
     out["explore_users"] = int(np.isfinite(per_user["explore_ndcg@10"]).sum())
     return out
-
-
-def _feedback_purchases(spark, args: NightlyArgs, night_of: dt.date):
-    """(purchases: user_id, item (catalogue index), event_ts; the catalogue index; the recommendable mask;
-    the events' Delta version), as jobs/backtest.py reads them but only for the customers with a target-type
-    event in the window, with their whole history: judging needs nothing of the others, so the driver
-    holds a week's buyers rather than the lake. ``event_date`` is the UTC day of ``event_ts``."""
-    from pyspark.sql import functions as F
-
-    from features.tables import EVENTS, ITEMS
-    from jobs import lake
-
-    events_version = lake.version(spark, args.lake, EVENTS)
-    events = (lake.read(spark, args.lake, EVENTS, events_version)
-              .where(F.col("event_type").isin(list(args.config.train.target_event_types))
-                     & (F.col("event_date") <= F.lit(args.run_date))))
-    buyers = events.where(F.col("event_date") > F.lit(night_of)).select("user_id").distinct()
-    frame = events.join(buyers, "user_id", "left_semi").select("user_id", "item_id", "event_ts").toPandas()
-    items = lake.read(spark, args.lake, ITEMS).select("item_id", "category").toPandas()
-    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
-    recommendable = ~items["category"].isin(set(args.config.score.exclude_categories)).to_numpy()
-    index = {str(item): i for i, item in enumerate(items["item_id"])}
-    frame["item"] = frame["item_id"].astype(str).map(index)
-    frame = frame.dropna(subset=["item"]).astype({"item": np.int64})
-    return frame[["user_id", "item", "event_ts"]], index, recommendable, events_version
 
 
 def _ingest_argv(args: NightlyArgs) -> list[str]:
