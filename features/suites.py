@@ -283,8 +283,8 @@ def _user_candidates() -> list[Check]:
               column="rank", params={"min_value": 1, "max_value": "max_rank"}),
         Check("score_is_number", "rows_satisfy", CRITICAL, "score is a finite number", columns=("score",),
               params={"predicate": "NOT isnan(score) AND abs(score) < float('inf')"}),
-        Check("strategy_allowed", "in_set", CRITICAL, "strategy is model or popular_fallback", column="strategy",
-              params={"values": ["model", "popular_fallback"]}),
+        Check("strategy_allowed", "in_set", CRITICAL, "strategy is model, ranker or popular_fallback",
+              column="strategy", params={"values": ["model", "ranker", "popular_fallback"]}),
         Check("user_id_item_id_unique", "unique", CRITICAL, "an item appears once in a user's list",
               columns=("user_id", "item_id")),
         Check("ranks_1_to_n", "groups_satisfy", CRITICAL, "each user's ranks are exactly 1..n",
@@ -304,7 +304,7 @@ def _user_candidates() -> list[Check]:
               column="user_id", params={"reference": "active_users"}),
         Check("model_version_set_for_model_rows", "rows_satisfy", WARNING,
               "rows the model ranked name its version", columns=("strategy", "model_version"),
-              params={"predicate": "strategy <> 'model' OR model_version IS NOT NULL"}),
+              params={"predicate": "strategy = 'popular_fallback' OR model_version IS NOT NULL"}),
     ], row_count=WARNING, compared=[_drift_mean("score")])
 
 

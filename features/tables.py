@@ -285,6 +285,27 @@ ITEM_FEATURES = Table(
     write="replace_partition",
 )
 
+USER_ITEM_FEATURES = Table(
+    name="features/user_item_features",
+    grain=("one candidate (user, item) per as_of_date: computed on the fly for the ranker's candidates, "
+           "not stored (a full table would be users x items)"),
+    schema=_schema(                               # features/historical.py: all counts before the cut-off
+        ("user_id", S, False),
+        ("item_id", S, False),
+        ("as_of_date", DT, False),
+        ("ui_baskets_with_item", L, False),       # the user's purchase baskets (distinct event_ts) with the item
+        ("ui_events_with_item", L, False),        # the user's events of any type on the item
+        ("ui_days_since_last_purchase", I, True),  # as_of_date - date of the last purchase; null: never bought
+        ("ui_category_share", D, True),           # user's purchases in the item's category / with a known one
+        ("ui_price_vs_user_mean", D, True),       # item's mean unit purchase price / the user's
+        ("item_rebuy_rate", D, True),             # share of the item's buyers with >= 2 baskets of it
+        ("item_buyers", L, False),                # distinct users who bought the item
+    ),
+    keys=("user_id", "item_id"),
+    partition_by="as_of_date",
+    write="replace_partition",
+)
+
 FEATURE_BUILDS = Table(
     name="features/builds",
     grain="one build of the feature tables for one as_of_date (the late-event watermark lives here)",
@@ -341,7 +362,7 @@ PUBLISHED = Table(
 
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, QUARANTINE, ITEMS, USER_SEQUENCES, USER_CANDIDATES, PUBLISHED,
                                                   USER_DAILY, ITEM_DAILY, USER_STATE, ITEM_STATE, USER_FEATURES, ITEM_FEATURES,
-                                                  FEATURE_BUILDS)}
+                                                  USER_ITEM_FEATURES, FEATURE_BUILDS)}
 
 
 def table(name: str) -> Table:

@@ -37,10 +37,11 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from features.tables import EVENTS, ITEMS, USER_CANDIDATES, USER_SEQUENCES
+from features.tables import EVENTS, ITEMS, USER_CANDIDATES
 from jobs import build_features, lake, runtime, score
 from jobs import train as train_job
 from training import backtest as B
+from training import heuristics as H
 
 log = logging.getLogger("warmstart.backtest")
 
@@ -49,12 +50,12 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "popularity_30d": [{}],
     "p_topfreq": [{}],
     "past_recent": [{"w": w} for w in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)],
-    "tifu_knn": [{"m": m, "rb": rb, "rg": rg, "k": k, "alpha": a}
-                 for m in (3, 7) for rb in (0.9, 1.0) for rg in (0.6, 0.9) for k in (100, 300) for a in (0.5, 0.7, 0.9)],
+    "tifu_knn": H.TIFU_GRID,
     "cooccurrence": [{}],
     "als": [{"rank": 64, "reg": 0.1, "alpha": a} for a in (1.0, 10.0, 40.0)],
 }
 MODEL = "lists"        # the published lists' label in the results
+RANKER = "ranker"      # the two-stage ranker's lists (--ranker)
 # published: the lists published for the night (what online services loaded); rescore: what `warmstart
 # score` writes for the night with the model trained for it; auto: published where there are, else rescore.
 LIST_SOURCES = ("auto", "published", "rescore")
@@ -70,6 +71,8 @@ class BacktestArgs(runtime.JobArgs):
     seeds: str = "0"
     methods: str | None = None
     lists: str = "auto"
+    ranker: bool = False
+    ablation: bool = False
 
     def __post_init__(self) -> None:
         if self.lists not in LIST_SOURCES:
@@ -112,6 +115,10 @@ def parser():
     p.add_argument("--methods", help=f"baselines (default all: {','.join(GRIDS)})")
     p.add_argument("--lists", default="auto", choices=LIST_SOURCES,
                    help="the lists judged: published for the night, rescored, or published where there are (default)")
+    p.add_argument("--ranker", action="store_true",
+                   help="also judge the two-stage ranker (jobs/ranking.py), fitted on the nights before each D")
+    p.add_argument("--ablation", action="store_true",
+                   help="with --ranker: refit it without each feature group (training/ranking.ABLATIONS)")
     return p
 
 
@@ -191,7 +198,13 @@ def _night(spark, args: BacktestArgs, d: dt.date, catalogue, recommendable, purc
         lists = B.top_lists(scorer(night, t.params), k, recommendable)
         per_user[method], tuned[method], coverage[method] = B.judge(lists, night), t, B.coverage(lists, night)
         digests[method] = B.digest(lists)
-    return {"night": d, "users": night.user_ids[night.evaluated], "per_user": per_user, "coverage": coverage,
+    ranked = {}
+    if args.ranker:
+        tifu = tuned["tifu_knn"].params if "tifu_knn" in tuned else None
+        ranked = _ranked(spark, args, d, night, catalogue, recommendable, purchases, tifu, seeds)
+        for label, lists in ranked.pop("lists").items():
+            per_user[label], coverage[label], digests[label] = B.judge(lists, night), B.coverage(lists, night), B.digest(lists)
+    return {"ranker": ranked,"night": d, "users": night.user_ids[night.evaluated], "per_user": per_user, "coverage": coverage,
             "tuned": {m: {"params": t.params, "validation_ndcg@10": t.validation_ndcg10} for m, t in tuned.items()},
             "model_versions": model_versions, "digests": digests, "validation_users": int(len(validation.evaluated)),
             "candidate_items": int(recommendable.sum())}
@@ -222,10 +235,10 @@ def _published_rows(spark, args: BacktestArgs, d: dt.date):
     return f"published: {published.get('model_version')}", rows
 
 
-def _rescored(spark, args: BacktestArgs, d: dt.date, seed: int):
+def _rescored(spark, args: BacktestArgs, d: dt.date, seed: int, k: int | None = None):
     # model selection validates on the horizon before D, as the night itself is judged
     config = args.config.with_overrides({"train.loop.seed": seed, "train.validation_days": args.horizon})
-    _ensure_features(spark, args, d)
+    build_features.ensure(spark, args, d)
     version = _registered(args, d, seed)
     if version is None:
         trained = train_job.run(train_job.TrainArgs(job="train", lake=args.lake, config=config,
@@ -233,7 +246,7 @@ def _rescored(spark, args: BacktestArgs, d: dt.date, seed: int):
                                                     promote=False))
         version = trained["version"]
     score_args = score.ScoreArgs(job="score", lake=args.lake, config=config, run_id=runtime.new_run_id("score", d),
-                                 run_date=d, model_version=version)
+                                 run_date=d, model_version=version, k=k)
     rows, _, _ = score.candidate_lists(spark, score_args)
     return version, rows
 
@@ -252,13 +265,58 @@ def _registered(args: BacktestArgs, d: dt.date, seed: int) -> str | None:
     return None
 
 
-def _ensure_features(spark, args: BacktestArgs, d: dt.date) -> None:
-    if lake.exists(spark, args.lake, USER_SEQUENCES) and (
-            lake.read(spark, args.lake, USER_SEQUENCES).where(F.col("as_of_date") == F.lit(d)).limit(1).count()):
-        return
-    log.info("no features as of %s: building them", d)
-    build_features.run(spark, build_features.BuildFeaturesArgs(
-        job="features", lake=args.lake, config=args.config, run_id=runtime.new_run_id("features", d), run_date=d))
+def _ranked(spark, args: BacktestArgs, d: dt.date, night: B.Night, catalogue, recommendable, purchases,
+            tifu: dict | None, seeds: list[int]) -> dict[str, Any]:
+    """The ranker's lists for night D (one per seed, the category-capped variant and, with --ablation, one per
+    feature group left out), its retrieval recall, importances and fitting record."""
+    from jobs import ranking
+    from training import ranker as R
+
+    cfg, k = args.config.ranker, args.config.score.k
+    nights = {d: night, **ranking.training_set(purchases, recommendable, d, cfg)}
+    # the ranker's TIFU-KNN: tuned on the validation night, as the baseline's (the same grid and night)
+    params = H.tifu_params(tifu) if tifu else ranking.tune_tifu(nights[ranking.training_nights(d, cfg)[0]], k)
+    frames = ranking.night_frames(spark, args.lake, nights, catalogue,
+                                  lambda x: _transformer_rows(spark, args, x, cfg.transformer_n), params,
+                                  ranking.pools(cfg))
+    test = frames[d].frame
+    lists, out = {}, {"fits": {}}
+    for seed in seeds:
+        booster, features, info = ranking.fit_for(frames, d, cfg, seed=seed)
+        score = R.predict(booster, test, features)
+        label = RANKER if seed == seeds[0] else f"{RANKER} (seed {seed})"
+        lists[label] = R.top_lists(test, score, night.evaluated, k)
+        out["fits"][label] = info
+        if seed == seeds[0]:
+            out.update(recall=R.union_recall(test, night, score), importances=R.importances(booster),
+                       features=len(features))
+            categories = _categories(spark, args, catalogue)
+            cap = cfg.category_cap or 3
+            lists[f"{RANKER} (category cap {cap})"] = R.category_cap(test, score, night.evaluated, k, categories, cap)
+            out["diversity@10"] = {name: round(R.intra_list_diversity(v, categories), 4) for name, v in lists.items()}
+    if args.ablation:
+        for name, leave_out in ranking.ABLATIONS.items():
+            booster, features, info = ranking.fit_for(frames, d, cfg, leave_out=leave_out)
+            lists[f"{RANKER} ({name})"] = R.top_lists(test, R.predict(booster, test, features), night.evaluated, k)
+            out["fits"][f"{RANKER} ({name})"] = info
+    out["lists"] = lists
+    return out
+
+
+def _transformer_rows(spark, args: BacktestArgs, d: dt.date, k: int) -> pd.DataFrame:
+    """The sequence model's top k (rows user_id, item_id, score, rank) for night d, from the model trained
+    for d (trained now when the registry has none): the ranker's transformer retriever."""
+    from scoring.candidates import MODEL as SCORED_BY_MODEL
+
+    _, rows = _rescored(spark, args, d, 0, k=k)
+    return rows[rows["strategy"] == SCORED_BY_MODEL]
+
+
+def _categories(spark, args: BacktestArgs, catalogue: list[str]) -> np.ndarray:
+    """(V,) an integer code of each catalogue item's category (missing: its own code)."""
+    items = lake.read(spark, args.lake, ITEMS).select("item_id", "category").toPandas()
+    by_id = dict(zip(items["item_id"].astype(str), items["category"].fillna("(none)")))
+    return pd.factorize(pd.Series([by_id.get(i, "(none)") for i in catalogue]))[0]
 
 
 def _als_scorer(spark):
@@ -296,16 +354,29 @@ def _pooled(per_night: list[dict], methods: list[str]) -> dict[str, Any]:
         "users_judged": int(len(pooled_users)),
         "per_night": [_night_result(n) for n in per_night],
     }
-    seeds = [m for m in per_night[-1]["per_user"] if m.startswith(MODEL)]
-    if len(seeds) > 1:
-        from training.stats import seed_spread
+    if RANKER in pooled:
+        out["ranker_vs_best"] = B.compare(pooled[RANKER]["ndcg@10"], pooled[best]["ndcg@10"], pooled_users)
+        out["ranker_explore_vs_best"] = B.compare(pooled[RANKER]["explore_ndcg@10"],
+                                                  pooled[best_explore]["explore_ndcg@10"], pooled_users)
+        out["ranker_vs_lists"] = B.compare(pooled[RANKER]["ndcg@10"], pooled[MODEL]["ndcg@10"], pooled_users)
+    out.update(_seed_spreads(per_night[-1]))
+    return out
 
-        last = per_night[-1]["per_user"]
+
+def _seed_spreads(last_night: dict) -> dict[str, Any]:
+    """The spread over training seeds of the last night's lists (and the ranker's, with --ranker)."""
+    from training.stats import seed_spread
+
+    out, last = {}, last_night["per_user"]
+    for prefix, key in ((MODEL, "seed_spread"), (RANKER, "ranker_seed_spread")):
+        seeds = [m for m in last if m == prefix or m.startswith(f"{prefix} (seed ")]
+        if len(seeds) < 2:
+            continue
         for metric in ("ndcg@10", "explore_ndcg@10"):
             spread = seed_spread([float(np.nanmean(last[s][metric])) for s in seeds])
-            out[f"seed_spread_{metric}"] = {"night": str(per_night[-1]["night"]), "seeds": seeds,
-                                            **{k: round(v, 6) if isinstance(v, float) else v
-                                               for k, v in spread.__dict__.items()}}
+            out[f"{key}_{metric}"] = {"night": str(last_night["night"]), "seeds": seeds,
+                                      **{k: round(v, 6) if isinstance(v, float) else v
+                                         for k, v in spread.__dict__.items()}}
     return out
 
 
@@ -313,7 +384,7 @@ def _night_result(n: dict) -> dict[str, Any]:
     per_user, users = n["per_user"], n["users"]
     return {"night": str(n["night"]), "users": int(len(users)), "validation_users": n["validation_users"],
             "candidate_items": n["candidate_items"], "model_versions": n["model_versions"], "tuned": n["tuned"],
-            "lists_sha256": n["digests"],
+            "lists_sha256": n["digests"], "ranker": n["ranker"],
             "methods": {m: {**B.summary(v), "ndcg@10_ci": B.interval(v["ndcg@10"]),
                             "coverage@10": round(n["coverage"].get(m, float("nan")), 4)}
                         for m, v in per_user.items()}}

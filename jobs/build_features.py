@@ -28,6 +28,7 @@ base build, so it writes the same rows.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_DAILY, ITEM_FEATURES, 
                              USER_FEATURES, USER_SEQUENCES, USER_STATE, Table)
 from features.user_features import user_features
 from jobs import lake, runtime
+
+log = logging.getLogger("warmstart.features")
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,18 @@ def run(spark: SparkSession, args: BuildFeaturesArgs) -> dict[str, Any]:
     summary["lineage"] = runtime.record_lineage(args, run_date=dates[-1], inputs=inputs, outputs=outputs,
                                                 summary=summary)
     return summary
+
+
+def ensure(spark: SparkSession, args: runtime.JobArgs, as_of: dt.date) -> bool:
+    """Build the features as of ``as_of`` when the lake has no ``features/user_sequences`` partition for
+    it (the backtest's and the ranker's past nights); True when it built them."""
+    if lake.exists(spark, args.lake, USER_SEQUENCES) and (
+            lake.read(spark, args.lake, USER_SEQUENCES).where(F.col("as_of_date") == F.lit(as_of)).limit(1).count()):
+        return False
+    log.info("no features as of %s: building them", as_of)
+    run(spark, BuildFeaturesArgs(job="features", lake=args.lake, config=args.config,
+                                 run_id=runtime.new_run_id("features", as_of), run_date=as_of))
+    return True
 
 
 def parser():

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("build_features", "build user / item features and user sequences as of a date"),
     "validate": ("validate", "run a table's data-quality suite for one partition"),
     "train": ("train", "train the transformer recommender with Ray Train and register it"),
+    "train-ranker": ("train_ranker", "fit the two-stage ranker on past nights and register it"),
     "evaluate": ("evaluate", "leave-last-out evaluation (other users' later events leak in: see backtest)"),
     "backtest": ("backtest", "judge past nights' lists against the following week, beside tuned baselines"),
     "score": ("score", "write top-K candidates for every user"),

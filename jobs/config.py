@@ -198,11 +198,38 @@ class ScoreConfig:
     torch_threads: int = 1        # per Python worker: Spark already runs one task per core
     embed_batch: int = 512        # users per forward pass of the user tower
     arrow_batch_users: int = 4096   # users per Arrow batch handed to the scorer (bounds worker memory)
+    rank: bool = True             # re-rank the candidates with the registered ranker (jobs/ranking.py) when there is one
+    ranker_version: str = "latest"   # the ranker version that orders them
 
     def __post_init__(self):
         _at_least(self, "k", 1)
         _at_least(self, "popular_window_days", 1)
         _at_least(self, "block_bytes", 1024)
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """The two-stage ranker (training/ranker.py, jobs/ranking.py): retrievers' pools and the trees."""
+    name: str = "warmstart-ranker"   # its registry folder under paths.models
+    training_nights: int = 3      # labelled nights before D, weekly: the newest early-stops, then all fit the model
+    every_days: int = 7           # between training nights (= the backtest's horizon: labels never overlap)
+    transformer_n: int = 200      # the sequence model's candidates per user
+    neighbour_n: int = 100        # TIFU-KNN's and co-occurrence's candidates per user
+    popular_n: int = 50           # the 30-day most-bought items, proposed to everyone
+    max_depth: int = 6
+    eta: float = 0.05             # small steps, early stopping picks the count
+    max_rounds: int = 600
+    early_stopping_rounds: int = 50
+    category_cap: int | None = None   # diversity: at most this many items of one category in a list; None: off
+
+    def __post_init__(self):
+        for key in ("training_nights", "every_days", "transformer_n", "neighbour_n", "popular_n", "max_depth",
+                    "max_rounds", "early_stopping_rounds"):
+            _at_least(self, key, 1)
+        if self.training_nights < 2:
+            raise ConfigError("ranker.training_nights must be >= 2 (one night validates, the others train)")
+        if self.category_cap is not None:
+            _at_least(self, "category_cap", 1)
 
 
 @dataclass(frozen=True)
@@ -238,6 +265,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
 

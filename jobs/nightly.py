@@ -58,9 +58,9 @@ from jobs.config import NightlyConfig
 
 log = logging.getLogger("warmstart.nightly")
 
-# Progress lines besides the gates': ingest, features, train, backtest, score, publish, delayed feedback
-# (run or skipped).
-STAGE_LINES = 7
+# Progress lines besides the gates': ingest, features, train, train_ranker, backtest, score, publish,
+# delayed feedback (run or skipped).
+STAGE_LINES = 8
 FEEDBACK = "delayed feedback"      # the in-process step's stage name
 FEEDBACK_METRICS = ("ndcg@10", "recall@20", "hit@10", "mrr", "explore_ndcg@10")
 
@@ -130,8 +130,9 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "build_features": ("rows_user_features", "rows_item_features", "rows_user_sequences", "daily_partitions_rebuilt"),
     "validate": ("verdict", "rows", "critical_failed", "warning_failed"),
     "train": ("version", "promoted", "val_ndcg@10", "val_recall@10", "epochs_run"),
+    "train_ranker": ("version", "skipped", "retrievers", "train_groups", "rounds", "validation_ndcg@10_in_candidates"),
     "backtest": ("nights", "users_judged", "lists_ndcg@10", "best_baseline", "best_baseline_ndcg@10", "lists_minus_best"),
-    "score": ("active_users", "users_model", "users_popular_fallback", "rows_written", "user_candidates_version"),
+    "score": ("active_users", "users_ranked", "users_model", "users_popular_fallback", "rows_written", "user_candidates_version"),
     "publish": ("published", "users", "rows", "coverage", "table_version"),
     "report": ("path",),
     "feedback": ("published_run_date", "users_judged", *FEEDBACK_METRICS),
@@ -339,8 +340,8 @@ def run(spark, args: NightlyArgs) -> dict[str, Any]:
 
 
 def run_stages(flow: Flow) -> None:
-    """ingest -> gates -> features -> gates -> train and backtest (when due) -> score -> publish -> delayed
-    feedback."""
+    """ingest -> gates -> features -> gates -> train, train_ranker and backtest (when due) -> score ->
+    publish -> delayed feedback."""
     args, nightly_cfg, d = flow.args, flow.args.config.nightly, flow.run_date
     if args.events or args.items:
         flow.stage("ingest", "ingest", _ingest_argv(args))
@@ -360,6 +361,7 @@ def run_stages(flow: Flow) -> None:
     if due:
         log.info("training is due: %s", why)
         flow.stage("train", "train", ["--run-date", d])
+        flow.stage("train_ranker", "train_ranker", ["--run-date", d])
         listed, why_not = backtest_due(night_of, published)
         if listed:   # the lists online services had, beside the baselines; weekly, with training
             flow.stage("backtest", "backtest", ["--run-dates", night_of.isoformat(), "--horizon",
@@ -368,6 +370,7 @@ def run_stages(flow: Flow) -> None:
             flow.skip("backtest", why_not)
     else:
         flow.skip("train", why)
+        flow.skip("train_ranker", "the ranker is refitted with the model")
         flow.skip("backtest", "no new model tonight: the backtest runs on training nights")
 
     flow.stage("score", "score", ["--run-date", d])

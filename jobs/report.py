@@ -179,6 +179,27 @@ def _model_section(args: runtime.JobArgs, version: str | None) -> dict[str, Any]
     return {"name": name, "version": version, "path": str(folder), "metrics": flat}
 
 
+def _ranker_section(args: runtime.JobArgs) -> dict[str, Any] | None:
+    """The LATEST ranker's fit: its version, training nights, retrievers and gain importances (a plot)."""
+    from training import versions as registry
+
+    name = args.config.ranker.name
+    version = registry.latest_version(args.models_root, name)
+    folder = registry.version_dir(args.models_root, name, version) if version else None
+    metrics = _read_json(folder / "metrics.json") if folder else None
+    if metrics is None:
+        return None
+    from training.report import importances_png
+
+    lineage, config = _read_json(folder / "lineage.json") or {}, _read_json(folder / "config.json") or {}
+    return {"name": name, "version": version, "path": str(folder),
+            "nights": ", ".join(lineage.get("training_nights", [])), "retrievers": ", ".join(config.get("retrievers", [])),
+            "rounds": metrics.get("rounds"), "features": metrics.get("features"),
+            "validation": metrics.get("validation_ndcg@10_in_candidates"),
+            "recall": {"candidates_per_user": None, "union_recall": None, **(metrics.get("validation_recall") or {})},
+            "importances": importances_png(metrics["importances"]) if metrics.get("importances") else None}
+
+
 def _backtest_section(args: runtime.JobArgs, run_date: dt.date, base: Path) -> dict[str, Any] | None:
     """The next-week backtest of night D - h (``warmstart backtest --run-dates D-h``, the nightly's on
     training nights), when its ``summary.json`` is there: lists vs. the best tuned baseline."""
@@ -234,7 +255,7 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
     html = env.get_template("run_report.html.j2").render(
         run_date=d, generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         lake=args.lake, nightly=nightly, feedback=(nightly or {}).get("delayed_feedback"),
-        quality=quality, model=_model_section(args, model_version), backtest=_backtest_section(args, run_date, base),
+        quality=quality, model=_model_section(args, model_version), ranker=_ranker_section(args), backtest=_backtest_section(args, run_date, base),
         model_reports=model_reports, candidate_reports=candidate_reports, stats=stats, plots=plots,
         publish_gate=publish_gate,
         candidates_version=cand_version, published=published_rows, code_version=runtime.code_version())

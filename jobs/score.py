@@ -103,10 +103,16 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
     name = args.config.train.name
     model = load_model(args.models_root, name, args.model_version)
     catalogue = _embed_catalogue(args, inputs.items, model)
-    out_version, active_users = _write_candidates(spark, args, k, inputs, model, catalogue)
+    ranker = _load_ranker(args)
+    if ranker is None:
+        out_version, active_users = _write_candidates(spark, args, k, inputs, model, catalogue)
+    else:
+        out_version, active_users = _write_ranked(spark, args, k, inputs, model, catalogue, ranker)
     summary = _summary(spark, args, k, model, catalogue.item_ids, active_users, out_version)
-    runtime.record_lineage(args, run_date=args.run_date,
-                           inputs={**inputs.versions, **catalogue.versions, "model": f"{name}/{model.version}"},
+    used = {"model": f"{name}/{model.version}"}
+    if ranker is not None:
+        summary["ranker"] = used["ranker"] = f"{ranker.name}/{ranker.version}"
+    runtime.record_lineage(args, run_date=args.run_date, inputs={**inputs.versions, **catalogue.versions, **used},
                            outputs={USER_CANDIDATES.name: out_version}, summary=summary)
     return summary
 
@@ -201,16 +207,56 @@ def _write_candidates(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inp
     return out_version, active_users
 
 
+def _load_ranker(args: ScoreArgs):
+    """The ranker that orders the candidates (``score.ranker_version``; LATEST by default), or None when
+    ranking is off (``score.rank``) or none is registered: the transformer's own order is written then."""
+    from training import ranker as R
+    from training.versions import RegistryError, latest_version
+
+    cfg = args.config.score
+    name = args.config.ranker.name
+    if not cfg.rank or (cfg.ranker_version == "latest" and latest_version(args.models_root, name) is None):
+        return None
+    try:
+        return R.load(args.models_root, name, cfg.ranker_version)
+    except RegistryError as exc:
+        raise runtime.UsageError(str(exc)) from None
+
+
+def _write_ranked(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model, catalogue: _Catalogue,
+                  ranker) -> tuple[int, int]:
+    """The transformer's candidates re-ranked by the ranker (jobs/ranking.py) for every active user with a
+    purchase before the cut-off; the other users keep their rows (the model's, or the popular fallback)."""
+    from jobs import ranking
+
+    wide = max(k, ranker.pools.transformer_n)
+    with _scored(spark, args, wide, inputs, model, catalogue) as (rows, active_users):
+        scored = rows.select("user_id", "rank", "item_id", "score", "strategy").toPandas()
+    ranked = ranking.rank_users(spark, args.lake, args.config, args.run_date, scored, ranker, k)
+    kept = scored[~scored["user_id"].isin(set(ranked["user_id"])) & (scored["rank"] <= k)]
+    out = pd.concat([ranked, kept], ignore_index=True)
+    frame = (spark.createDataFrame(out.astype({"rank": np.int32, "score": np.float32}), schema=cand.CANDIDATE_ROWS)
+             .withColumn("model_version", F.lit(model.version))
+             .withColumn("generated_at", F.lit(cutoff(args.run_date)).cast("timestamp"))
+             .withColumn("run_date", F.lit(args.run_date)))
+    metadata = {"run_date": args.run_date.isoformat(), "k": k, "catalogue_items": len(catalogue.item_ids),
+                "active_users": active_users, "model_name": args.config.train.name, "model_version": model.version,
+                "ranker_name": ranker.name, "ranker_version": ranker.version, "run_id": args.run_id}
+    out_version = lake.replace_partition(spark, args.lake, USER_CANDIDATES, frame, args.run_date,
+                                         user_metadata=json.dumps(metadata, sort_keys=True))
+    return out_version, active_users
+
+
 def candidate_lists(spark: SparkSession, args: ScoreArgs) -> tuple[pd.DataFrame, list[str], str]:
     """What ``run`` would write for ``args.run_date``, collected instead of written (the backtest judges
     the product's own lists without touching the candidates table): rows ``user_id, rank, item_id,
-    strategy``, the recommendable catalogue in the scorer's order, and the model version."""
+    score, strategy``, the recommendable catalogue in the scorer's order, and the model version."""
     k = args.k or args.config.score.k
     inputs = _read_inputs(spark, args)
     model = load_model(args.models_root, args.config.train.name, args.model_version)
     catalogue = _embed_catalogue(args, inputs.items, model)
     with _scored(spark, args, k, inputs, model, catalogue) as (rows, _):
-        lists = rows.select("user_id", "rank", "item_id", "strategy").toPandas()
+        lists = rows.select("user_id", "rank", "item_id", "score", "strategy").toPandas()
     return lists, catalogue.item_ids, model.version
 
 
@@ -238,6 +284,7 @@ def _summary(spark: SparkSession, args: ScoreArgs, k: int, model, item_ids: list
         "active_users": active_users,
         "users_model": per_strategy.get(cand.MODEL, (0, 0))[0],
         "users_popular_fallback": per_strategy.get(cand.POPULAR_FALLBACK, (0, 0))[0],
+        "users_ranked": per_strategy.get(cand.RANKED, (0, 0))[0],
         "rows_written": sum(r for _, r in per_strategy.values()),
         "user_candidates_version": out_version,
     }

@@ -42,6 +42,7 @@ from scoring.topk import topk, topk_with_boosts
 
 MODEL = "model"
 POPULAR_FALLBACK = "popular_fallback"
+RANKED = "ranker"     # the model's candidates, with the other retrievers', ordered by the ranker (jobs/ranking.py)
 GLOBAL_SEGMENT = ""   # key of the all-users popular list in the fallback lists
 
 CANDIDATE_ROWS = T.StructType([

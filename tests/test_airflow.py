@@ -29,7 +29,8 @@ EXPECTED_EDGES = {
     "gate_item_features": ["training_due"],
     "gate_user_sequences": ["training_due"],
     "training_due": ["train"],
-    "train": ["backtest_due"],
+    "train": ["train_ranker"],
+    "train_ranker": ["backtest_due"],
     "backtest_due": ["backtest"],
     "backtest": ["score"],
     "score": ["publish"],
@@ -107,7 +108,7 @@ def test_dag_loads_with_the_designed_graph(tmp_path):
     tasks = info["tasks"]
     assert {t: v["downstream"] for t, v in tasks.items()} == EXPECTED_EDGES
     spark_tasks = {"ingest", "gate_events", "gate_items", "build_features", "gate_user_features",
-                   "gate_item_features", "gate_user_sequences", "backtest", "score", "publish"}
+                   "gate_item_features", "gate_user_sequences", "train_ranker", "backtest", "score", "publish"}
     assert {t for t, v in tasks.items() if v["type"] == "SparkSubmitOperator"} == spark_tasks
     assert tasks["ingest"]["application"] == f"{REPO}/jobs/ingest.py"
     assert tasks["ingest"]["application_args"] == [
@@ -123,6 +124,8 @@ def test_dag_loads_with_the_designed_graph(tmp_path):
                             f"--working-dir {REPO} ")
     assert "-- " + sys.executable + " jobs/train.py --run-date {{ ds }} --ray-address auto --lake /data/lake" in train
     assert "--check-train-due" in tasks["training_due"]["bash_command"]
+    assert tasks["train_ranker"]["application"] == f"{REPO}/jobs/train_ranker.py"
+    assert tasks["train_ranker"]["application_args"] == ["--run-date", "{{ ds }}", "--lake", "/data/lake"]
     # the leave-last-out evaluate is gone: the lists published nightly.feedback_days before {{ ds }}, judged
     # on the purchases since, when that night had published lists (backtest_due, exit 99 skips)
     assert "evaluate" not in tasks

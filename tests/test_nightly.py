@@ -197,6 +197,7 @@ def test_stages_run_in_order_with_the_configured_gates(tmp_path):
         ("features", day),
         ("gate features/user_sequences", ["--table", "features/user_sequences", *day]),
         ("train", day),                                                          # no model yet: due
+        ("train_ranker", day),                                                   # refitted with the model
         # the lists served a week ago, against the week since (not leave-last-out)
         ("backtest", ["--run-dates", "2024-01-24", "--horizon", "7", "--lists", "published"]),
         ("score", day),
@@ -204,7 +205,7 @@ def test_stages_run_in_order_with_the_configured_gates(tmp_path):
         ("delayed feedback", ["2024-01-24", "5"]),                               # that night's published row
     ]
     assert flow.asked == [WEEK_AGO]
-    assert flow.progress.done == flow.progress.total == 9
+    assert flow.progress.done == flow.progress.total == 10
 
 
 def test_the_backtest_and_feedback_follow_nightly_feedback_days(tmp_path):
@@ -240,14 +241,15 @@ def test_no_drop_and_no_training_due_skip_those_stages(tmp_path, capsys):
         ("features", "succeeded"),
         ("gate features/user_features", "succeeded"), ("gate features/item_features", "succeeded"),
         ("gate features/user_sequences", "succeeded"),
-        ("train", "skipped"), ("backtest", "skipped"),
+        ("train", "skipped"), ("train_ranker", "skipped"), ("backtest", "skipped"),
         ("score", "succeeded"), ("publish", "succeeded"), ("delayed feedback", "succeeded"),
     ]
-    assert flow.progress.done == flow.progress.total == 12
+    assert flow.progress.done == flow.progress.total == 13
     out = capsys.readouterr().out
-    assert "[ 1/12] ingest" in out and "no --events/--items given" in out
-    assert "[ 8/12] train" in out and "not due: last trained 2024-01-30 (1 d ago, cadence 7 d)" in out
-    assert "[ 9/12] backtest" in out and "no new model tonight: the backtest runs on training nights" in out
+    assert "[ 1/13] ingest" in out and "no --events/--items given" in out
+    assert "[ 8/13] train" in out and "not due: last trained 2024-01-30 (1 d ago, cadence 7 d)" in out
+    assert "[ 9/13] train_ranker" in out and "the ranker is refitted with the model" in out
+    assert "[10/13] backtest" in out and "no new model tonight: the backtest runs on training nights" in out
 
 
 @pytest.mark.slow

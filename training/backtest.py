@@ -162,9 +162,7 @@ def _past_recent(n: Night, p: Mapping[str, Any]) -> np.ndarray:
 
 
 def _tifu(n: Night, p: Mapping[str, Any]) -> np.ndarray:
-    params = H.TifuKnnParams(group_count=int(p["m"]), within_decay=float(p["rb"]), group_decay=float(p["rg"]),
-                             k=int(p["k"]), alpha=float(p["alpha"]))
-    return H.tifu_knn_scores(n.baskets, n.num_items, params, query_users=n.evaluated)
+    return H.tifu_knn_scores(n.baskets, n.num_items, H.tifu_params(p), query_users=n.evaluated)
 
 
 def _cooccurrence(n: Night, _: Mapping[str, Any]) -> np.ndarray:

@@ -72,6 +72,11 @@ def _basket_counts(flat: _Flat, num_items: int) -> sparse.csr_matrix:
 
 
 
+def basket_counts(baskets_per_user: Baskets, num_items: int) -> sparse.csr_matrix:
+    """(n_users, V) how many of each user's baskets held each item (the P-TopFreq count)."""
+    return _basket_counts(_flatten(baskets_per_user, num_items), num_items)
+
+
 def distinct_buyers(user: np.ndarray, item: np.ndarray, day: np.ndarray, num_items: int, *,
                     cutoff_day: int, window_days: int) -> np.ndarray:
     """(V,) int64: how many distinct users bought each item on days cutoff_day - window_days ..
@@ -167,6 +172,18 @@ class TifuKnnParams:
             raise ValueError("within_decay and group_decay must be positive")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError("alpha must lie in [0, 1]")
+
+
+# The grid tuned on each validation night (the backtest, the ranker's TIFU-KNN retriever), in the
+# backtest's short names: m = group_count, rb = within_decay, rg = group_decay.
+TIFU_GRID = [{"m": m, "rb": rb, "rg": rg, "k": k, "alpha": a}
+             for m in (3, 7) for rb in (0.9, 1.0) for rg in (0.6, 0.9) for k in (100, 300) for a in (0.5, 0.7, 0.9)]
+
+
+def tifu_params(point) -> TifuKnnParams:
+    """A :data:`TIFU_GRID` point as parameters."""
+    return TifuKnnParams(group_count=int(point["m"]), within_decay=float(point["rb"]), group_decay=float(point["rg"]),
+                         k=int(point["k"]), alpha=float(point["alpha"]))
 
 
 def _tifu_group_of(n: np.ndarray, position: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

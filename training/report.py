@@ -73,7 +73,7 @@ def backtest_night_png(night: dict) -> str:
     low = [v - methods[m]["ndcg@10_ci"][0] for m, v in zip(names, values)]
     high = [methods[m]["ndcg@10_ci"][1] - v for m, v in zip(names, values)]
     fig, ax = plt.subplots(figsize=(9, 2.8))
-    colors = ["#2a6fdb" if m.startswith("lists") else "#999999" for m in names]
+    colors = ["#2a6fdb" if _ours(m) else "#999999" for m in names]
     ax.bar(range(len(names)), values, yerr=[low, high], capsize=4, color=colors)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel("NDCG@10")
@@ -81,11 +81,27 @@ def backtest_night_png(night: dict) -> str:
     return _png(fig)
 
 
+def _ours(name: str) -> bool:
+    return name.startswith(("lists", "ranker"))
+
+
 def _lists_first(methods: dict, pooled: dict) -> dict:
-    """The lists' rows first, then the baselines by pooled NDCG@10, best first (JSON keeps no order)."""
-    order = sorted(methods, key=lambda m: (not m.startswith("lists"), m.startswith("lists") and m,
+    """The product's rows first (the ranker's, then the lists'), then the baselines by pooled NDCG@10, best
+    first (JSON keeps no order)."""
+    order = sorted(methods, key=lambda m: (not _ours(m), not m.startswith("ranker"), _ours(m) and m,
                                            -pooled.get(m, {}).get("ndcg@10", 0.0)))
     return {m: methods[m] for m in order}
+
+
+def importances_png(pairs: list, top: int = 20) -> str:
+    """The ranker's features by their share of the total gain (the ``top`` largest)."""
+    pairs = list(pairs)[:top][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(pairs) + 0.8))
+    ax.barh([p[0] for p in pairs], [p[1] for p in pairs], color="#2a6fdb")
+    ax.set_xlabel("share of total gain")
+    ax.set_title(f"ranker: top {len(pairs)} features")
+    fig.tight_layout()
+    return _png(fig)
 
 
 def render_backtest(result: dict) -> str:
@@ -96,4 +112,7 @@ def render_backtest(result: dict) -> str:
               "per_night": [{**n, "methods": _lists_first(n["methods"], pooled)} for n in result["per_night"]]}
     plots = {n["night"]: backtest_night_png({**n, "horizon_days": result["horizon_days"]})
              for n in result["per_night"]}
-    return env.get_template("backtest_report.html").render(r=result, columns=BACKTEST_COLUMNS, plots=plots)
+    ranker = result["per_night"][-1].get("ranker") or {}
+    importances = importances_png(ranker["importances"]) if ranker.get("importances") else None
+    return env.get_template("backtest_report.html").render(r=result, columns=BACKTEST_COLUMNS, plots=plots,
+                                                           importances=importances, last_ranker=ranker)

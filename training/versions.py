@@ -76,3 +76,18 @@ def dump_json(path: Path, payload: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def version_as_of(models_root: str, name: str, as_of) -> str | None:
+    """The newest registered version trained for a run date on or before ``as_of`` (versions are named
+    ``YYYYMMDD-...`` after the run date they were trained for): the model a night had then."""
+    stamp = f"{as_of:%Y%m%d}"
+    older = [v for v in list_versions(models_root, name) if v[:8] <= stamp]
+    return max(older) if older else None
+
+
+def promote_to(models_root: str, name: str, version: str) -> bool:
+    """Point ``name``'s LATEST at ``version`` unconditionally (the ranker: its lists are judged by the
+    nightly's delayed feedback and the backtest, not by a validation figure of its own)."""
+    replace_file(Path(models_root) / name / "LATEST", lambda tmp: tmp.write_text(version + "\n"))
+    return True

@@ -3,7 +3,7 @@ run date ``{{ ds }}``.
 
     ingest -> gate_events, gate_items (nightly.gates_after_ingest) -> build_features
       -> gate_user_features, gate_item_features, gate_user_sequences (nightly.gates_after_features)
-      -> training_due -> train (ray job submit) -> backtest_due -> backtest (night ds - h, published lists)
+      -> training_due -> train (ray job submit) -> train_ranker -> backtest_due -> backtest (night ds - h, published lists)
       -> score -> publish -> run_report
 
 Spark stages are ``SparkSubmitOperator`` tasks (spark-submit of ``jobs/<job>.py`` with the Delta jars
@@ -145,7 +145,7 @@ def gated(upstream, tables: tuple[str, ...], downstream) -> None:
 
 with DAG(
     dag_id="warmstart_nightly",
-    description="ingest -> gates -> features -> gates -> train (when due, Ray) -> backtest -> score -> publish",
+    description="ingest -> gates -> features -> gates -> train (when due, Ray) -> train_ranker -> backtest -> score -> publish",
     schedule="0 2 * * *",            # 02:00 UTC: after the day's drops have landed
     start_date=datetime(2024, 1, 1),
     catchup=False,
@@ -173,6 +173,8 @@ with DAG(
         env=JOB_ENV, append_env=True, cwd=HOME,
         execution_timeout=timedelta(hours=4),
     )
+    # The ranker refitted with the model on the labelled nights before ds (exit 0 with a note on a young lake)
+    train_ranker = spark_job("train_ranker", "train_ranker", ["--run-date", "{{ ds }}"], timedelta(hours=2))
     # The lists published h days before ds against the purchases since, beside tuned baselines; weekly,
     # with training. Exit 99 (nothing published for that night) skips it.
     backtest_due = python_job("backtest_due", "nightly", ["--run-date", "{{ ds }}", "--check-backtest-due"],
@@ -187,5 +189,5 @@ with DAG(
 
     gated(ingest, CONFIG.nightly.gates_after_ingest, features)
     gated(features, CONFIG.nightly.gates_after_features, training_due)
-    training_due >> train >> backtest_due >> backtest >> score
+    training_due >> train >> train_ranker >> backtest_due >> backtest >> score
     score >> publish >> report
