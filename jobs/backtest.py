@@ -56,6 +56,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 }
 MODEL = "lists"        # the published lists' label in the results
 RANKER = "ranker"      # the two-stage ranker's lists (--ranker)
+LOGREG = "ranker (logistic regression, Spark MLlib)"   # the simple scorer on the same features (--ablation)
 # published: the lists published for the night (what online services loaded); rescore: what `warmstart
 # score` writes for the night with the model trained for it; auto: published where there are, else rescore.
 LIST_SOURCES = ("auto", "published", "rescore")
@@ -184,14 +185,12 @@ def _night(spark, args: BacktestArgs, d: dt.date, catalogue, recommendable, purc
     night = B.night(purchases, d, args.horizon, recommendable)
     validation = B.night(purchases, d - dt.timedelta(days=args.horizon), args.horizon, recommendable)
     k = args.config.score.k
-    per_user, tuned, model_versions, digests = {}, {}, {}, {}
+    per_user, tuned, model_versions, digests, coverage = {}, {}, {}, {}, {}
     for seed in seeds:
         label = MODEL if seed == seeds[0] else f"{MODEL} (seed {seed})"
         version, lists = _model_lists(spark, args, d, seed, catalogue, night)
         per_user[label], model_versions[label] = B.judge(lists, night), version
-        digests[label] = B.digest(lists)
-        if seed == seeds[0]:
-            coverage = {MODEL: B.coverage(lists, night)}
+        digests[label], coverage[label] = B.digest(lists), B.coverage(lists, night)
     for method in methods:
         scorer = _als_scorer(spark) if method == "als" else B.SCORERS[method]
         t = B.tune(method, scorer, validation, GRIDS[method], k)
@@ -204,7 +203,7 @@ def _night(spark, args: BacktestArgs, d: dt.date, catalogue, recommendable, purc
         ranked = _ranked(spark, args, d, night, catalogue, recommendable, purchases, tifu, seeds)
         for label, lists in ranked.pop("lists").items():
             per_user[label], coverage[label], digests[label] = B.judge(lists, night), B.coverage(lists, night), B.digest(lists)
-    return {"ranker": ranked,"night": d, "users": night.user_ids[night.evaluated], "per_user": per_user, "coverage": coverage,
+    return {"ranker": ranked, "night": d, "users": night.user_ids[night.evaluated], "per_user": per_user, "coverage": coverage,
             "tuned": {m: {"params": t.params, "validation_ndcg@10": t.validation_ndcg10} for m, t in tuned.items()},
             "model_versions": model_versions, "digests": digests, "validation_users": int(len(validation.evaluated)),
             "candidate_items": int(recommendable.sum())}
@@ -282,7 +281,7 @@ def _ranked(spark, args: BacktestArgs, d: dt.date, night: B.Night, catalogue, re
     test = frames[d].frame
     lists, out = {}, {"fits": {}}
     for seed in seeds:
-        booster, features, info = ranking.fit_for(frames, d, cfg, seed=seed)
+        booster, features, info = ranking.fit_for(frames, d, cfg, seed=seed, spark=spark)
         score = R.predict(booster, test, features)
         label = RANKER if seed == seeds[0] else f"{RANKER} (seed {seed})"
         lists[label] = R.top_lists(test, score, night.evaluated, k)
@@ -296,11 +295,23 @@ def _ranked(spark, args: BacktestArgs, d: dt.date, night: B.Night, catalogue, re
             out["diversity@10"] = {name: round(R.intra_list_diversity(v, categories), 4) for name, v in lists.items()}
     if args.ablation:
         for name, leave_out in ranking.ABLATIONS.items():
-            booster, features, info = ranking.fit_for(frames, d, cfg, leave_out=leave_out)
+            booster, features, info = ranking.fit_for(frames, d, cfg, leave_out=leave_out, spark=spark)
             lists[f"{RANKER} ({name})"] = R.top_lists(test, R.predict(booster, test, features), night.evaluated, k)
             out["fits"][f"{RANKER} ({name})"] = info
+        lists[LOGREG], out["fits"][LOGREG] = _logreg_lists(spark, frames, d, cfg, night, k)
     out["lists"] = lists
     return out
+
+
+def _logreg_lists(spark, frames: dict, d: dt.date, cfg, night: B.Night, k: int) -> tuple[list[np.ndarray], dict]:
+    """The simple scorer's lists: Spark MLlib logistic regression on the ranker's nights and features."""
+    from jobs import ranking
+    from training import ranker as R
+    from training.spark_ranker import predict_logreg
+
+    model, features, info = ranking.fit_logreg_for(spark, frames, d, cfg)
+    test = frames[d].frame
+    return R.top_lists(test, predict_logreg(model, spark, test, features), night.evaluated, k), info
 
 
 def _transformer_rows(spark, args: BacktestArgs, d: dt.date, k: int) -> pd.DataFrame:

@@ -156,6 +156,12 @@ class TrainConfig:
     target_event_types: tuple[str, ...] = ("purchase",)   # what a held-out basket is made of (the goal)
     max_val_targets: int = 100    # validation basket cap (padding width); Online Retail baskets are < 100 items mostly
     validation_days: int = 7      # the validation window: the week before the run date, as the backtest's horizon
+    history: str = "sequences"    # sequences: features/user_sequences, each user's last model.max_seq_len + 1 events
+                                  # train; events: every event before the cut-off (bronze/events), each a target
+                                  # once, in windows of max_seq_len + 1 (training.data.history_windows)
+    repeat_free_below: float = 0.0   # repurchase share (before the validation window) under which the catalogue counts
+                                     # as bought once: no repeat head, no rebuy odds, bought items masked at scoring;
+                                     # 0 = never (e.g. 0.02; Online Retail's is far above)
     model: SeqRecConfig = field(default_factory=SeqRecConfig)   # training/config.py; num_items comes from the data
     loop: LoopConfig = field(default_factory=LoopConfig)         # training/config.py
 
@@ -163,6 +169,9 @@ class TrainConfig:
         _at_least(self, "workers", 1)
         _at_least(self, "max_failures", 0)
         _subset(self, "target_event_types", self.model.event_types)
+        _one_of(self, "history", ("sequences", "events"))
+        if not 0.0 <= self.repeat_free_below <= 1.0:
+            raise ConfigError(f"train.repeat_free_below must be within [0, 1], got {self.repeat_free_below}")
 
 
 @dataclass(frozen=True)
@@ -221,11 +230,15 @@ class RankerConfig:
     max_rounds: int = 600
     early_stopping_rounds: int = 50
     category_cap: int | None = None   # diversity: at most this many items of one category in a list; None: off
+    engine: str = "xgboost"       # xgboost: one process (the driver); xgboost-spark: the same booster trained by
+                                  # xgboost.spark on spark_workers tasks, for training sets past one machine
+    spark_workers: int = 2        # with engine xgboost-spark: its barrier stage's tasks (needs that many slots)
 
     def __post_init__(self):
         for key in ("training_nights", "every_days", "transformer_n", "neighbour_n", "popular_n", "max_depth",
-                    "max_rounds", "early_stopping_rounds"):
+                    "max_rounds", "early_stopping_rounds", "spark_workers"):
             _at_least(self, key, 1)
+        _one_of(self, "engine", ("xgboost", "xgboost-spark"))
         if self.training_nights < 2:
             raise ConfigError("ranker.training_nights must be >= 2 (one night validates, the others train)")
         if self.category_cap is not None:

@@ -161,17 +161,31 @@ def run(spark, args: EvaluateArgs) -> dict[str, Any]:
     out = f"{args.reports_root}/{args.run_date}/model"
     runtime.write_json(f"{out}/metrics.json", evaluation)
     runtime.write_text(f"{out}/index.html", report.render(evaluation))
-    main_results = results["all"]
     summary = {"model_version": model.version, "users_evaluated": len(split.users),
-               "catalogue_size": len(model.item_ids), **{f"{m}_ndcg@10": r["ndcg@10"] for m, r in main_results.items()},
-               "model_recall@10": main_results["model"]["recall@10"], "best_baseline": best,
-               "lift_ndcg10_vs_best_baseline": round(lift, 4), "report": f"{out}/index.html",
-               "warning": LEAK_WARNING}
+               "catalogue_size": len(model.item_ids), **_headline(results["all"], best, lift),
+               **_masked_headline(results, wanted), "report": f"{out}/index.html", "warning": LEAK_WARNING}
     log.warning(LEAK_WARNING)
     runtime.record_lineage(args, run_date=args.run_date,
                            inputs={**inputs_read, f"models/{args.config.train.name}": model.version},
                            outputs={"reports/model": out}, summary=summary)
     return summary
+
+
+def _headline(results: dict[str, dict], best: str | None, lift: float, prefix: str = "") -> dict[str, Any]:
+    """The summary's figures of one variant: NDCG@10 per method, the model's Recall@10, the best baseline
+    and the model's lift over it; every key starts with ``prefix``."""
+    return {**{f"{prefix}{m}_ndcg@10": r["ndcg@10"] for m, r in results.items()},
+            f"{prefix}model_recall@10": results["model"]["recall@10"], f"{prefix}best_baseline": best,
+            f"{prefix}lift_ndcg10_vs_best_baseline": round(lift, 4)}
+
+
+def _masked_headline(results: dict[str, dict[str, dict]], wanted: list[str]) -> dict[str, Any]:
+    """The masked variant's figures (``masked_seen_`` keys: items the user already had removed), when
+    it was asked for: a caller reading only the summary JSON must not take the unmasked ones for them."""
+    if "masked" not in results:
+        return {}
+    best, lift = _best_baseline(results["masked"], wanted)
+    return _headline(results["masked"], best, lift, prefix="masked_seen_")
 
 
 def _wanted_baselines(args: EvaluateArgs) -> list[str]:
@@ -199,9 +213,9 @@ def _read_sequences(spark, args: EvaluateArgs, model) -> tuple[list[dict], int]:
     was trained on when the run date is the model's, else the latest."""
     if not lake.exists(spark, args.lake, USER_SEQUENCES):
         raise runtime.UsageError(f"{args.table_path(USER_SEQUENCES)} does not exist; run `warmstart features` first")
-    same_date = model.lineage.get("run_date") == str(args.run_date)
-    seq_version = (model.lineage["inputs"][USER_SEQUENCES.name] if same_date
-                   else lake.version(spark, args.lake, USER_SEQUENCES))
+    trained_on = model.lineage.get("inputs", {}).get(USER_SEQUENCES.name)   # None: trained on bronze/events
+    same_date = model.lineage.get("run_date") == str(args.run_date) and trained_on is not None
+    seq_version = trained_on if same_date else lake.version(spark, args.lake, USER_SEQUENCES)
     seqs = (lake.read(spark, args.lake, USER_SEQUENCES, seq_version)
             .where(f"as_of_date = '{args.run_date}'").select("user_id", "item_ids", "event_types", "event_ts")
             .orderBy("user_id"))
@@ -226,9 +240,10 @@ def _split(spark, args: EvaluateArgs, model, rows: list[dict]) -> _Split:
 
 def _results(spark, args: EvaluateArgs, model, split: _Split, wanted: list[str]) -> dict[str, dict[str, dict]]:
     """{variant: {method: metrics}} for the model and every wanted baseline; variant "all" (seen items
-    eligible), and "masked" (seen items removed) when asked for."""
+    eligible), and "masked" (seen items removed) when asked for or when the model's scoring masks them
+    (SeqRecConfig.mask_seen: trained on a catalogue nobody buys again)."""
     cfg = args.config.evaluate
-    variants = ["all"] + (["masked"] if (args.mask_seen or cfg.mask_seen) else [])
+    variants = ["all"] + (["masked"] if (args.mask_seen or cfg.mask_seen or model.model.cfg.mask_seen) else [])
     results: dict[str, dict[str, dict]] = {v: {} for v in variants}
     for method, scores_for in _scorers(spark, args.config, model, split, wanted).items():
         for v, metrics in _metrics(scores_for, split, variants, cfg.ks, cfg.batch_users).items():

@@ -162,19 +162,45 @@ def training_nights(d: dt.date, cfg: RankerConfig) -> list[dt.date]:
 
 
 def fit_for(frames: dict[dt.date, NightFrame], d: dt.date, cfg: RankerConfig, seed: int = 0,
-            leave_out: tuple[str, ...] = ()) -> tuple[Any, list[str], dict]:
-    """The ranker for night D: fitted on its training nights' frames (never D's own)."""
+            leave_out: tuple[str, ...] = (), spark: SparkSession | None = None) -> tuple[Any, list[str], dict]:
+    """The ranker for night D: fitted on its training nights' frames (never D's own), in one process or,
+    with ``ranker.engine = xgboost-spark``, by xgboost.spark on ``spark`` (the same plain Booster back)."""
+    train, valid, features = _fit_inputs(frames, d, cfg, leave_out)
+    params = R.TreeParams(max_depth=cfg.max_depth, eta=cfg.eta, max_rounds=cfg.max_rounds,
+                          early_stopping_rounds=cfg.early_stopping_rounds, seed=seed)
+    if cfg.engine == "xgboost-spark":
+        from training.spark_ranker import fit_xgb_spark
+
+        model, info = fit_xgb_spark(spark, train, valid, features, params, num_workers=cfg.spark_workers)
+        booster = model.get_booster()
+    else:
+        booster, info = R.fit(train, valid, features, params)
+    info.update(engine=cfg.engine, training_nights=[str(n) for n in training_nights(d, cfg)])
+    return booster, features, info
+
+
+def fit_logreg_for(spark: SparkSession, frames: dict[dt.date, NightFrame], d: dt.date, cfg: RankerConfig):
+    """The simple scorer the ranker is compared with: Spark MLlib logistic regression on the same nights
+    and features (training/spark_ranker.py). (model, features, info); scores with ``predict_logreg``."""
+    from training.spark_ranker import fit_logreg
+
+    train, valid, features = _fit_inputs(frames, d, cfg)
+    model, info = fit_logreg(spark, train, valid, features)
+    info["training_nights"] = [str(n) for n in training_nights(d, cfg)]
+    return model, features, info
+
+
+def _fit_inputs(frames: dict[dt.date, NightFrame], d: dt.date, cfg: RankerConfig, leave_out: tuple[str, ...] = ()
+                ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(train, valid, features) for night D: the newest training night validates, the older ones train;
+    the transformer's features are left out when some night had no model as of it."""
     nights = training_nights(d, cfg)
     valid = frames[nights[0]].frame
     train = pd.concat([frames[n].frame for n in nights[1:]], ignore_index=True)
     features = feature_columns(valid, leave_out)
     if not all(frames[n].frame["transformer_rank"].notna().any() for n in nights):
         features = [f for f in features if not f.startswith("transformer_")]     # no model as of some night
-    params = R.TreeParams(max_depth=cfg.max_depth, eta=cfg.eta, max_rounds=cfg.max_rounds,
-                          early_stopping_rounds=cfg.early_stopping_rounds, seed=seed)
-    booster, info = R.fit(train, valid, features, params)
-    info["training_nights"] = [str(n) for n in nights]
-    return booster, features, info
+    return train, valid, features
 
 
 def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: pd.DataFrame, ranker,

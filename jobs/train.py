@@ -5,6 +5,10 @@ date) and ``bronze/items`` (item text), and register it as ``models/<name>/<vers
     warmstart train --run-date 2011-12-09 [--workers N] [--gpu] [--ray-address ADDR] [--force] [key=value ...]
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/train.py --run-date D --ray-address auto
 
+``train.history=events`` trains on every user's whole history before the cut-off, read from
+``bronze/events`` instead of the sequences (training.data.history_windows); the counts of events before
+the cut-off and of training targets are logged and recorded in the summary and metrics.json.
+
 No Spark: tables are read with delta-rs at a recorded Delta version (the snapshot's data files go to
 Ray Data, which streams the examples to the workers in shards). Ray runs in-process (small, for a
 laptop) unless ``--ray-address`` names a cluster.
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from features.contract import cutoff
-from features.tables import ITEM_DAILY, ITEMS, USER_SEQUENCES
+from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_SEQUENCES
 from jobs import lake, runtime
 from training.config import SeqRecConfig
 
@@ -73,7 +77,19 @@ def parser():
 
 
 def read_inputs(args: TrainArgs) -> dict[str, Any]:
-    """The sequences snapshot (version + data files of the run date's partition) and the catalogue."""
+    """The training input, by ``train.history``: the sequences snapshot (version + data files of the run
+    date's partition), or every user's whole history before the cut-off from bronze/events; and the
+    catalogue."""
+    history = read_sequences(args) if args.config.train.history == "sequences" else read_histories(args)
+    try:
+        items_version, items = lake.read_pandas(args.lake, ITEMS, columns=["item_id", "title", "description", "category"])
+    except FileNotFoundError:
+        raise runtime.UsageError(f"{args.table_path(ITEMS)} does not exist; run `warmstart ingest --items ...` first") from None
+    return {**history, "items_version": items_version, "items": items}
+
+
+def read_sequences(args: TrainArgs) -> dict[str, Any]:
+    """features/user_sequences at the run date: {"sequences_version", "files"} (Ray Data reads them)."""
     try:
         seq_version, files = lake.snapshot_files(args.lake, USER_SEQUENCES, partition_value=args.run_date)
     except FileNotFoundError:
@@ -82,11 +98,27 @@ def read_inputs(args: TrainArgs) -> dict[str, Any]:
     if not files:
         raise runtime.UsageError(f"{args.table_path(USER_SEQUENCES)} has no rows for as_of_date {args.run_date} "
                                  f"(version {seq_version}); run `warmstart features --run-date {args.run_date}` first")
+    return {"sequences_version": seq_version, "files": files}
+
+
+def read_histories(args: TrainArgs) -> dict[str, Any]:
+    """bronze/events before the run date's cut-off, every event type and item (as features.sequences
+    takes them), grouped per user on the driver: {"events_version", "histories" (pyarrow, one row per
+    user, training.data.histories_from_events), "events_before_cutoff"}."""
+    from training.data import histories_from_events
+
     try:
-        items_version, items = lake.read_pandas(args.lake, ITEMS, columns=["item_id", "title", "description", "category"])
+        version, events = lake.read_pandas(args.lake, EVENTS, columns=["user_id", "item_id", "event_type", "event_ts"],
+                                           filters=[("event_date", "<=", args.run_date)])
     except FileNotFoundError:
-        raise runtime.UsageError(f"{args.table_path(ITEMS)} does not exist; run `warmstart ingest --items ...` first") from None
-    return {"sequences_version": seq_version, "files": files, "items_version": items_version, "items": items}
+        raise runtime.UsageError(f"{args.table_path(EVENTS)} does not exist (train.history=events reads it); "
+                                 f"run `warmstart ingest` first") from None
+    histories = histories_from_events(events, cutoff(args.run_date))
+    if not histories.num_rows:
+        raise runtime.UsageError(f"{args.table_path(EVENTS)} has no events before {cutoff(args.run_date)} "
+                                 f"(version {version})")
+    return {"events_version": version, "histories": histories,
+            "events_before_cutoff": int(sum(len(x) for x in histories.column("item_ids").to_pylist()))}
 
 
 def start_ray(args: TrainArgs) -> bool:
@@ -112,7 +144,8 @@ def start_ray(args: TrainArgs) -> bool:
 
 
 def fingerprint(args: TrainArgs, inputs: dict) -> str:
-    payload = {"run_date": str(args.run_date), "sequences_version": inputs["sequences_version"],
+    payload = {"run_date": str(args.run_date),
+               **{k: inputs[k] for k in ("sequences_version", "events_version") if k in inputs},
                "items_version": inputs["items_version"], "train": args.config.to_dict()["train"],
                "workers": args.workers, "gpu": args.gpu, "code": runtime.code_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -131,29 +164,34 @@ class Prepared:
     validation_window: dict[str, str]   # {"first_day", "last_day"}: the dates the selection is judged on
     datasets: dict
     loop_config: dict
+    history: dict[str, Any]         # train.history and what reached training (history_counts)
+    repeat: dict[str, Any] = dataclasses.field(default_factory=dict)   # training.data.repeat_consumption
 
 
 def prepare(args: TrainArgs, inputs: dict[str, Any]) -> Prepared:
     """The vocabulary and its per-item inputs, the examples, and the worker's configuration (Ray is up)."""
-    from training.data import ExampleSpec, ray_examples, ray_sequences
-    from training.inputs import recent_popularity, text_embeddings, vocabulary
+    from training.data import ExampleSpec, ray_examples_counted
+    from training.inputs import recent_popularity, text_embeddings, vocabulary_stats
     from training.train_loop import config_dicts
 
     cfg = args.config.train
     cut = cutoff(args.run_date)
     window_start = cut - dt.timedelta(days=cfg.validation_days)
-    sequences = ray_sequences(inputs["files"])
+    sequences = history_dataset(inputs)
     started = time.time()
-    vocab, counts, rebuy = vocabulary(sequences, inputs["items"], cfg.target_event_types, window_start, cut)
+    stats = vocabulary_stats(sequences, inputs["items"], cfg.target_event_types, window_start, cut)
+    vocab, counts, rebuy = stats.vocab, stats.counts, stats.rebuy
     log.info("vocabulary: %d items in %.1fs", len(vocab), time.time() - started)
-    model_cfg = dataclasses.replace(cfg.model, num_items=len(vocab))
+    repeat = repeat_decision(args, stats)
+    model_cfg = dataclasses.replace(model_for_catalogue(cfg.model, repeat), num_items=len(vocab))
     text, text_key = text_embeddings(vocab, inputs["items"], model_cfg,
                                      Path(args.models_root) / cfg.name / "_text_cache")
     spec = ExampleSpec(item_index={item: i for i, item in enumerate(vocab)}, cutoff=cut,
                        horizon_days=cfg.validation_days, max_seq_len=model_cfg.max_seq_len,
                        max_targets=cfg.max_val_targets, target_event_types=cfg.target_event_types,
-                       event_types=model_cfg.event_types)
-    datasets = ray_examples(sequences, spec, refit=cfg.loop.refit)
+                       event_types=model_cfg.event_types, basket_targets=model_cfg.basket_targets)
+    datasets, targets = ray_examples_counted(sequences, spec, refit=cfg.loop.refit, history=cfg.history)
+    history = history_counts(args, inputs, targets)
     recent, daily_version = None, None
     if model_cfg.recent_days:
         daily_version, log_counts, first_day = recent_popularity(args.lake, args.run_date, spec.item_index,
@@ -165,7 +203,53 @@ def prepare(args: TrainArgs, inputs: dict[str, Any]) -> Prepared:
     window = {"first_day": str(window_start.date()), "last_day": str((cut - dt.timedelta(days=1)).date())}
     return Prepared(vocab=vocab, model_cfg=model_cfg, target_event_types=spec.target_event_types,
                     text_key=text_key, daily_version=daily_version, validation_window=window, datasets=datasets,
-                    loop_config=loop_config)
+                    loop_config=loop_config, history=history, repeat=repeat)
+
+
+def repeat_decision(args: TrainArgs, stats) -> dict[str, Any]:
+    """training.data.repeat_consumption of the selection run's inputs, logged."""
+    from training.data import repeat_consumption
+
+    cfg = args.config.train
+    repeat = repeat_consumption(stats.purchases, stats.repurchases, cfg.repeat_free_below)
+    log.info("repurchase share %s (%d of %d %s events before the validation window were bought before)%s",
+             repeat["share"], repeat["repurchases"], repeat["purchases"], "/".join(cfg.target_event_types),
+             f" < train.repeat_free_below {cfg.repeat_free_below}: no repeat head or rebuy odds, scoring masks "
+             "bought items" if repeat["repeat_free"] else "")
+    return repeat
+
+
+def model_for_catalogue(model_cfg: SeqRecConfig, repeat: dict[str, Any]) -> SeqRecConfig:
+    """The configured model, or for a catalogue without repeat consumption (``repeat["repeat_free"]``) the
+    same without the repeat head and the rebuy odds, which would learn to rank what nobody buys again,
+    and with scoring masking the items each user bought (SeqRecConfig.mask_seen)."""
+    if not repeat["repeat_free"]:
+        return model_cfg
+    return dataclasses.replace(model_cfg, repeat_head=False, item_rebuy=False, mask_seen=True)
+
+
+def history_dataset(inputs: dict[str, Any]):
+    """The Ray Dataset of per-user rows (user_sequences' columns) that the examples are cut from."""
+    from training.data import ray_histories, ray_sequences
+
+    return ray_histories(inputs["histories"]) if "histories" in inputs else ray_sequences(inputs["files"])
+
+
+def history_counts(args: TrainArgs, inputs: dict[str, Any], targets: dict[str, int]) -> dict[str, Any]:
+    """What reached training, logged and recorded: the events each epoch predicts (the selection run's,
+    before the validation window; the refit's, before the cut-off) and, with ``train.history=events``,
+    every event before the cut-off (the users' first baskets, predicted from nothing, are the gap)."""
+    cfg = args.config.train
+    out = {"history": cfg.history, "events_before_cutoff": inputs.get("events_before_cutoff"),
+           "train_target_events": targets.get("train"), "refit_target_events": targets.get("refit")}
+    log.info("history %s: %s events before the cut-off; training targets per epoch: %d (selection run), %s (refit)",
+             cfg.history, "?" if out["events_before_cutoff"] is None else out["events_before_cutoff"],
+             out["train_target_events"], out["refit_target_events"])
+    if cfg.history == "sequences" and cfg.model.max_seq_len > args.config.features.sequence_length:
+        log.warning("train.model.max_seq_len %d > features.sequence_length %d: the sequences hold fewer events than "
+                    "the model reads (train.history=events trains on whole histories)",
+                    cfg.model.max_seq_len, args.config.features.sequence_length)
+    return out
 
 
 def fit(args: TrainArgs, prepared: Prepared, version: str, train_loop_per_worker: Callable[[dict], None] | None):
@@ -218,7 +302,8 @@ def best_epoch(state: dict) -> dict[str, Any]:
 
 
 def training_metrics(state: dict, model, train_seconds: float, workers: int, use_gpu: bool,
-                     validation_window: dict[str, str]) -> dict[str, Any]:
+                     validation_window: dict[str, str], history: dict[str, Any] | None = None,
+                     repeat: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics.json: the best epoch's validation metrics (with ``val_users`` and ``val_targets``, what the
     validation window gave, and its dates), the histories and the chosen scales."""
     return {**{k: v for k, v in best_epoch(state).items() if k.startswith("val_")},
@@ -228,7 +313,8 @@ def training_metrics(state: dict, model, train_seconds: float, workers: int, use
             "refit_epochs": state.get("refit_epochs", 0), "refit_history": state.get("refit_history", []),
             "dot_scale": model.cfg.dot_scale, "recent_scale": state.get("recent_scale"),
             "recent_weight": model.recent_weight.item() if model.cfg.recent_days else None,
-            "scales_val_ndcg@10": state.get("val_ndcg10_by_scales", {})}
+            "scales_val_ndcg@10": state.get("val_ndcg10_by_scales", {}), "training_input": history or {},
+            "repeat_consumption": repeat or {}}
 
 
 def train_and_register(args: TrainArgs, inputs: dict[str, Any], version: str, lineage_inputs: dict,
@@ -245,7 +331,7 @@ def train_and_register(args: TrainArgs, inputs: dict[str, Any], version: str, li
     with result.checkpoint.as_directory() as folder:
         model, state = registered_model(prepared, folder)
     metrics = training_metrics(state, model, train_seconds, args.num_workers, args.use_gpu,
-                               prepared.validation_window)
+                               prepared.validation_window, prepared.history, prepared.repeat)
     if not metrics["val_users"]:
         log.warning("the validation window %s..%s gave no validation users: the epoch count and scales were "
                     "chosen on nothing", *prepared.validation_window.values())
@@ -266,6 +352,8 @@ def train_and_register(args: TrainArgs, inputs: dict[str, Any], version: str, li
             "val_targets": best["val_targets"], "validation_window": prepared.validation_window,
             "refit_epochs": state.get("refit_epochs", 0),
             "refit_sequences_per_epoch": (state.get("refit_history") or [{}])[-1].get("train_sequences"),
+            "training_input": prepared.history, "repurchase_share": prepared.repeat.get("share"),
+            "repeat_free": prepared.repeat.get("repeat_free"),
             "val_ndcg@10": metrics["val_ndcg@10"], "val_recall@10": metrics["val_recall@10"],
             "dot_scale": model.cfg.dot_scale, "recent_scale": state.get("recent_scale"),
             "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "train_seconds": round(train_seconds, 1),
@@ -308,7 +396,9 @@ def run(args: TrainArgs, *, train_loop_per_worker: Callable[[dict], None] | None
         raise runtime.UsageError(f"train.validation_days must be >= 1, got {args.config.train.validation_days}")
     inputs = read_inputs(args)
     version = f"{args.run_date:%Y%m%d}-{fingerprint(args, inputs)}"
-    lineage_inputs = {USER_SEQUENCES.name: inputs["sequences_version"], ITEMS.name: inputs["items_version"]}
+    history_input = ({USER_SEQUENCES.name: inputs["sequences_version"]} if "sequences_version" in inputs
+                     else {EVENTS.name: inputs["events_version"]})
+    lineage_inputs = {**history_input, ITEMS.name: inputs["items_version"]}
     if set(registry.FILES) <= {p.name for p in registry.version_dir(args.models_root, name, version).glob("*")}:
         summary = reuse(args, version)
     else:

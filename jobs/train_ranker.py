@@ -10,7 +10,9 @@ the newest night early-stops the trees, then all of them fit the registered mode
 night d is fitted before ``cutoff(d)``: purchases, features as of d (built here when the lake has none),
 and the transformer's candidates from the model version registered for a run date on or before d (its
 score and rank features are left out of the ranker when some night had no such version; the summary
-says so). Purchases after D are never read.
+says so). Purchases after D are never read. ``ranker.engine = xgboost-spark`` trains the same booster with
+``xgboost.spark`` on ``ranker.spark_workers`` Spark tasks (training/spark_ranker.py) instead of in the
+driver, for training sets past one machine; what is registered is the same plain booster either way.
 
 Idempotent per run date: the version is the run date plus a fingerprint of the inputs' Delta versions,
 the configuration and the transformer versions; a registered version is reused. ``LATEST`` of the
@@ -91,7 +93,7 @@ def run(spark: SparkSession, args: TrainRankerArgs) -> dict[str, Any]:
         frames = ranking.night_frames(spark, args.lake, nights, catalogue,
                                       lambda x: transformer_rows(spark, args, x, used[x], cfg.transformer_n), tifu,
                                       ranking.pools(cfg))
-        booster, features, info = ranking.fit_for(frames, d, cfg)
+        booster, features, info = ranking.fit_for(frames, d, cfg, spark=spark)
         retrievers = [r for r in R.RETRIEVERS if r != "transformer" or any(f.startswith("transformer_") for f in features)]
         metrics = {**info, "importances": R.importances(booster), "features": len(features),
                    "validation_recall": R.union_recall(frames[validation].frame, nights[validation])}

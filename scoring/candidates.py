@@ -216,6 +216,8 @@ def score_batch(batch: pa.RecordBatch, model, item_ids: np.ndarray, index: dict[
     fallback = np.asarray(cols["use_fallback"], dtype=bool)
     excluded = [[index[i] for i in items if i in index] for items in cols["excluded_item_ids"]]
     n, k = len(user_ids), spec.k
+    if model.model.cfg.mask_seen:
+        excluded = _with_bought(excluded, cols, index, model, fallback)
     out_idx = np.full((n, k), -1, dtype=np.int64)
     out_score = np.zeros((n, k), dtype=np.float32)
     counts = np.zeros(n, dtype=np.int64)
@@ -254,6 +256,20 @@ def score_batch(batch: pa.RecordBatch, model, item_ids: np.ndarray, index: dict[
         schema=pa.schema([(f.name, pa.string() if f.dataType == T.StringType() else
                            pa.int32() if f.dataType == T.IntegerType() else pa.float32(), False)
                           for f in CANDIDATE_ROWS.fields]))
+
+
+def _with_bought(excluded: list[list[int]], cols: dict, index: dict[str, int], model, fallback: np.ndarray
+                 ) -> list[list[int]]:
+    """A model trained on a catalogue nobody buys again (``SeqRecConfig.mask_seen``): the items each
+    model-scored user had a target-type event with in its sequence are not candidates either. The
+    fallback's users keep ``score.exclude_event_types`` only: their popular lists are cut to K plus that."""
+    wanted = set(model.config.get("train", {}).get("target_event_types") or ("purchase",))
+    out = []
+    for row, ex in enumerate(excluded):
+        items, kinds = (cols["item_ids"][row] or [], cols["event_types"][row] or []) if not fallback[row] else ([], [])
+        bought = {index[i] for i, kind in zip(items, kinds) if kind in wanted and i in index}
+        out.append(sorted(set(ex) | bought))
+    return out
 
 
 def _catalogue_boosts(model, index: dict[str, int], indptr: np.ndarray, vocab_idx: np.ndarray, values: np.ndarray):

@@ -153,3 +153,38 @@ def test_eligible_users_give_each_target_baskets_day():
     epoch = dt.date(1970, 1, 1)
     assert users == ["u1", "u2"] and skipped["few_purchases"] == 1
     assert days == [(dt.date(2024, 2, 3) - epoch).days] * 2
+
+
+def test_summary_json_carries_the_masked_figures_with_mask_seen(spark, lake, tmp_path, config):
+    """`--mask-seen --summary-json F`: F holds the masked variant under ``masked_seen_`` keys beside the
+    unmasked figures (which keep their names); without --mask-seen there are none."""
+    from jobs.evaluate import main, run
+
+    write_sequences(spark, lake)
+    save_model(str(tmp_path / "models"), config.train.name, lakeio.version(spark, lake, USER_SEQUENCES))
+    out = tmp_path / "summary.json"
+    rc = main(["--lake", lake, "--run-date", str(AS_OF), "--baselines", "popularity,repeat", "--mask-seen",
+               "--summary-json", str(out), f"paths.models={tmp_path / 'models'}",
+               f"paths.reports={tmp_path / 'reports'}"])
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    g = lambda r: 1 / math.log2(r + 1)                                 # noqa: E731 - gain at rank r
+    ideal2 = g(1) + g(2)
+    # unmasked popularity (B, A, C, D, E): u1 A at 2; u2 C at 3, D at 4
+    assert summary["popularity_ndcg@10"] == pytest.approx((g(2) + (g(3) + g(4)) / ideal2) / 2, abs=1e-6)
+    # masked, popularity and repeat alike (seen items at -inf): u1 C, D, E, A, B: A at 4; u2 A, D, E, B, C:
+    # D at 2, C at 5
+    masked = (g(4) + (g(2) + g(5)) / ideal2) / 2
+    assert summary["masked_seen_popularity_ndcg@10"] == pytest.approx(masked, abs=1e-6)
+    assert summary["masked_seen_repeat_ndcg@10"] == pytest.approx(masked, abs=1e-6)
+    ev = json.loads((tmp_path / "reports" / str(AS_OF) / "model" / "metrics.json").read_text())
+    model_masked = ev["variants"]["masked"]["model"]
+    assert summary["masked_seen_model_ndcg@10"] == model_masked["ndcg@10"]
+    assert summary["masked_seen_model_recall@10"] == model_masked["recall@10"]
+    assert summary["masked_seen_best_baseline"] == "popularity"        # the tie goes to the first named
+    assert summary["masked_seen_lift_ndcg10_vs_best_baseline"] == round(model_masked["ndcg@10"] / masked - 1, 4)
+    assert summary["model_ndcg@10"] == ev["results"]["model"]["ndcg@10"] != model_masked["ndcg@10"]
+
+    plain = run(spark, eval_args(lake, config, tmp_path, "popularity,repeat"))
+    assert not [k for k in plain if k.startswith("masked_seen_")]
+    assert plain["popularity_ndcg@10"] == summary["popularity_ndcg@10"]

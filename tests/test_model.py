@@ -533,3 +533,79 @@ def test_model_beats_popularity_on_known_tastes():
     in_taste = np.mean([[vocab[i][:3].lower() == truth[u][0][:3] for i in row]
                         for u, row in zip(seqs["user_id"], top)])
     assert in_taste > 0.8
+
+
+def test_history_windows_predict_every_event_after_the_first_basket_once():
+    """Windows of width 4: one input (the last event before the targets' basket), then up to 3 targets."""
+    from training.data import history_windows
+
+    # baskets {0} {1 2} {3} {4 5 6} {7} {8} {9}: targets 1..9, three windows
+    assert history_windows([0, 1, 1, 2, 3, 3, 3, 4, 5, 6], 4) == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    # a basket split across windows: its rest is predicted from the basket before (event 0), as the
+    # first part was; the first part is not an input of the second window
+    assert history_windows([0, 1, 1, 1, 1, 1], 3) == [[0, 1, 2], [0, 3, 4], [0, 5]]
+    assert history_windows([0, 0, 0], 4) == [] and history_windows([], 4) == []   # one basket: nothing before it
+    assert history_windows([7, 7, 9], 4) == [[1, 2]]                               # any basket numbering
+
+
+def test_history_examples_cut_whole_histories_into_windows():
+    """train.history = events on SPLIT_ROWS (T = 3): each user's validation example as examples_batch
+    builds it, then windows in which every event after the user's first basket is a target once: the
+    selection run's before the window (6 events, 2 first baskets: 4 targets), the refit's before the
+    cut-off (16 events, 3 first baskets: 13 targets). The last T+1 events of each user (examples_batch)
+    give the refit 7."""
+    from training.data import history_examples_batch
+
+    spec = ExampleSpec(item_index={i: k for k, i in enumerate("abcdefgh")}, cutoff=cutoff(RUN_DATE), horizon_days=7,
+                       max_seq_len=3, max_targets=4)
+    ex = history_examples_batch(split_batch(), spec)
+    tok = lambda letters: [spec.item_index[x] + FIRST_ITEM for x in letters] + [PAD] * (4 - len(letters))  # noqa: E731
+    assert len(ex["has_val"]) == 3 + 2 + 5
+    plain = examples_batch(split_batch(), spec)
+    for key in ("val_tokens", "val_types", "val_baskets", "val_targets", "val_day", "has_val"):
+        assert ex[key][:3].tolist() == plain[key].tolist()
+    assert ex["has_val"].tolist() == [1, 0, 0] + [0] * 7 and not ex["val_tokens"][3:].any()
+    assert ex["train_len"][:3].tolist() == [0, 0, 0] and ex["refit_len"][:3].tolist() == [0, 0, 0]
+    train = ex["train_len"] > 0
+    assert ex["train_tokens"][train].tolist() == [tok("abcd"), tok("ab")]
+    assert ex["train_targets"][train].tolist() == [3, 1] and ex["train_targets"].sum() == 4
+    refit = ex["refit_len"] > 0
+    assert ex["refit_tokens"][refit].tolist() == [tok("abcd"), tok("defe"), tok("egae"), tok("bc"), tok("abcc")]
+    assert ex["refit_baskets"][refit][1].tolist() == [2, 3, 3, 3] and ex["refit_baskets"][refit][2].tolist() == [3, 4, 5, 6]
+    assert ex["refit_targets"][refit].tolist() == [3, 3, 3, 1, 3] and ex["refit_targets"].sum() == 13
+    assert not (train & refit).any()
+    assert plain["refit_targets"].tolist() == [3, 1, 3] and plain["train_targets"].tolist() == [3, 0, 1]
+    # a first basket of two events: next-basket targets skip both, next-item targets only the first
+    two = split_batch({"u": [("2024-01-02 10:00", "a", P), ("2024-01-02 10:00", "b", P), ("2024-01-03 10:00", "c", P)]})
+    assert history_examples_batch(two, spec)["refit_targets"].sum() == 1
+    items = history_examples_batch(two, dataclasses.replace(spec, basket_targets=False))
+    assert items["refit_targets"].sum() == 2 and items["refit_tokens"][items["refit_len"] > 0].tolist() == [tok("abc")]
+
+
+def test_histories_from_events_orders_like_the_sequences_and_stops_at_the_cut_off():
+    from training.data import histories_from_events
+
+    events = pd.DataFrame({
+        "user_id": ["u2", "u1", "u1", "u1", "u1", "u1"],
+        "item_id": ["x", "b", "a", "a", "c", "d"],
+        "event_type": [P, P, P, V_, P, P],
+        "event_ts": pd.to_datetime(["2024-01-03 10:00", "2024-01-02 10:00", "2024-01-02 10:00", "2024-01-02 10:00",
+                                    "2024-01-01 08:00", "2024-01-15 00:00"], utc=True)})   # d: at the cut-off
+    got = histories_from_events(events, cutoff(RUN_DATE)).to_pylist()
+    assert [r["user_id"] for r in got] == ["u1", "u2"]
+    # ties on a timestamp: item_id, then event_type (features.sequences)
+    assert got[0]["item_ids"] == ["c", "a", "a", "b"] and got[0]["event_types"] == [P, P, V_, P]
+    assert got[0]["event_ts"][0] == dt.datetime(2024, 1, 1, 8) and got[1]["item_ids"] == ["x"]
+
+
+def test_max_seq_len_200_trains():
+    """A whole-history window of 201 events through the loss (the tower's positions go up to 200)."""
+    from jobs.config import load_config
+
+    assert load_config(overrides={"train.model.max_seq_len": 200}).train.model.max_seq_len == 200
+    torch.manual_seed(0)
+    m = SeqRec(SeqRecConfig(num_items=V, dim=16, num_heads=2, num_layers=1, max_seq_len=200, use_text=False))
+    tokens = torch.randint(FIRST_ITEM, V + FIRST_ITEM, (2, 201))
+    loss = m(tokens, torch.ones_like(tokens), torch.arange(201).repeat(2, 1))
+    loss.backward()
+    assert torch.isfinite(loss) and m.repeat_lag.grad[199] != 0

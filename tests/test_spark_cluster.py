@@ -169,3 +169,19 @@ def test_ingest_and_features_on_a_standalone_cluster_match_local_mode(spark, sta
         local = read(local_lake, table).where(F.col("as_of_date") == D)
         assert local.count() > 0, table
         assertDataFrameEqual(read(cluster_lake, table).where(F.col("as_of_date") == D), local)
+
+
+def test_spark_xgboost_ranker_trains_on_the_clusters_two_workers(standalone, package, tmp_path):
+    """tests/cluster_ranker_job.py, spark-submitted: ``fit_xgb_spark`` with num_workers=2 runs its barrier
+    stage on the cluster's two one-core executors (it could not start with fewer slots) and learns the
+    planted signal."""
+    out = tmp_path / "ranker.json"
+    # _submit runs jobs/<name>.py; the ranker job is a test script, one folder over
+    _submit(standalone, package, "../tests/cluster_ranker_job", [str(out)], tmp_path / "ranker.log")
+    result = json.loads(out.read_text())
+    assert result["master"] == standalone["master"]
+    assert result["info"]["num_workers"] == 2 and 1 <= result["info"]["rounds"] <= 50
+    assert result["info"]["train_groups"] > 150 and result["info"]["valid_groups"] > 75   # groups with a positive
+    assert result["first_item_precision"] > 0.9                  # random would be ~0.16
+    apps = [(a["name"], a["state"]) for a in _master_state(standalone["ui"])["completedapps"]]
+    assert ("warmstart-cluster-ranker", "FINISHED") in apps, apps

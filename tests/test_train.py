@@ -217,3 +217,123 @@ def test_cli_missing_partition_exits_2(spark, lake, tmp_path, synthetic, capsys)
     rc = main(["--lake", lake, "--run-date", "2030-01-01", f"paths.models={tmp_path / 'm'}"])
     assert rc == 2
     assert "no rows for as_of_date 2030-01-01" in capsys.readouterr().err
+
+
+HISTORY_T = 8     # train.model.max_seq_len of the whole-history tests: every user has >= 3 x 8 events
+HISTORY = {**TINY, "train.model.max_seq_len": HISTORY_T, "features.sequence_length": HISTORY_T,
+           "train.model.use_text": False, "train.model.recent_days": 0, "train.loop.epochs": 2,
+           "train.loop.patience": 2}
+
+
+def history_lake(spark, lake: str, rebuy: bool = True):
+    """bronze/events (and the features/user_sequences built from it, last HISTORY_T events) of 30
+    generated users with 10 baskets each (views, then purchases: 30-40 events a user, the first basket
+    one view; ``rebuy=False``: no item bought twice by a user, fewer), plus events after the cut-off;
+    bronze/items. Returns the events before the cut-off as (user, item, type, ts)."""
+    from features.sequences import sequences_full
+    from features.tables import EVENTS
+    from training.synthetic_sequences import generate
+
+    seqs, items, _ = generate(users=30, categories=4, items_per_category=8, baskets_per_user=10, basket_size=2,
+                              as_of=AS_OF, max_len=10_000, seed=2, rebuy=rebuy)
+    events = [(r["user_id"], i, k, _py(t)) for r in seqs.to_dict("records")
+              for i, k, t in zip(r["item_ids"], r["event_types"], r["event_ts"])]
+    later = [("u0000", "MUG000", "purchase", dt.datetime(2024, 3, 2)), ("u0001", "MUG001", "view", dt.datetime(2024, 3, 5))]
+    rows = [(f"e{n}", u, i, k, t, t.date(), 1, 1.0, None, "test", t, "r1") for n, (u, i, k, t) in enumerate(events + later)]
+    frame = spark.createDataFrame(rows, EVENTS.schema)
+    lakeio.append(spark, lake, EVENTS, frame)
+    lakeio.replace_partition(spark, lake, USER_SEQUENCES, sequences_full(frame, AS_OF, HISTORY_T), AS_OF)
+    item_rows = [tuple(_py(r[c]) for c in ITEMS.columns) for r in items.to_dict("records")]
+    lakeio.merge_upsert(spark, lake, ITEMS, spark.createDataFrame(item_rows, ITEMS.schema))
+    return events
+
+
+def after_first_basket(events, before: dt.datetime, last: int | None = None) -> dict[str, int]:
+    """Per user, the events before ``before`` (only the ``last`` of them if given) outside the first
+    basket (the first timestamp): what the loss can predict, counted here directly."""
+    by_user: dict[str, list] = {}
+    for u, _, _, t in sorted(events, key=lambda e: (e[0], e[3])):
+        if t < before:
+            by_user.setdefault(u, []).append(t)
+    out = {}
+    for u, stamps in by_user.items():
+        stamps = stamps[-last:] if last else stamps
+        out[u] = sum(t != stamps[0] for t in stamps)
+    return out
+
+
+def refit_rows(prepared) -> list[dict]:
+    return prepared.datasets["refit"].take_all()
+
+
+@pytest.mark.slow
+def test_whole_history_examples_predict_every_event_before_the_cut_off(spark, lake, tmp_path, config, ray_local,
+                                                                        caplog):
+    """train.history=events: every event before the cut-off after each user's first basket is a training
+    target exactly once (refit), and every one before the validation window (selection run); the
+    sequences (last HISTORY_T events) reach a fraction of them, the loss before this option."""
+    from jobs.train import TrainArgs, prepare, read_inputs
+    from training.model import loss_targets
+
+    events = history_lake(spark, lake)
+    cut, window_start = dt.datetime(2024, 3, 2), dt.datetime(2024, 2, 28)
+    refit, selection = after_first_basket(events, cut), after_first_basket(events, window_start)
+    assert min(sum(t < cut for u2, *_, t in events if u2 == u) for u in refit) >= 3 * HISTORY_T
+    prepared = {}
+    for mode in ("events", "sequences"):
+        args = args_for(TrainArgs, lake, config, run_date=AS_OF, workers=1,
+                        overrides={**HISTORY, "train.history": mode, "paths.models": str(tmp_path / "models")})
+        with caplog.at_level("INFO", logger="warmstart.train"):
+            prepared[mode] = prepare(args, read_inputs(args))
+    counts = prepared["events"].history
+    assert counts == {"history": "events", "events_before_cutoff": len(events),
+                      "train_target_events": sum(selection.values()), "refit_target_events": sum(refit.values())}
+    assert sum(refit.values()) == len(events) - 30                     # one first-basket event per user
+    assert f"history events: {len(events)} events before the cut-off; training targets per epoch: " \
+           f"{sum(selection.values())} (selection run), {sum(refit.values())} (refit)" in caplog.text
+    # counted again from the refit examples the workers get, with the loss's own rule
+    rows = refit_rows(prepared["events"])
+    _, valid = loss_targets(torch_of(rows, "refit_tokens"), torch_of(rows, "refit_baskets"))
+    assert int(valid.sum()) == sum(refit.values())
+    assert len(rows) == sum(-(-n // HISTORY_T) for n in refit.values())   # T targets a window, the last fewer
+    # the sequences: the last HISTORY_T events of each user, of which those after its first basket
+    old = prepared["sequences"].history
+    assert old["refit_target_events"] == sum(after_first_basket(events, cut, last=HISTORY_T).values())
+    assert old["refit_target_events"] < sum(refit.values()) // 3 and old["events_before_cutoff"] is None
+
+
+def torch_of(rows: list[dict], column: str):
+    import torch
+
+    return torch.as_tensor(np.stack([r[column] for r in rows]))
+
+
+@pytest.mark.slow
+def test_whole_history_training_runs_on_ray_train(spark, lake, tmp_path, config, ray_local):
+    """The Ray TorchTrainer path with train.history=events on a history where nobody buys an item twice
+    (train.repeat_free_below=0.02): one worker, registered without the repeat head and with scoring's
+    mask, its lineage naming bronze/events, the counts in the summary and metrics.json."""
+    from features.tables import EVENTS
+    from jobs.train import TrainArgs, run
+
+    events = history_lake(spark, lake, rebuy=False)
+    refit = after_first_basket(events, dt.datetime(2024, 3, 2))
+    args = args_for(TrainArgs, lake, config, run_date=AS_OF, workers=1,
+                    overrides={**HISTORY, "train.history": "events", "train.repeat_free_below": 0.02,
+                               "paths.models": str(tmp_path / "models"), "paths.reports": str(tmp_path / "reports")})
+    summary = run(args)
+    buyers_in_window = {u for u, _, k, t in events if k == "purchase" and t >= dt.datetime(2024, 2, 28)}
+    assert summary["reused"] is False and summary["val_users"] == len(buyers_in_window) >= 5
+    assert summary["repurchase_share"] == 0.0 and summary["repeat_free"] is True
+    assert summary["training_input"]["refit_target_events"] == sum(refit.values())
+    assert summary["refit_sequences_per_epoch"] == sum(-(-n // HISTORY_T) for n in refit.values())
+    folder = Path(summary["path"])
+    lineage = json.loads((folder / "lineage.json").read_text())
+    assert lineage["inputs"] == {EVENTS.name: lakeio.version(spark, lake, EVENTS), ITEMS.name: lakeio.version(spark, lake, ITEMS)}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training_input"] == summary["training_input"]
+    purchases = sum(k == "purchase" and t < dt.datetime(2024, 2, 28) for *_, k, t in events)
+    assert metrics["repeat_consumption"] == {"purchases": purchases, "repurchases": 0, "share": 0.0,
+                                             "repeat_free_below": 0.02, "repeat_free": True}
+    model = json.loads((folder / "config.json").read_text())["model"]
+    assert (model["repeat_head"], model["item_rebuy"], model["mask_seen"]) == (False, False, True)

@@ -31,6 +31,8 @@ class SeqRecConfig:
     history_skip: bool = True           # user vector += recency-weighted sum of history item vectors (repeat buying)
     repeat_head: bool = True            # score += learned weight of the user's own past items (sparse)
     item_rebuy: bool = True             # repeat head += learned weight x the item's rebuy log-odds (docs/model.md)
+    mask_seen: bool = False             # scoring drops what each user already bought: set with the repeat head off
+                                        # when training finds no repeat consumption (train.repeat_free_below)
     basket_targets: bool = True         # train on the next basket from each basket end (else next item)
     dot_scale: float = 1.0              # the user vector's scale when it scores (the trainer picks it on validation)
     recent_days: int = 7                # score += learned weight x log1p(item purchases in the days before); 0 = off
@@ -83,6 +85,8 @@ class LoopConfig:
     seed: int = 0
     grad_clip: float = 1.0
     gate_lr_scale: float = 20.0         # the few scalar weights (repeat head, history skip) learn this much faster
+    bf16: bool = True                   # on CUDA, bf16 autocast of the forward passes (tensor cores); False = fp32.
+                                        # No effect on CPU
     refit: bool = True                  # after early stopping, the chosen epoch count again from the start on
                                         # every event before the run date's cut-off (the validation window's
                                         # too); those weights are registered

@@ -14,8 +14,16 @@ share one timestamp (an Online Retail invoice puts all its lines on one timestam
 - refit: every event before cutoff(D), for the final fit once the selection run has picked the epoch
   count (training.train_loop).
 So nothing chosen sees, in any user's inputs or targets, an event of the window, nor anything at or after
-cutoff(D). ``split_sequence``, the per-user leave-last-out split (test = the last purchase basket,
-validation = the one before), is jobs/evaluate.py's. Called by training.train_loop (via the Ray Data
+cutoff(D).
+
+Whole histories (``train.history = events``): the rows are every user's events before cutoff(D) from
+bronze/events (``histories_from_events``, the same columns), and ``history_examples_batch`` cuts the
+train and refit spans into windows of T+1 events in which every event after the user's first basket is
+a target exactly once (``history_windows``); a user_sequences row trains on its last T+1 events only.
+Validation is the same either way.
+
+``split_sequence``, the per-user leave-last-out split (test = the last purchase basket, validation =
+the one before), is jobs/evaluate.py's. Called by training.train_loop (via the Ray Data
 pipeline), jobs/train.py, jobs/evaluate.py and bench/train.py.
 """
 from __future__ import annotations
@@ -26,8 +34,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from training.model import EVENT_TYPES, FIRST_ITEM, PAD, UNK
+from training.model import EVENT_TYPES, FIRST_ITEM, PAD, UNK, loss_targets
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,8 @@ class ExampleSpec:
     target_event_types: tuple[str, ...] = ("purchase",)
     event_types: tuple[str, ...] = EVENT_TYPES
     type_index: dict[str, int] = field(default_factory=dict)
+    basket_targets: bool = True                        # the model's (SeqRecConfig): how its loss picks targets,
+                                                       # for the train_targets / refit_targets counts
 
     def __post_init__(self):
         if self.horizon_days < 1:
@@ -184,17 +195,10 @@ def examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True)
     (B, T+1): the events before the window (see SeqRec.loss). val_* (B, T): the validation input (the
     same events); val_targets (B, max_targets) catalogue indices padded with -1; val_day (B,) the
     window's first day, whose recent-popularity row scores the window. refit_* (B, T+1), with ``refit``:
-    every event before the cut-off, the same way as train_*."""
-    T, M = spec.max_seq_len, spec.max_targets
+    every event before the cut-off, the same way as train_*. train_targets / refit_targets (B,): how
+    many positions the loss predicts (training.model.loss_targets), for the counts the job logs."""
     rows = len(batch["user_id"])
-    out = {"val_tokens": np.zeros((rows, T), np.int64), "val_types": np.zeros((rows, T), np.int64),
-           "val_baskets": np.full((rows, T), -1, np.int64), "val_targets": np.full((rows, M), -1, np.int64),
-           "val_day": np.full(rows, -1, np.int64), "has_val": np.zeros(rows, np.int64)}
-    for prefix in ("train", "refit") if refit else ("train",):
-        out.update({f"{prefix}_tokens": np.zeros((rows, T + 1), np.int64),
-                    f"{prefix}_types": np.zeros((rows, T + 1), np.int64),
-                    f"{prefix}_baskets": np.full((rows, T + 1), -1, np.int64),
-                    f"{prefix}_days": np.full((rows, T + 1), -1, np.int64), f"{prefix}_len": np.zeros(rows, np.int64)})
+    out = _example_arrays(rows, spec, refit)
     window_day = int(event_days([spec.window_start])[0])
     for r in range(rows):
         s = time_split(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.window_start,
@@ -202,23 +206,131 @@ def examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True)
         _put_sequence(out, "train", r, s, len(s.input_items), spec)
         if refit:
             _put_sequence(out, "refit", r, s, len(s.refit_items), spec)
-        known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
-        if s.input_items and known:
-            out["val_tokens"][r], out["val_types"][r] = encode(s.input_items, s.input_types, T, spec)
-            out["val_baskets"][r] = encode_baskets(s.baskets[:len(s.input_items)], T)
-            out["val_targets"][r, :len(known)] = known
-            out["val_day"][r] = window_day
-            out["has_val"][r] = 1
+        _put_validation(out, r, s, spec, window_day)
+    return _count_targets(out, spec)
+
+
+def _example_arrays(rows: int, spec: ExampleSpec, refit: bool) -> dict[str, np.ndarray]:
+    """``rows`` examples of padding only: the arrays :func:`examples_batch` fills."""
+    T, M = spec.max_seq_len, spec.max_targets
+    out = {"val_tokens": np.zeros((rows, T), np.int64), "val_types": np.zeros((rows, T), np.int64),
+           "val_baskets": np.full((rows, T), -1, np.int64), "val_targets": np.full((rows, M), -1, np.int64),
+           "val_day": np.full(rows, -1, np.int64), "has_val": np.zeros(rows, np.int64)}
+    for prefix in ("train", "refit") if refit else ("train",):
+        out.update({f"{prefix}_tokens": np.zeros((rows, T + 1), np.int64),
+                    f"{prefix}_types": np.zeros((rows, T + 1), np.int64),
+                    f"{prefix}_baskets": np.full((rows, T + 1), -1, np.int64),
+                    f"{prefix}_days": np.full((rows, T + 1), -1, np.int64), f"{prefix}_len": np.zeros(rows, np.int64),
+                    f"{prefix}_targets": np.zeros(rows, np.int64)})
     return out
+
+
+def _put_validation(out: dict[str, np.ndarray], r: int, s: TimeSplit, spec: ExampleSpec, window_day: int) -> None:
+    """Row r's validation example: the events before the window, judged on the window's purchases (none
+    when the user has no input or no known target)."""
+    T, M = spec.max_seq_len, spec.max_targets
+    known = [spec.item_index[i] for i in s.val_targets if i in spec.item_index][:M]
+    if s.input_items and known:
+        out["val_tokens"][r], out["val_types"][r] = encode(s.input_items, s.input_types, T, spec)
+        out["val_baskets"][r] = encode_baskets(s.baskets[:len(s.input_items)], T)
+        out["val_targets"][r, :len(known)] = known
+        out["val_day"][r] = window_day
+        out["has_val"][r] = 1
 
 
 def _put_sequence(out: dict[str, np.ndarray], prefix: str, r: int, s: TimeSplit, n: int, spec: ExampleSpec) -> None:
     """Row r of the ``prefix`` training arrays: the first n events of the split (its last T+1 of them)."""
+    _put_window(out, prefix, r, s, range(max(0, n - spec.max_seq_len - 1), n), spec)
+
+
+def _put_window(out: dict[str, np.ndarray], prefix: str, r: int, s: TimeSplit, idx: Sequence[int],
+                spec: ExampleSpec) -> None:
+    """Row r of the ``prefix`` training arrays: the split's events at positions ``idx`` (at most T+1)."""
     width = spec.max_seq_len + 1
-    out[f"{prefix}_tokens"][r], out[f"{prefix}_types"][r] = encode(s.refit_items[:n], s.refit_types[:n], width, spec)
-    out[f"{prefix}_baskets"][r] = encode_baskets(s.baskets[:n], width)
-    out[f"{prefix}_days"][r] = encode_days(np.asarray(s.days[:n], np.int64), width)
-    out[f"{prefix}_len"][r] = min(n, width)
+    out[f"{prefix}_tokens"][r], out[f"{prefix}_types"][r] = encode([s.refit_items[i] for i in idx],
+                                                                   [s.refit_types[i] for i in idx], width, spec)
+    out[f"{prefix}_baskets"][r] = encode_baskets([s.baskets[i] for i in idx], width)
+    out[f"{prefix}_days"][r] = encode_days(np.asarray([s.days[i] for i in idx], np.int64), width)
+    out[f"{prefix}_len"][r] = len(idx)
+
+
+def _count_targets(out: dict[str, np.ndarray], spec: ExampleSpec) -> dict[str, np.ndarray]:
+    """Fills ``<prefix>_targets``: the positions of each row that the model's loss predicts."""
+    for prefix in ("train", "refit"):
+        if f"{prefix}_tokens" in out:
+            _, valid = loss_targets(torch.from_numpy(out[f"{prefix}_tokens"]),
+                                    torch.from_numpy(out[f"{prefix}_baskets"]), spec.basket_targets)
+            out[f"{prefix}_targets"] = valid.sum(1).numpy().astype(np.int64)
+    return out
+
+
+def history_windows(baskets: Sequence[int], width: int) -> list[list[int]]:
+    """One user's whole time-ordered history (its events' basket ordinals) cut into training windows of
+    at most ``width`` (= T+1) events such that every event after the user's first basket is predicted
+    exactly once (the first basket has nothing before it). A window is one input event, the last event
+    before its targets' basket, then up to ``width - 1`` targets; the next window's targets start where
+    this one's stop. One input, not more: the loss predicts every position after a window's first basket, so
+    a longer lead-in would be predicted twice. A basket split between two windows: its later part is
+    predicted, as it would be whole, from the basket before (its earlier part is not among the inputs).
+    Returns each window's event positions, oldest first."""
+    n = len(baskets)
+    basket_start = [0] * n
+    for i in range(1, n):
+        basket_start[i] = basket_start[i - 1] if baskets[i] == baskets[i - 1] else i
+    windows, a = [], next((i for i in range(n) if baskets[i] != baskets[0]), n)
+    while a < n:
+        b = min(a + width - 1, n)
+        windows.append([basket_start[a] - 1, *range(a, b)])
+        a = b
+    return windows
+
+
+def history_examples_batch(batch: dict[str, Any], spec: ExampleSpec, refit: bool = True) -> dict[str, np.ndarray]:
+    """``train.history = events``: rows of whole histories (one per user: every event before the cut-off,
+    oldest first, in user_sequences' columns) -> the arrays of :func:`examples_batch`, one example per
+    output row: each user's validation example (the same as examples_batch's), then the
+    :func:`history_windows` of the events before the validation window (train_*) and, with ``refit``,
+    of every event before the cut-off (refit_*). Every event of those spans after the user's first
+    basket is a training target exactly once, where examples_batch keeps the last T+1 events only."""
+    splits = [time_split(batch["item_ids"][r], batch["event_types"][r], batch["event_ts"][r], spec.window_start,
+                         spec.cutoff, spec.target_event_types) for r in range(len(batch["user_id"]))]
+    width = spec.max_seq_len + 1
+    # Next-item targets (basket_targets off): every event is its own basket for the cut.
+    ords = [s.baskets if spec.basket_targets else list(range(len(s.baskets))) for s in splits]
+    windows = {"train": [(k, w) for k, s in enumerate(splits)
+                         for w in history_windows(ords[k][:len(s.input_items)], width)]}
+    if refit:
+        windows["refit"] = [(k, w) for k in range(len(splits)) for w in history_windows(ords[k], width)]
+    out = _example_arrays(len(splits) + sum(len(w) for w in windows.values()), spec, refit)
+    window_day = int(event_days([spec.window_start])[0])
+    for r, s in enumerate(splits):
+        _put_validation(out, r, s, spec, window_day)
+    r = len(splits)
+    for prefix, cut in windows.items():
+        for k, idx in cut:
+            _put_window(out, prefix, r, splits[k], idx, spec)
+            r += 1
+    return _count_targets(out, spec)
+
+
+def histories_from_events(events: pd.DataFrame, cut: dt.datetime):
+    """bronze/events rows (``user_id, item_id, event_type, event_ts``) -> a pyarrow Table with one row per
+    user: every event before ``cut``, oldest first, in user_sequences' columns (``user_id, item_ids,
+    event_types, event_ts``, naive UTC) and order (event_ts, item_id, event_type; features.sequences),
+    users ascending. The whole-history training input (``train.history = events``). Pure."""
+    import pyarrow as pa
+
+    stamps = pd.to_datetime(events["event_ts"], utc=True).dt.tz_localize(None)
+    df = pd.DataFrame({"user_id": events["user_id"].astype(str).to_numpy(),
+                       "item_id": events["item_id"].astype(str).to_numpy(),
+                       "event_type": events["event_type"].astype(str).to_numpy(), "event_ts": stamps.to_numpy()})
+    df = df[df["event_ts"] < pd.Timestamp(cut)].sort_values(["user_id", "event_ts", "item_id", "event_type"])
+    users, starts = np.unique(df["user_id"].to_numpy(), return_index=True)
+    offsets = pa.array(np.append(starts, len(df)).astype(np.int32))
+    lists = {c: pa.ListArray.from_arrays(offsets, pa.array(df[col].to_numpy(), typ))
+             for c, col, typ in (("item_ids", "item_id", pa.string()), ("event_types", "event_type", pa.string()),
+                                 ("event_ts", "event_ts", pa.timestamp("us")))}
+    return pa.table({"user_id": pa.array(users.astype(str), pa.string()), **lists})
 
 
 REBUY_PRIOR_BUYERS = 20.0   # rebuy rates shrink toward the average as if every item had 20 more buyers
@@ -230,7 +342,8 @@ def item_stats_batch(batch: dict[str, Any], target_event_types: Sequence[str] = 
     its events (vocabulary and popularity); ``buyers_*`` / ``rebuyers_*``, the users who bought it, and
     in two or more baskets, within each user's ``train`` input (the events before the validation window)
     and ``refit`` input (every event before the cut-off), the inputs each training phase sees
-    (rebuy_log_odds)."""
+    (rebuy_log_odds); ``purchases_train`` / ``repurchases_train``, its target-type events in the train
+    input and those of them that the user had bought in an earlier basket (repurchase_flags)."""
     wanted = set(target_event_types)
     counts: dict[str, int] = {}
     tally: dict[str, list[int]] = {}
@@ -244,14 +357,44 @@ def item_stats_batch(batch: dict[str, Any], target_event_types: Sequence[str] = 
                 if kind in wanted:
                     baskets_of.setdefault(str(item), set()).add(basket)
             for item, baskets in baskets_of.items():
-                row = tally.setdefault(item, [0, 0, 0, 0])
+                row = tally.setdefault(item, [0] * 6)
                 row[col] += 1
                 row[col + 1] += len(baskets) > 1
+        end = len(s.input_items)
+        for item, again in repurchase_flags(s.refit_items[:end], s.refit_types[:end], s.baskets[:end], wanted):
+            row = tally.setdefault(item, [0] * 6)
+            row[4] += 1
+            row[5] += again
     ids = sorted(counts)
-    stats = np.array([tally.get(i, [0, 0, 0, 0]) for i in ids], dtype=np.int64).reshape(len(ids), 4)
+    stats = np.array([tally.get(i, [0] * 6) for i in ids], dtype=np.int64).reshape(len(ids), 6)
     return {"item_id": np.array(ids, dtype=str), "count": np.array([counts[i] for i in ids], dtype=np.int64),
             "buyers_train": stats[:, 0], "rebuyers_train": stats[:, 1],
-            "buyers_refit": stats[:, 2], "rebuyers_refit": stats[:, 3]}
+            "buyers_refit": stats[:, 2], "rebuyers_refit": stats[:, 3],
+            "purchases_train": stats[:, 4], "repurchases_train": stats[:, 5]}
+
+
+def repurchase_flags(items: Sequence[str], kinds: Sequence[str], baskets: Sequence[int],
+                     target_event_types: Iterable[str] = ("purchase",)) -> list[tuple[str, bool]]:
+    """(item, whether the user had bought it in an earlier basket) for each target-type event of one
+    time-ordered sequence. The same item twice in one basket (two invoice lines) is not a repurchase."""
+    wanted = set(target_event_types)
+    first_basket: dict[str, int] = {}
+    out = []
+    for item, kind, basket in zip(items, kinds, baskets):
+        if kind in wanted:
+            out.append((str(item), first_basket.setdefault(str(item), basket) != basket))
+    return out
+
+
+def repeat_consumption(purchases: int, repurchases: int, repeat_free_below: float) -> dict[str, Any]:
+    """Whether a catalogue is bought again: the repurchase share (repurchases / purchases, None without
+    purchases) against ``train.repeat_free_below``. ``repeat_free`` (the share below it): the model trains
+    without the repeat head and the rebuy odds, and scoring masks what each user bought (jobs/train.py);
+    a threshold of 0 never decides so."""
+    share = repurchases / purchases if purchases else None
+    return {"purchases": int(purchases), "repurchases": int(repurchases),
+            "share": None if share is None else round(share, 6), "repeat_free_below": repeat_free_below,
+            "repeat_free": share is not None and share < repeat_free_below}
 
 
 def rebuy_log_odds(buyers: np.ndarray, rebuyers: np.ndarray, prior_buyers: float = REBUY_PRIOR_BUYERS) -> np.ndarray:
@@ -301,14 +444,32 @@ def ray_sequences(files: list[str], columns: Sequence[str] = ("user_id", "item_i
     return ray.data.read_parquet(files, columns=list(columns), override_num_blocks=max(1, len(files)))
 
 
+def ray_histories(histories, blocks: int = 8):
+    """The Ray Dataset of :func:`histories_from_events`' rows, in ``blocks`` blocks (parallel tasks)."""
+    import ray.data
+
+    step = max(1, -(-histories.num_rows // max(1, blocks)))
+    return ray.data.from_arrow([histories.slice(o, step) for o in range(0, max(histories.num_rows, 1), step)])
+
+
 def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256, refit: bool = False):
     """{"train", "val"[, "refit"]}: Ray Datasets of padded arrays, computed in parallel tasks; never
     gathered."""
-    examples = sequences.map_batches(examples_batch, fn_kwargs={"spec": spec, "refit": refit}, batch_size=batch_size,
+    return ray_examples_counted(sequences, spec, batch_size, refit)[0]
+
+
+def ray_examples_counted(sequences, spec: ExampleSpec, batch_size: int = 256, refit: bool = False,
+                         history: str = "sequences") -> tuple[dict, dict[str, int]]:
+    """(:func:`ray_examples`' datasets, the training targets of one epoch of each phase, {"train",
+    "refit"}). ``history``: "sequences" (user_sequences rows, :func:`examples_batch`) or "events" (whole
+    histories, :func:`history_examples_batch`)."""
+    build = history_examples_batch if history == "events" else examples_batch
+    examples = sequences.map_batches(build, fn_kwargs={"spec": spec, "refit": refit}, batch_size=batch_size,
                                      batch_format="numpy")
     # Materialised once (blocks stay distributed in the object store): every epoch re-reads them
     # instead of re-running the read + split pipeline.
     examples = examples.materialize()
+    counts = {p: int(examples.sum(f"{p}_targets") or 0) for p in (("train", "refit") if refit else ("train",))}
     train = (examples.filter(expr="train_len >= 2")
              .select_columns(["train_tokens", "train_types", "train_baskets", "train_days"]).materialize())
     val = (examples.filter(expr="has_val == 1")
@@ -317,4 +478,4 @@ def ray_examples(sequences, spec: ExampleSpec, batch_size: int = 256, refit: boo
     if refit:
         out["refit"] = (examples.filter(expr="refit_len >= 2")
                         .select_columns(["refit_tokens", "refit_types", "refit_baskets", "refit_days"]).materialize())
-    return out
+    return out, counts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,12 +20,31 @@ import numpy as np
 log = logging.getLogger("warmstart.train")
 
 
+@dataclass(frozen=True)
+class VocabularyStats:
+    """:func:`vocabulary_stats`: the vocabulary and what one pass over the training rows counts."""
+
+    vocab: list[str]
+    counts: np.ndarray                  # (V,) events per item
+    rebuy: dict[str, np.ndarray]        # {"train", "refit"}: (V,) rebuy log-odds over each phase's inputs
+    purchases: int                      # target-type events before the validation window
+    repurchases: int                    # of which the user had bought the item in an earlier basket
+
+
 def vocabulary(sequences, items, target_event_types: Sequence[str], window_start: dt.datetime,
                cut: dt.datetime) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Vocabulary (catalogue ∪ sequence items, sorted), each item's count in the sequences, and each
-    item's rebuy log-odds over each training phase's inputs, in one pass: ``train``, the selection run's
-    (events before the validation window, ``window_start``); ``refit``, every event before ``cut``.
-    ``sequences``: a Ray Dataset of user_sequences rows; ``items``: the catalogue (pandas, ``item_id``)."""
+    """(vocab, counts, rebuy) of :func:`vocabulary_stats`."""
+    stats = vocabulary_stats(sequences, items, target_event_types, window_start, cut)
+    return stats.vocab, stats.counts, stats.rebuy
+
+
+def vocabulary_stats(sequences, items, target_event_types: Sequence[str], window_start: dt.datetime,
+                     cut: dt.datetime) -> VocabularyStats:
+    """Vocabulary (catalogue ∪ sequence items, sorted), each item's count in the sequences, each item's
+    rebuy log-odds over each training phase's inputs, and the repurchases, in one pass: ``train``, the
+    selection run's (events before the validation window, ``window_start``); ``refit``, every event before
+    ``cut``. ``sequences``: a Ray Dataset of user_sequences rows (or whole histories); ``items``: the
+    catalogue (pandas, ``item_id``)."""
     from training.data import build_vocabulary, item_stats_batch, rebuy_log_odds
 
     # Per-block (item, stats) rows come back to the driver: at most catalogue-size rows per block,
@@ -37,7 +57,9 @@ def vocabulary(sequences, items, target_event_types: Sequence[str], window_start
     sums = sums.reindex(vocab, fill_value=0)
     rebuy = {phase: rebuy_log_odds(sums[f"buyers_{phase}"].to_numpy(), sums[f"rebuyers_{phase}"].to_numpy())
              for phase in ("train", "refit")}
-    return vocab, sums["count"].to_numpy(dtype=np.int64), rebuy
+    return VocabularyStats(vocab=vocab, counts=sums["count"].to_numpy(dtype=np.int64), rebuy=rebuy,
+                           purchases=int(sums["purchases_train"].sum()),
+                           repurchases=int(sums["repurchases_train"].sum()))
 
 
 def item_texts(vocab: Sequence[str], items) -> list[str]:

@@ -323,20 +323,11 @@ class SeqRec(nn.Module):
         """Next-basket loss over sequences tokens, types, baskets, days (B, T+1): every item at position s
         is predicted from the last position of the basket before s's basket (``basket_targets``), or from
         s - 1 (next item), with the recent popularity of s's day."""
-        B, T1 = tokens.shape
+        B = tokens.shape[0]
         inputs, in_types = tokens[:, :-1], types[:, :-1]                            # (B, T)
         hidden = self.hidden_states(inputs, in_types)                               # (B, T, d)
-        pos = torch.arange(T1, device=tokens.device)
-        if self.cfg.basket_targets:
-            b = _baskets_or_positions(tokens, baskets)
-            starts = torch.ones_like(tokens, dtype=torch.bool)
-            starts[:, 1:] = b[:, 1:] != b[:, :-1]
-            first = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values  # basket start
-            source = (first - 1)[:, 1:]                                              # (B, T)
-        else:
-            source = (pos[1:] - 1).expand(B, T1 - 1)
+        source, valid = loss_targets(tokens, baskets, self.cfg.basket_targets)       # (B, T) each
         targets = tokens[:, 1:]                                                      # (B, T)
-        valid = (targets >= FIRST_ITEM) & (source >= 0)
         if not bool(valid.any()):
             return hidden.sum() * 0.0
         row = torch.arange(B, device=tokens.device)[:, None].expand_as(targets)[valid]  # (n,)
@@ -385,6 +376,26 @@ class SeqRec(nn.Module):
         """q(i) proportional to count^0.75 (word2vec's smoothing): frequent items are hard negatives."""
         q = (item_counts.float() + 1.0).pow(0.75)
         self.log_q.copy_((q / q.sum()).log())
+
+
+def loss_targets(tokens: torch.Tensor, baskets: torch.Tensor | None, basket_targets: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which positions of (B, T+1) training sequences :meth:`SeqRec.loss` predicts, and from where:
+    (source, valid), both (B, T) for positions 1..T. ``source`` is the position whose user vector
+    predicts it (the last of the basket before, or the one before with ``basket_targets`` off); a
+    position is a target when it holds an item and has a source (the sequence's first basket has none).
+    training.data counts the training targets with it."""
+    B, T1 = tokens.shape
+    pos = torch.arange(T1, device=tokens.device)
+    if basket_targets:
+        b = _baskets_or_positions(tokens, baskets)
+        starts = torch.ones_like(tokens, dtype=torch.bool)
+        starts[:, 1:] = b[:, 1:] != b[:, :-1]
+        first = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values  # basket start
+        source = (first - 1)[:, 1:]                                                  # (B, T)
+    else:
+        source = (pos[1:] - 1).expand(B, T1 - 1)
+    return source, (tokens[:, 1:] >= FIRST_ITEM) & (source >= 0)
 
 
 def _baskets_or_positions(tokens: torch.Tensor, baskets: torch.Tensor | None) -> torch.Tensor:

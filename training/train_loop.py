@@ -239,7 +239,7 @@ class _WorkerRun:
     rebuy: dict
 
     def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return cuda_autocast(self.device, self.tcfg.bf16)
 
     def train_epoch(self, shard, prefix: str, epoch: int) -> dict[str, float]:
         """One pass over this rank's shard of ``<prefix>_*`` examples."""
@@ -341,6 +341,12 @@ class _WorkerRun:
             state["phase"] = "done"
             self.best_state = _state(self.inner)
         self.report({**metrics, "stopping": state["phase"] == "done"})
+
+
+def cuda_autocast(device: torch.device, bf16: bool = True):
+    """bf16 autocast on CUDA when ``bf16`` (LoopConfig.bf16), else a no-op: CPU autocast would slow the
+    CPU runs down and change their numbers."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
 
 def build_trainer(loop_config: dict, datasets: dict, *, num_workers: int, use_gpu: bool, storage_path: str,
