@@ -204,7 +204,7 @@ def _fit_inputs(frames: dict[dt.date, NightFrame], d: dt.date, cfg: RankerConfig
 
 
 def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: pd.DataFrame, ranker,
-               k: int, chunk_users: int = 20_000) -> pd.DataFrame:
+               k: int, chunk_users: int = 5_000) -> pd.DataFrame:
     """The scorer's rows (``user_id, rank, item_id, score, strategy``, the transformer's top N per user)
     re-ranked for night D: every user the model scored who bought something before the cut-off gets its
     top ``k`` of the ranker's candidates (strategy ``ranker``, score = the ranker's); others get nothing
@@ -217,7 +217,8 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
     model_rows = scored[scored["strategy"] == MODEL]
     rows = np.flatnonzero(pd.Index(night.user_ids).isin(set(model_rows["user_id"])))
     out = []
-    for start in range(0, len(rows), chunk_users):     # bounds the driver's candidate frame (~300 per user)
+    for start in range(0, len(rows), chunk_users):     # bounds the driver: ~300 candidates x ~120 columns a user
+        # (20,000 users in one chunk passed 19 GB on a 24 GB machine: bench/results/ranker.md)
         part = rows[start:start + chunk_users]
         mine = model_rows[model_rows["user_id"].isin(set(night.user_ids[part]))]
         transformer = mine if "transformer" in ranker.retrievers else None
