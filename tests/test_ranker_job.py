@@ -93,7 +93,7 @@ def test_train_ranker_registers_a_portable_model_with_lineage_and_reuses_it(trai
 
 def test_score_writes_the_rankers_lists_and_a_rerun_changes_nothing(spark, trained, world):
     from features.tables import ITEMS, USER_CANDIDATES
-    from jobs import lake as lakeio, score
+    from jobs import lake as lakeio, ranking, score
 
     def scored(**overrides):
         config = world["config"].with_overrides(overrides)
@@ -111,8 +111,17 @@ def test_score_writes_the_rankers_lists_and_a_rerun_changes_nothing(spark, train
     assert not ranked.duplicated(["user_id", "item_id"]).any()
     assert set(ranked["item_id"]) <= {r["item_id"] for r in lakeio.read(spark, world["lake"], ITEMS).collect()}
     assert (ranked.groupby("user_id")["score"].apply(lambda s: bool(np.all(np.diff(s.to_numpy()) <= 0)))).all()
-    _, rerun = scored()
-    pd.testing.assert_frame_equal(rows, rerun)                                     # deterministic
+    rank_users, chunked = ranking.rank_users, []
+
+    def in_chunks_of_7(*a, **kw):
+        chunked.append(True)
+        return rank_users(*a, **kw, chunk_users=7)
+
+    with pytest.MonkeyPatch.context() as mp:          # the rerun ranks 7 users at a time
+        mp.setattr(ranking, "rank_users", in_chunks_of_7)
+        _, rerun = scored()
+    assert chunked and summary["users_ranked"] > 7
+    pd.testing.assert_frame_equal(rows, rerun)        # deterministic, and the chunks change nothing
     _, plain = scored(**{"score.rank": False})
     assert set(plain["strategy"]) <= {"model", "popular_fallback"}
     both = ranked.merge(plain, on=["user_id", "rank"], suffixes=("", "_model"))
