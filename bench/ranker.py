@@ -158,7 +158,7 @@ class Memory:
 
 def instrument(clock: Clock) -> None:
     """Wrap what train-ranker and score call, to see where their time goes."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from jobs import backtest, build_features, lake, ranking, score, train_ranker
     from training import backtest as B
@@ -169,8 +169,7 @@ def instrument(clock: Clock) -> None:
         return {"candidate_rows": len(out), "candidate_users": len(rows)}
 
     def numeric_label(features, keys):
-        what = {"row": "user x item features from bronze/events", "user_id": "user_features as-of join",
-                "item_id": "item_features as-of join"}
+        what = {"user_id": "user_features as-of join", "item_id": "item_features as-of join"}
         return f"Spark run + collect: {next((v for k, v in what.items() if k in keys), keys)} (ranking._numeric)"
 
     for owner, name, label in (
@@ -185,7 +184,11 @@ def instrument(clock: Clock) -> None:
         (H, "tifu_user_vectors", "TIFU vectors of every pool user (H.tifu_user_vectors)"),
         (H, "nearest_neighbours", "nearest neighbours (H.nearest_neighbours)"),
         (ranking, "attach_features", "feature join (ranking.attach_features)"),
+        (ranking, "night_lookup", "the night's features, collected once (ranking.night_lookup)"),
+        (ranking, "_assemble", "collected frames to arrays (ranking._assemble)"),
+        (ranking.NightLookup, "attach", "feature join in arrays (NightLookup.attach)"),
         (SparkSession, "createDataFrame", "Spark createDataFrame from pandas"),
+        (DataFrame, "toPandas", "Spark run + collect (DataFrame.toPandas)"),
         (R, "fit", "XGBoost fit: early-stopped, then refit (R.fit)"),
         (R, "union_recall", "validation recall (R.union_recall)"),
         (R, "predict", "XGBoost predict (R.predict)"),

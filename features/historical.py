@@ -17,6 +17,8 @@ big join is an equi-join on (key, date).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -79,13 +81,17 @@ def _pair_stats(visible: DataFrame) -> DataFrame:
         F.count(F.when(bought, F.col("price"))).alias("_price_count"))
 
 
-def _user_stats(pairs: DataFrame, categories: DataFrame) -> DataFrame:
+def _user_categories(pairs: DataFrame, categories: DataFrame) -> DataFrame:
+    """Per (as_of_date, user_id, _category; null: unknown): purchase events ``_n``, price sum and count."""
+    return (pairs.join(categories, "item_id", "left")
+            .groupBy("as_of_date", "user_id", "_category").agg(
+                F.sum("_purchases").alias("_n"), F.sum("_price_sum").alias("_price_sum"),
+                F.sum("_price_count").alias("_price_count")))
+
+
+def _user_stats(per_category: DataFrame) -> DataFrame:
     """Per (as_of_date, user_id): purchase price sum and count, purchase events with a known category and
     a map of them per category (one row per user, so a candidate needs one join whatever its category)."""
-    per_category = (pairs.join(categories, "item_id", "left")
-                    .groupBy("as_of_date", "user_id", "_category").agg(
-                        F.sum("_purchases").alias("_n"), F.sum("_price_sum").alias("_price_sum"),
-                        F.sum("_price_count").alias("_price_count")))
     known = F.col("_category").isNotNull()
     return per_category.groupBy("as_of_date", "user_id").agg(
         F.sum("_price_sum").alias("_user_price_sum"), F.sum("_price_count").alias("_user_price_count"),
@@ -106,6 +112,26 @@ def _ratio(numerator: Column, denominator: Column) -> Column:
     return F.when(denominator != 0, numerator / denominator)
 
 
+@dataclass(frozen=True)
+class UserItemParts:
+    """The aggregates the user x item features are made of, per as_of_date (see :func:`user_item_parts`)."""
+    pairs: DataFrame              # (as_of_date, user_id, item_id): _events, _purchases, _baskets, _last_purchase_date, ...
+    categories: DataFrame         # (item_id): _category
+    user_categories: DataFrame    # (as_of_date, user_id, _category): _n purchase events, price sum and count
+    users: DataFrame              # (as_of_date, user_id): _user_price_sum/_count, _user_categorised, _user_categories
+    items: DataFrame              # (as_of_date, item_id): _buyers, _rebuyers, _item_price_sum/_count
+
+
+def user_item_parts(events: DataFrame, items: DataFrame, dates: DataFrame) -> UserItemParts:
+    """The aggregates of ``bronze/events`` visible as of each ``as_of_date`` of ``dates`` (a handful of
+    rows) that :func:`user_item_features` joins to candidate rows. Also collected whole, once per night, by
+    the ranker's scoring (jobs/ranking.py ``NightLookup``), which assembles the same columns in arrays."""
+    pairs = _pair_stats(_visible_events(events, dates))
+    categories = items.select("item_id", F.col("category").alias("_category"))
+    per_category = _user_categories(pairs, categories)
+    return UserItemParts(pairs, categories, per_category, _user_stats(per_category), _item_stats(pairs))
+
+
 def user_item_features(rows: DataFrame, events: DataFrame, items: DataFrame) -> DataFrame:
     """``rows`` (``user_id``, ``item_id``, ``as_of_date``, anything else) with the user × item columns of
     ``features/user_item_features`` from the ``bronze/events`` before each row's cut-off and the
@@ -114,8 +140,8 @@ def user_item_features(rows: DataFrame, events: DataFrame, items: DataFrame) -> 
     clash = (set(USER_ITEM_FEATURES.columns) - set(keys)) & set(rows.columns)
     if clash:
         raise ValueError(f"user_item_features would overwrite columns of rows: {sorted(clash)}")
-    pairs = _pair_stats(_visible_events(events, rows.select("as_of_date").distinct()))
-    categories = items.select("item_id", F.col("category").alias("_category"))
+    parts = user_item_parts(events, items, rows.select("as_of_date").distinct())
+    pairs, categories = parts.pairs, parts.categories
     user_mean = _ratio(F.col("_user_price_sum"), F.col("_user_price_count"))
     item_mean = _ratio(F.col("_item_price_sum"), F.col("_item_price_count"))
     values = {
@@ -139,8 +165,8 @@ def user_item_features(rows: DataFrame, events: DataFrame, items: DataFrame) -> 
     types = {f.name: f.dataType for f in USER_ITEM_FEATURES.schema}
     return (rows.join(pairs, keys, "left")
             .join(categories, "item_id", "left")
-            .join(_user_stats(pairs, categories), ["as_of_date", "user_id"], "left")
-            .join(_item_stats(pairs), ["as_of_date", "item_id"], "left")
+            .join(parts.users, ["as_of_date", "user_id"], "left")
+            .join(parts.items, ["as_of_date", "item_id"], "left")
             .select(*rows.columns, *[v.cast(types[name]).alias(name) for name, v in values.items()]))
 
 

@@ -18,9 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.historical import as_of_join, user_item_features
+from features.historical import as_of_join, user_item_parts
 from features.tables import EVENTS, ITEM_FEATURES, ITEMS, USER_FEATURES
 from jobs import lake
 from jobs.config import RankerConfig
@@ -67,9 +68,11 @@ def tune_tifu(validation: B.Night, k: int) -> H.TifuKnnParams:
 
 def night_frames(spark: SparkSession, lake_root: str, nights: dict[dt.date, B.Night], catalogue: list[str],
                  transformer_rows: TransformerRows, tifu: H.TifuKnnParams, pools_: R.Pools,
-                 rows: dict[dt.date, np.ndarray] | None = None) -> dict[dt.date, NightFrame]:
+                 rows: dict[dt.date, np.ndarray] | None = None,
+                 lookups: dict[dt.date, NightLookup] | None = None) -> dict[dt.date, NightFrame]:
     """The candidates of every night's judged users (or of ``rows[d]``, pool rows) with labels and
-    features, one Spark pass for all."""
+    features: from ``lookups[d]`` when given (the ranked score builds one a night for all its chunks),
+    else from a :class:`NightLookup` collected here."""
     frames = {}
     for d, night in sorted(nights.items()):
         transformer = _transformer_frame(transformer_rows(d), night, catalogue)
@@ -78,7 +81,8 @@ def night_frames(spark: SparkSession, lake_root: str, nights: dict[dt.date, B.Ni
                              cooccurrence=R.cooccurrence_model(night), pools=pools_)
         frames[d] = frame.assign(label=R.labels(frame, night))
         log.info("ranker night %s: %d users, %d candidates", d, len(night.evaluated), len(frame))
-    attached = attach_features(spark, lake_root, {d: (nights[d], f) for d, f in frames.items()}, catalogue)
+    attached = {d: lookups[d].attach(f, nights[d].user_ids) for d, f in frames.items()} if lookups else \
+        attach_features(spark, lake_root, {d: (nights[d], f) for d, f in frames.items()}, catalogue)
     out, qid = {}, 0
     for d in sorted(frames):
         f = attached[d]
@@ -103,49 +107,169 @@ def _transformer_frame(rows: pd.DataFrame | None, night: B.Night, catalogue: lis
 def attach_features(spark: SparkSession, lake_root: str, frames: dict[dt.date, tuple[B.Night, pd.DataFrame]],
                     catalogue: list[str]) -> dict[dt.date, pd.DataFrame]:
     """Each frame with the user, item and user x item features as of its night (numeric columns only):
-    ``features.historical.get_historical_features`` taken apart so that the driver receives each user's and
-    each item's columns once per night (joined to the candidates here) rather than once per candidate."""
-    item_ids = np.asarray(catalogue, dtype=object)
-    keys = pd.concat([pd.DataFrame({"user_id": night.user_ids[f["row"].to_numpy()].astype(str),
-                                    "item_id": item_ids[f["item"].to_numpy()], "as_of_date": d,
-                                    "row": f["row"].to_numpy(np.int64), "item": f["item"].to_numpy(np.int64)})
-                      for d, (night, f) in frames.items()], ignore_index=True)
-    rows = spark.createDataFrame(keys, schema=_KEYS).persist()
-    try:
-        pairs = _numeric(user_item_features(rows, lake.read(spark, lake_root, EVENTS), lake.read(spark, lake_root, ITEMS)),
-                         ("as_of_date", "row", "item"))
-        users = _numeric(as_of_join(rows.select("user_id", "as_of_date").distinct(),
-                                    lake.read(spark, lake_root, USER_FEATURES), "user_id", prefix="user_"),
-                         ("as_of_date", "user_id"))
-        items = _numeric(as_of_join(rows.select("item_id", "as_of_date").distinct(),
-                                    lake.read(spark, lake_root, ITEM_FEATURES), "item_id", prefix="item_"),
-                         ("as_of_date", "item_id"))
-    finally:
-        rows.unpersist()
+    one :class:`NightLookup` per night, collected once for the night's users and then joined in arrays."""
     out = {}
     for d, (night, f) in frames.items():
-        mine = f.assign(user_id=night.user_ids[f["row"].to_numpy()].astype(str), item_id=item_ids[f["item"].to_numpy()])
-        merged = (mine.merge(pairs[pairs["as_of_date"] == d].drop(columns="as_of_date"), on=["row", "item"],
-                             how="left", validate="one_to_one")
-                  .merge(users[users["as_of_date"] == d].drop(columns="as_of_date"), on="user_id", how="left",
-                         validate="many_to_one")
-                  .merge(items[items["as_of_date"] == d].drop(columns="as_of_date"), on="item_id", how="left",
-                         validate="many_to_one"))
-        if len(merged) != len(f):
-            raise RuntimeError(f"feature join changed the candidate count of {d}: {len(f)} -> {len(merged)}")
-        out[d] = merged.drop(columns=["user_id", "item_id"]).sort_values(["row", "item"], kind="stable").reset_index(drop=True)
+        users = night.user_ids[np.unique(f["row"].to_numpy(np.int64))]
+        out[d] = night_lookup(spark, lake_root, d, users, catalogue).attach(f, night.user_ids)
     return out
 
 
-_KEYS = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("item_id", T.StringType()),
-                      T.StructField("as_of_date", T.DateType()), T.StructField("row", T.LongType()),
-                      T.StructField("item", T.LongType())])
+@dataclass
+class NightLookup:
+    """The point-in-time features of one night, held in arrays: what ``features.historical.
+    get_historical_features`` joins per candidate row in Spark, collected once per night (a row per user,
+    per item, per (user, item) with history, per (user, category)) and assembled here per candidate by
+    array indexing. The formulas mirror ``features.historical.user_item_features`` line by line;
+    tests/test_ranker_job.py holds the two equal on a generated lake.
+
+    Why not the Spark join per candidate: the candidates (~350 a user) would travel to the JVM and back
+    with ~120 columns each; at 20,000 users that was 235 of 278 s of ranking (bench/results/ranker.md)."""
+    as_of: dt.date
+    users: pd.Index                 # user ids the user arrays are indexed by
+    user_features: pd.DataFrame     # (users,) user_* columns, float32
+    item_features: pd.DataFrame     # (catalogue,) item_* columns, float32
+    user_stats: dict[str, np.ndarray]    # (users,) price sum / count, purchases with a known category
+    item_stats: dict[str, np.ndarray]    # (catalogue,) buyers, rebuyers, price sum / count, category code
+    pair_keys: np.ndarray           # sorted user * V + item of the pairs with any visible event
+    pair_stats: dict[str, np.ndarray]    # aligned with pair_keys: events, baskets, days since last purchase
+    category_keys: np.ndarray       # sorted user * C + category code
+    category_purchases: np.ndarray  # aligned with category_keys
+
+    def attach(self, frame: pd.DataFrame, night_users: np.ndarray) -> pd.DataFrame:
+        """``frame`` (``row`` into ``night_users``, ``item`` into the catalogue, anything else) with the
+        user x item, user and item columns, sorted by (row, item) like the Spark join's output."""
+        user = self.users.get_indexer(night_users.astype(str))[frame["row"].to_numpy(np.int64)]
+        if (user < 0).any():
+            raise ValueError(f"NightLookup({self.as_of}) lacks {int((user < 0).sum())} candidate rows' users")
+        item = frame["item"].to_numpy(np.int64)
+        columns = {c: frame[c].to_numpy() for c in frame.columns}
+        columns.update(self._user_item(user, item))
+        columns.update({c: v[user] for c, v in _arrays(self.user_features).items()})
+        columns.update({c: v[item] for c, v in _arrays(self.item_features).items()})
+        out = pd.DataFrame(columns)
+        return out.sort_values(["row", "item"], kind="stable").reset_index(drop=True)
+
+    def _user_item(self, user: np.ndarray, item: np.ndarray) -> dict[str, np.ndarray]:
+        n_items, n_categories = len(self.item_features), int(self.item_stats["category"].max(initial=-1)) + 2
+        events, baskets, days = (_value_at(user * n_items + item, self.pair_keys, self.pair_stats[c])
+                                 for c in ("events", "baskets", "days_since_last_purchase"))
+        category = self.item_stats["category"][item]
+        in_category = np.where(category >= 0, np.nan_to_num(
+            _value_at(user * n_categories + category, self.category_keys, self.category_purchases)), np.nan)
+        categorised = self.user_stats["categorised"][user]
+        user_mean = _mean(self.user_stats["price_sum"], self.user_stats["price_count"])[user]
+        item_mean = _mean(self.item_stats["price_sum"], self.item_stats["price_count"])[item]
+        buyers = self.item_stats["buyers"][item]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = {    # features/historical.py user_item_features, in its order; nulls are NaN
+                "ui_baskets_with_item": np.nan_to_num(baskets),
+                "ui_events_with_item": np.nan_to_num(events),
+                "ui_days_since_last_purchase": days,
+                "ui_category_share": np.where(categorised != 0, in_category / categorised, np.nan),
+                "ui_price_vs_user_mean": np.where(user_mean != 0, item_mean / user_mean, np.nan),
+                "item_rebuy_rate": np.where(buyers != 0, self.item_stats["rebuyers"][item] / buyers, np.nan),
+                "item_buyers": np.nan_to_num(buyers),
+            }
+        return {c: v.astype(np.float32) for c, v in values.items()}     # as _numeric casts the Spark side
+
+
+def _value_at(keys: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values[i] where known[i] == key (``known`` sorted, unique), NaN where the key is not there."""
+    at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
+    found = known[at] == keys if len(known) else np.zeros(len(keys), bool)
+    return np.where(found, values[at] if len(known) else np.nan, np.nan).astype(np.float64)
+
+
+def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """total / count, NaN where the count is 0 or unknown (``features.historical._ratio``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count != 0, total / count, np.nan)
+
+
+def _arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {c: frame[c].to_numpy() for c in frame.columns}
+
+
+def night_lookup(spark: SparkSession, lake_root: str, d: dt.date, user_ids: np.ndarray,
+                 catalogue: list[str]) -> NightLookup:
+    """The :class:`NightLookup` of night ``d`` for ``user_ids`` and the catalogue: the feature tables'
+    partitions as of ``d`` (exact as-of join) and the user x item aggregates of the events before its
+    cut-off, each collected once."""
+    users = pd.Index(pd.unique(np.asarray(user_ids, dtype=str)))
+    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users.to_numpy(), "as_of_date": d}), schema=_USER_KEYS)
+    catalogue_rows = spark.createDataFrame(pd.DataFrame({"item_id": np.asarray(catalogue, dtype=str), "as_of_date": d}),
+                                           schema=_ITEM_KEYS)
+    parts = user_item_parts(lake.read(spark, lake_root, EVENTS), lake.read(spark, lake_root, ITEMS),
+                            wanted.select("as_of_date").distinct())
+    pairs = parts.pairs.persist()
+    try:
+        mine = lambda df: df.join(wanted.select("user_id"), "user_id", "left_semi")   # noqa: E731
+        pair_rows = mine(pairs).select("user_id", "item_id", F.col("_events").cast("double").alias("events"),
+                                       F.col("_baskets").cast("double").alias("baskets"),
+                                       F.datediff(F.col("as_of_date"), F.col("_last_purchase_date"))
+                                       .cast("double").alias("days_since_last_purchase")).toPandas()
+        category_rows = (mine(parts.user_categories).where(F.col("_category").isNotNull())
+                         .select("user_id", "_category", F.col("_n").cast("double").alias("n")).toPandas())
+        user_rows = mine(parts.users).select("user_id", "_user_price_sum", "_user_price_count").toPandas()
+        item_rows = parts.items.select("item_id", "_buyers", "_rebuyers", "_item_price_sum",
+                                       "_item_price_count").toPandas()
+        categories = parts.categories.toPandas()
+        user_features = _numeric(as_of_join(wanted, lake.read(spark, lake_root, USER_FEATURES), "user_id",
+                                            prefix="user_"), ("as_of_date", "user_id"))
+        item_features = _numeric(as_of_join(catalogue_rows, lake.read(spark, lake_root, ITEM_FEATURES), "item_id",
+                                            prefix="item_"), ("as_of_date", "item_id"))
+    finally:
+        pairs.unpersist()
+    return _assemble(d, users, list(catalogue), pair_rows, category_rows, user_rows, item_rows, categories,
+                     user_features, item_features)
+
+
+_USER_KEYS = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("as_of_date", T.DateType())])
+_ITEM_KEYS = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("as_of_date", T.DateType())])
+
+
+def _assemble(d: dt.date, users: pd.Index, catalogue: list[str], pair_rows: pd.DataFrame, category_rows: pd.DataFrame,
+              user_rows: pd.DataFrame, item_rows: pd.DataFrame, categories: pd.DataFrame,
+              user_features: pd.DataFrame, item_features: pd.DataFrame) -> NightLookup:
+    """The collected frames as arrays indexed by user position and catalogue index."""
+    items = pd.Index(catalogue)
+    V = len(items)
+    known_categories = pd.Index(sorted(categories["_category"].dropna().unique()))
+    category_of = categories.dropna().drop_duplicates("item_id").set_index("item_id")["_category"]
+    item_category = known_categories.get_indexer(category_of.reindex(items).to_numpy())     # -1: unknown
+    C = len(known_categories) + 1
+    u, i = users.get_indexer(pair_rows["user_id"]), items.get_indexer(pair_rows["item_id"])
+    keep = (u >= 0) & (i >= 0)
+    pair_keys = u[keep].astype(np.int64) * V + i[keep]
+    order = np.argsort(pair_keys, kind="stable")
+    cu, cc = users.get_indexer(category_rows["user_id"]), known_categories.get_indexer(category_rows["_category"])
+    category_keys = cu.astype(np.int64) * C + cc
+    corder = np.argsort(category_keys, kind="stable")
+    categorised = np.bincount(cu, weights=category_rows["n"].to_numpy(), minlength=len(users))
+    has_known = np.bincount(cu, minlength=len(users)) > 0
+    ustats = user_rows.set_index("user_id").reindex(users)
+    istats = item_rows.set_index("item_id").reindex(items)
+    return NightLookup(
+        as_of=d, users=users,
+        user_features=user_features.set_index("user_id").reindex(users).drop(columns="as_of_date").reset_index(drop=True),
+        item_features=item_features.set_index("item_id").reindex(items).drop(columns="as_of_date").reset_index(drop=True),
+        user_stats={"price_sum": ustats["_user_price_sum"].to_numpy(np.float64),
+                    "price_count": ustats["_user_price_count"].to_numpy(np.float64),
+                    # null in Spark when the user has no purchase rows in a known category
+                    "categorised": np.where(has_known, categorised, np.nan)},
+        item_stats={"buyers": istats["_buyers"].to_numpy(np.float64), "rebuyers": istats["_rebuyers"].to_numpy(np.float64),
+                    "price_sum": istats["_item_price_sum"].to_numpy(np.float64),
+                    "price_count": istats["_item_price_count"].to_numpy(np.float64), "category": item_category},
+        pair_keys=pair_keys[order],
+        pair_stats={c: pair_rows[c].to_numpy(np.float64)[keep][order]
+                    for c in ("events", "baskets", "days_since_last_purchase")},
+        category_keys=category_keys[corder], category_purchases=category_rows["n"].to_numpy(np.float64)[corder])
 
 
 def _numeric(features, keys: tuple[str, ...]) -> pd.DataFrame:
     """The key columns and every numeric feature column (as float32) of a Spark frame, collected."""
-    numeric = [f.name for f in features.schema.fields
-               if isinstance(f.dataType, NUMERIC) and f.name not in keys and f.name not in ("row", "item")]
+    numeric = [f.name for f in features.schema.fields if isinstance(f.dataType, NUMERIC) and f.name not in keys]
     got = features.select(*keys, *[features[c].cast("float").alias(c) for c in numeric]).toPandas()
     got[numeric] = got[numeric].astype(np.float32)
     return got
@@ -216,14 +340,14 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
     night = B.night(purchases, d, 1, recommendable)
     model_rows = scored[scored["strategy"] == MODEL]
     rows = np.flatnonzero(pd.Index(night.user_ids).isin(set(model_rows["user_id"])))
+    lookup = {d: night_lookup(spark, lake_root, d, night.user_ids[rows], catalogue)}
     out = []
-    for start in range(0, len(rows), chunk_users):     # bounds the driver: ~300 candidates x ~120 columns a user
-        # (20,000 users in one chunk passed 19 GB on a 24 GB machine: bench/results/ranker.md)
+    for start in range(0, len(rows), chunk_users):     # bounds the driver: ~350 candidates x ~120 columns a user
         part = rows[start:start + chunk_users]
         mine = model_rows[model_rows["user_id"].isin(set(night.user_ids[part]))]
         transformer = mine if "transformer" in ranker.retrievers else None
         frame = night_frames(spark, lake_root, {d: night}, catalogue, lambda _: transformer, ranker.tifu,
-                             ranker.pools, rows={d: part})[d].frame
+                             ranker.pools, rows={d: part}, lookups=lookup)[d].frame
         missing = sorted(set(ranker.features) - set(frame.columns))
         if missing:
             raise RuntimeError(f"ranker {ranker.name}/{ranker.version} wants features the lake does not give: "

@@ -154,3 +154,39 @@ def test_a_nights_training_rows_see_nothing_after_it(spark, world, trained):
     assert len(full) > 0 and full["label"].sum() > 0
     assert full["user_spend_30d"].notna().mean() > 0.9          # the night's own feature partition was joined
     pd.testing.assert_frame_equal(full, alone)
+
+
+def test_the_night_lookup_gives_every_candidate_the_spark_as_of_joins_features(spark, world):
+    """The ranker reads its features through ranking.NightLookup (collected once a night, joined in arrays);
+    on night D's candidates it must give every row exactly what features.historical.get_historical_features,
+    the Spark as-of join of one row per candidate, gives."""
+    from features.historical import get_historical_features
+    from features.tables import EVENTS, ITEM_FEATURES, ITEMS, USER_FEATURES
+    from jobs import lake as lakeio, ranking
+    from jobs.backtest import read_purchases
+    from training import backtest as B
+    from training import heuristics as H
+    from training import ranker as R
+
+    lake, config = world["lake"], world["config"]
+    catalogue, recommendable, purchases, _ = read_purchases(spark, lake, config)    # the week after D: who to judge
+    night = B.night(purchases, D, 7, recommendable)
+    frame = R.candidates(night, night.evaluated, transformer=None, tifu=H.TifuKnnParams(k=10),
+                         cooccurrence=R.cooccurrence_model(night), pools=ranking.pools(config.ranker))
+    users = night.user_ids[np.unique(frame["row"].to_numpy(np.int64))]
+    got = ranking.night_lookup(spark, lake, D, users, catalogue).attach(frame, night.user_ids)
+
+    keys = pd.DataFrame({"user_id": night.user_ids[frame["row"].to_numpy()].astype(str),
+                         "item_id": np.asarray(catalogue, dtype=object)[frame["item"].to_numpy()],
+                         "as_of_date": D, "row": frame["row"].to_numpy(np.int64),
+                         "item": frame["item"].to_numpy(np.int64)})
+    joined = get_historical_features(spark.createDataFrame(keys), user_features=lakeio.read(spark, lake, USER_FEATURES),
+                                     item_features=lakeio.read(spark, lake, ITEM_FEATURES),
+                                     events=lakeio.read(spark, lake, EVENTS), items=lakeio.read(spark, lake, ITEMS))
+    want = ranking._numeric(joined, ("row", "item")).sort_values(["row", "item"]).reset_index(drop=True)
+    assert len(want) == len(frame) == len(got) and len(want.columns) > 60
+    # every kind of value is there to be compared: bought before, never bought, in a known category, not
+    assert 0 < got["ui_days_since_last_purchase"].notna().mean() < 1
+    assert 0 < got["ui_category_share"].notna().mean() and (got["ui_category_share"] > 0).any()
+    assert got["ui_price_vs_user_mean"].notna().any() and got["user_spend_30d"].notna().any()
+    pd.testing.assert_frame_equal(got[want.columns].astype(want.dtypes.to_dict()), want, check_exact=True)
