@@ -13,14 +13,17 @@ Layout (CSR, like a sparse matrix; about 8 bytes per candidate plus ~150 bytes p
 - ``strategy_codes`` (U,) int8 into ``strategy_vocab``
 - a dict user_id -> i for O(1) lookups.
 
-Loading streams the partition in batches into arrays allocated once, reading the string columns
-dictionary-encoded (the Parquet files already are), so item and user ids are never materialised per
-row. ``jobs/score.py`` writes each user's rows contiguously and in rank order; the reader checks that in
-one vectorised pass and sorts only if it does not hold.
+Loading makes two streaming passes over the partition's row groups and never holds the whole table:
+pass 1 reads only ``user_id`` (dictionary-encoded, as the Parquet files are) to count each user's rows;
+pass 2 writes every row straight to its final slot, ``offsets[user] + rank - 1``, in arrays allocated
+once. So the order the files store rows in does not matter (``jobs/score.py`` writes each user's rows
+together in rank order; delta-rs writes row groups out of order), item and user ids are never
+materialised per row, and peak memory is the result plus about one row group in flight.
 """
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,10 +126,11 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
              published_at: Any = None, storage_options: dict[str, str] | None = None) -> CandidateSets:
     """One run_date partition of user_candidates at one table version, as :class:`CandidateSets`.
 
-    Streams the partition batch by batch into arrays allocated once for the whole partition (its row
-    count comes from the Parquet footers): peak memory is the result plus one batch plus the ranks
-    (4 bytes per row, dropped on return), not a whole Arrow table beside its numpy copy. Rows stored
-    out of order add a row permutation (8 bytes per row) and one column copy while reordering."""
+    Two streaming passes over the partition's row groups, never the whole table in memory: the first
+    reads only ``user_id`` (dictionary indices) and counts each user's rows, which fixes every user's
+    slice of the result; the second places each row at ``offsets[user] + rank - 1`` in arrays allocated
+    once. Storage order does not matter (delta-rs writes row groups out of order; a user's rows may span
+    row groups and files), and nothing per row is kept beyond the result's own item codes and scores."""
     from deltalake import DeltaTable
 
     where = f"{USER_CANDIDATES} v{table_version} run_date {run_date}"
@@ -134,144 +138,136 @@ def load_run(lake: str, run_date: dt.date, table_version: int, model_version: st
     dataset = table.to_pyarrow_dataset(
         partitions=[("run_date", "=", run_date.isoformat())],
         parquet_read_options=pads.ParquetReadOptions(dictionary_columns={"user_id", "item_id", "strategy"}))
-    runs = _read_runs(dataset, where)
-    first = _changes(runs.users)                # each user's first run
-    if not (len(first) == len(runs.user_index) and _ranks_count_up(runs.ranks, runs.starts[first])):
-        # Runs of one user stored out of order (a writer that emits row groups out of order, several
-        # runs appended): order the runs by (user, first rank), a sort of ~one entry per user, not per row.
-        _order_runs(runs)
-        first = _changes(runs.users)
-    if not _ranks_count_up(runs.ranks, runs.starts[first]):
-        # Ranks out of order inside a run: sort every row by (user, rank).
-        _order_rows(runs)
-        first = _changes(runs.users)
-        if not _ranks_count_up(runs.ranks, runs.starts[first]):
-            raise ValueError(f"{where}: ranks are not 1..n per user")
-    user_codes = runs.users[first]
-    user_vocab = np.empty(len(runs.user_index), dtype=object)
-    user_vocab[:] = list(runs.user_index)     # dicts keep insertion order: code i is the i-th key
-    in_first_seen_order = np.array_equal(user_codes, np.arange(len(user_codes)))
+    users, counts = _count_rows_per_user(dataset, where)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    placed = _place_rows(dataset, users, offsets, where)
     return CandidateSets(
         run_date=run_date, table_version=table_version, model_version=model_version, published_at=published_at,
-        user_ids=user_vocab[user_codes], offsets=np.append(runs.starts[first], len(runs.ranks)).astype(np.int64),
-        item_codes=runs.item_codes, scores=runs.scores, item_vocab=runs.item_vocab.values(),
-        strategy_codes=runs.strategies[first].astype(np.int8), strategy_vocab=runs.strategy_vocab.values(),
-        _index=runs.user_index if in_first_seen_order else {})
+        user_ids=users.values(), offsets=offsets, item_codes=placed.item_codes, scores=placed.scores,
+        item_vocab=placed.item_vocab.values(), strategy_codes=placed.strategy_codes,
+        strategy_vocab=placed.strategy_vocab.values(), _index=users.index)
+
+
+def _batches(dataset: pads.Dataset, columns: list[str], where: str):
+    """The partition's record batches, row group by row group with no read-ahead: a batch in flight is
+    the only Arrow data alive (a scanner with read-ahead queued several hundred MB while the caller
+    worked). Nulls are refused (the schema has none)."""
+    for fragment in dataset.get_fragments():
+        for group in fragment.split_by_row_group():
+            for batch in group.to_batches(columns=columns, batch_size=BATCH_ROWS, batch_readahead=0,
+                                          fragment_readahead=0):
+                for name in columns:
+                    if batch.column(name).null_count:
+                        raise ValueError(f"{where}: null {name}")
+                if batch.num_rows:
+                    yield batch
+
+
+def _count_rows_per_user(dataset: pads.Dataset, where: str) -> tuple[_Codes, np.ndarray]:
+    """Pass 1: a code per distinct user (in order of first sight) and each user's row count."""
+    users = _Codes()
+    seen_codes, seen_counts = [], []                # per batch: the codes present and their row counts
+    for batch in _batches(dataset, ["user_id"], where):
+        column = _dictionary(batch.column("user_id"))
+        local = np.bincount(column.indices.to_numpy(zero_copy_only=False), minlength=len(column.dictionary))
+        present = np.flatnonzero(local)
+        seen_codes.append(users.add(column.dictionary.take(pa.array(present))))
+        seen_counts.append(local[present])
+    if not seen_codes:
+        return users, np.zeros(0, dtype=np.int64)
+    return users, np.bincount(np.concatenate(seen_codes), weights=np.concatenate(seen_counts),
+                              minlength=len(users.index)).astype(np.int64)
 
 
 @dataclass
-class _Runs:
-    """A partition as read, grouped into runs: maximal stretches of rows of one user, in storage order
-    (one user's rows may form several runs). Reordering replaces the arrays, one at a time."""
-
-    item_codes: np.ndarray          # (R,) int32 into item_vocab, per row
-    scores: np.ndarray              # (R,) float32, per row
-    ranks: np.ndarray               # (R,) int32, per row
-    users: np.ndarray               # (runs,) int32 user code (into user_index) of each run
-    strategies: np.ndarray          # (runs,) int32 into strategy_vocab
-    starts: np.ndarray              # (runs + 1,) int64: run i is rows starts[i]:starts[i + 1]
-    user_index: dict[str, int]      # user_id -> code, in order of first sight
+class _Placed:
+    item_codes: np.ndarray          # (R,) int32 into item_vocab, in (user, rank) order
+    scores: np.ndarray              # (R,) float32
+    strategy_codes: np.ndarray      # (U,) int8 into strategy_vocab: the strategy of each user's rank-1 row
     item_vocab: _Vocabulary
     strategy_vocab: _Vocabulary
 
 
-def _read_runs(dataset: pads.Dataset, where: str) -> _Runs:
-    """Stream the partition into arrays allocated once (its row count comes from the Parquet footers)."""
-    total = dataset.count_rows()
-    item_codes = np.empty(total, dtype=np.int32)
+def _place_rows(dataset: pads.Dataset, users: _Codes, offsets: np.ndarray, where: str) -> _Placed:
+    """Pass 2: every row written to its slot ``offsets[user] + rank - 1``. With ranks >= 1, every slot
+    inside the array and as many rows as slots, "no slot left unwritten" (the -1 sentinel gone from
+    ``item_codes``) holds exactly when each user's ranks are 1..n: only user 0 can fill user 0's slots,
+    so all n_0 of its rows do, ranks 1..n_0; then the same for user 1, and so on."""
+    total = int(offsets[-1])
+    item_codes = np.full(total, -1, dtype=np.int32)
     scores = np.empty(total, dtype=np.float32)
-    ranks = np.empty(total, dtype=np.int32)
+    strategy_codes = np.zeros(len(offsets) - 1, dtype=np.int8)
     items, strategies = _Vocabulary(), _Vocabulary()
-    run_users, run_lengths, run_strategies = [], [], []     # per batch: its maximal runs of one user
     row = 0
-    for batch in dataset.to_batches(columns=["user_id", "rank", "item_id", "score", "strategy"], batch_size=BATCH_ROWS,
-                                    batch_readahead=2, fragment_readahead=1):
-        n = batch.num_rows
-        if n == 0:
-            continue
-        if row + n > total:
-            raise ValueError(f"{where}: more rows than its files declare")
-        users = _dictionary(batch.column("user_id"))
-        user_rows = users.indices.to_numpy(zero_copy_only=False)
-        starts = _changes(user_rows)
-        run_users.append(users.dictionary.take(pa.array(user_rows[starts])).cast(pa.string()))
-        run_lengths.append(np.diff(np.append(starts, n)))
-        run_strategies.append(strategies.codes(_dictionary(batch.column("strategy")))[starts])
-        item_codes[row:row + n] = items.codes(_dictionary(batch.column("item_id")))
-        scores[row:row + n] = batch.column("score").to_numpy(zero_copy_only=False)
-        ranks[row:row + n] = batch.column("rank").to_numpy(zero_copy_only=False)
-        row += n
+    for batch in _batches(dataset, ["user_id", "rank", "item_id", "score", "strategy"], where):
+        user_col = _dictionary(batch.column("user_id"))
+        row_users = users.find(user_col.dictionary)[user_col.indices.to_numpy(zero_copy_only=False)]
+        row += batch.num_rows
+        if row > total or row_users.min() < 0:    # not what pass 1 read: the files changed meanwhile
+            raise ValueError(f"{where}: the table changed while it was read")
+        rank = batch.column("rank").to_numpy(zero_copy_only=False)
+        slot = offsets[row_users] + (rank - 1)
+        if rank.min() < 1 or slot.max() >= total:
+            raise ValueError(f"{where}: ranks are not 1..n per user")
+        item_col = _dictionary(batch.column("item_id"))
+        item_codes[slot] = items.add(item_col.dictionary)[item_col.indices.to_numpy(zero_copy_only=False)]
+        scores[slot] = batch.column("score").to_numpy(zero_copy_only=False)
+        first = np.flatnonzero(rank == 1)
+        strategy_col = _dictionary(batch.column("strategy"))
+        strategy_rows = strategy_col.indices.to_numpy(zero_copy_only=False)[first]
+        strategy_codes[row_users[first]] = strategies.add(strategy_col.dictionary)[strategy_rows]
     if row != total:
         raise ValueError(f"{where}: read {row} rows of {total}")
-    # One code per distinct user; consecutive runs of one user (split by a batch border) share it.
-    run_ids = pa.concat_arrays(run_users).to_numpy(zero_copy_only=False) if run_users else np.array([], dtype=object)
-    user_index: dict[str, int] = {}
-    run_codes = np.fromiter((user_index.setdefault(u, len(user_index)) for u in run_ids), dtype=np.int32,
-                            count=len(run_ids))
-    lengths = np.concatenate(run_lengths) if run_lengths else np.zeros(0, dtype=np.int64)
-    return _Runs(item_codes=item_codes, scores=scores, ranks=ranks, users=run_codes,
-                 strategies=np.concatenate(run_strategies) if run_strategies else np.zeros(0, dtype=np.int32),
-                 starts=np.append(0, np.cumsum(lengths)).astype(np.int64), user_index=user_index,
-                 item_vocab=items, strategy_vocab=strategies)
+    if total and item_codes.min() < 0:
+        raise ValueError(f"{where}: ranks are not 1..n per user")
+    return _Placed(item_codes=item_codes, scores=scores, strategy_codes=strategy_codes, item_vocab=items,
+                   strategy_vocab=strategies)
 
 
-def _order_runs(runs: _Runs) -> None:
-    """Runs in (user, first rank) order."""
-    lengths = np.diff(runs.starts)
-    order = np.lexsort((runs.ranks[runs.starts[:-1]], runs.users))
-    rows = _rows_of_runs(runs.starts[:-1][order], lengths[order], len(runs.ranks))
-    runs.item_codes = runs.item_codes[rows]     # one array at a time: one copy alive beside the rest
-    runs.scores = runs.scores[rows]
-    runs.ranks = runs.ranks[rows]
-    del rows
-    runs.users, runs.strategies = runs.users[order], runs.strategies[order]
-    runs.starts = np.append(0, np.cumsum(lengths[order])).astype(np.int64)
+class _Codes:
+    """User ids -> int32 codes in order of first sight, in a Python dict that then serves the lookups.
+    Not Arrow's index_in (as for items): it rebuilds its hash table from the whole value set at every
+    call, a million users' worth per batch; the dict costs a few operations per entry of a row group's
+    dictionary (~10K users), never per row."""
 
+    def __init__(self):
+        self.index: dict[str, int] = {}
 
-def _order_rows(runs: _Runs) -> None:
-    """Every row in (user, rank) order, each row a run of its own."""
-    lengths = np.diff(runs.starts)
-    row_users = np.repeat(runs.users, lengths)
-    rows = np.lexsort((runs.ranks, row_users))
-    runs.users, runs.strategies = row_users[rows], np.repeat(runs.strategies, lengths)[rows]
-    runs.item_codes, runs.scores, runs.ranks = runs.item_codes[rows], runs.scores[rows], runs.ranks[rows]
-    runs.starts = np.arange(len(rows) + 1, dtype=np.int64)
+    def add(self, dictionary: pa.Array) -> np.ndarray:
+        """The code of every entry of ``dictionary``, new ids added."""
+        ids = dictionary.cast(pa.string()).to_pylist()
+        new = list(dict.fromkeys(u for u in ids if u not in self.index))
+        self.index.update(zip(new, range(len(self.index), len(self.index) + len(new))))
+        return np.fromiter(map(self.index.__getitem__, ids), dtype=np.int32, count=len(ids))
 
+    def find(self, dictionary: pa.Array) -> np.ndarray:
+        """The code of every entry of ``dictionary``; -1 for an id never added."""
+        ids = dictionary.cast(pa.string()).to_pylist()
+        return np.fromiter(map(self.index.get, ids, itertools.repeat(-1)), dtype=np.int32, count=len(ids))
 
-def _changes(codes: np.ndarray) -> np.ndarray:
-    """Positions where a new value starts in ``codes`` (0 included when not empty)."""
-    if len(codes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
-
-
-def _rows_of_runs(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
-    """Row indices that read the runs (start, length) one after another."""
-    new_starts = np.append(0, np.cumsum(lengths)[:-1])
-    rows = np.repeat(starts - new_starts, lengths)
-    step = 1 << 24
-    for lo in range(0, total, step):          # + arange, in slices to keep one temporary small
-        hi = min(total, lo + step)
-        rows[lo:hi] += np.arange(lo, hi)
-    return rows
+    def values(self) -> np.ndarray:
+        values = np.empty(len(self.index), dtype=object)
+        values[:] = list(self.index)            # dicts keep insertion order: code i is the i-th key
+        return values
 
 
 class _Vocabulary:
-    """The distinct strings seen across batches, each with a stable int32 code (in order of first sight)."""
+    """Item (or strategy) ids -> int32 codes in order of first sight, in Arrow: ``index_in`` hashes the
+    vocabulary seen so far (up to the catalogue) and probes the batch's dictionary, all in C++, where a
+    Python dict would take a few operations for each of the ~50K entries of every row group's dictionary."""
 
     def __init__(self):
         self._values = pa.array([], pa.string())
 
-    def codes(self, column: pa.DictionaryArray) -> np.ndarray:
-        """The int32 code of every row of ``column``, adding the strings not seen before."""
-        dictionary = column.dictionary.cast(pa.string())
+    def add(self, dictionary: pa.Array) -> np.ndarray:
+        """The code of every entry of ``dictionary``, new ids added."""
+        dictionary = dictionary.cast(pa.string())
         mapped = pc.index_in(dictionary, value_set=self._values)
         if mapped.null_count:
-            new = pc.unique(dictionary.filter(pc.is_null(mapped)))
-            self._values = pa.concat_arrays([self._values, new])
+            self._values = pa.concat_arrays([self._values, pc.unique(dictionary.filter(pc.is_null(mapped)))])
             mapped = pc.index_in(dictionary, value_set=self._values)
-        lookup = mapped.to_numpy(zero_copy_only=False).astype(np.int32)
-        return lookup[column.indices.to_numpy(zero_copy_only=False)]
+        return mapped.to_numpy(zero_copy_only=False).astype(np.int32)
 
     def values(self) -> np.ndarray:
         return self._values.to_numpy(zero_copy_only=False).astype(object)
@@ -279,14 +275,3 @@ class _Vocabulary:
 
 def _dictionary(column: pa.Array) -> pa.DictionaryArray:
     return column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
-
-
-def _ranks_count_up(ranks: np.ndarray, starts: np.ndarray) -> bool:
-    """Whether the ranks read 1, 2, 3, ... from each user's start row (rows already grouped by user)."""
-    if len(ranks) == 0:
-        return True
-    if not (ranks[starts] == 1).all():
-        return False
-    steps = np.diff(ranks)                     # +1 inside a user's rows; anything at a border
-    steps[starts[1:] - 1] = 1
-    return bool((steps == 1).all())

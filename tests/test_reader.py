@@ -50,14 +50,18 @@ def test_reader_serves_the_latest_published_run_at_its_version(spark, lake):
     assert older.items("a") == ["x", "y"] and older.items("b") == ["y"]
 
 
-def test_rank_check_and_run_reordering():
-    ranks = np.array([1, 2, 3, 1, 2, 1], dtype=np.int32)
-    assert reader._ranks_count_up(ranks, np.array([0, 3, 5]))
-    assert not reader._ranks_count_up(np.array([1, 3, 2, 1, 2, 1]), np.array([0, 3, 5]))   # out of order
-    assert not reader._ranks_count_up(ranks, np.array([0, 3]))                              # user 2 starts at 2
-    assert not reader._ranks_count_up(np.array([2, 3, 1]), np.array([0, 2]))                # starts at rank 2
-    # Runs (start 4, length 2), (0, 3), (3, 1) read back to back.
-    assert reader._rows_of_runs(np.array([4, 0, 3]), np.array([2, 3, 1]), 6).tolist() == [4, 5, 0, 1, 2, 3]
+def test_ids_are_numbered_in_order_of_first_sight():
+    import pyarrow as pa
+
+    codes = reader._Codes()
+    assert codes.add(pa.array(["x", "y"])).tolist() == [0, 1]
+    assert codes.add(pa.array(["y", "z", "x", "z"])).tolist() == [1, 2, 0, 2]    # a repeated entry: one code
+    assert codes.find(pa.array(["z", "q", "x"])).tolist() == [2, -1, 0]          # find never adds
+    assert codes.values().tolist() == ["x", "y", "z"] and codes.index == {"x": 0, "y": 1, "z": 2}
+    vocabulary = reader._Vocabulary()                # the same numbering, kept in Arrow (item ids)
+    assert vocabulary.add(pa.array(["x", "y"])).tolist() == [0, 1]
+    assert vocabulary.add(pa.array(["y", "z", "x"])).tolist() == [1, 2, 0]
+    assert vocabulary.values().tolist() == ["x", "y", "z"]
 
 
 def test_rows_stored_out_of_order_are_sorted_on_load(spark, lake):
@@ -97,3 +101,75 @@ def test_users_split_by_batch_borders_are_joined(spark, lake, monkeypatch, batch
     assert {user: served.items(user) for user in lists} == lists
     assert served.strategy("c") == "popular_fallback" and served.strategy("d") == "model"
     assert served.candidates("a")[-1] == ("w", 6.0)
+
+
+def _write_delta_rs(lake, rows, run_date=D1, mode="append", row_group_rows=None):
+    """Append (user, rank, item, score, strategy) rows with delta-rs, in the order given; returns the version."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, WriterProperties, write_deltalake
+
+    users, ranks, items, scores, strategies = (list(c) for c in zip(*rows)) if rows else ([],) * 5
+    n = len(rows)
+    table = pa.table({
+        "user_id": pa.array(users, pa.string()), "rank": pa.array(ranks, pa.int32()),
+        "item_id": pa.array(items, pa.string()), "score": pa.array(scores, pa.float32()),
+        "strategy": pa.array(strategies, pa.string()), "model_version": pa.array(["v1"] * n, pa.string()),
+        "generated_at": pa.array([dt.datetime(2024, 3, 2)] * n, pa.timestamp("us")),
+        "run_date": pa.array([run_date] * n, pa.date32())})
+    path = f"{lake}/{USER_CANDIDATES.name}"
+    props = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
+    write_deltalake(path, table, mode=mode, partition_by=["run_date"], writer_properties=props)
+    return DeltaTable(path).version()
+
+
+def test_users_spanning_row_groups_and_files_in_any_order(lake):
+    # Written by delta-rs in row groups of 2 rows, in this shuffled order, over two appended files:
+    # "a" spans both files and three row groups, its rank 1 comes last; "c" has one row.
+    first = [("b", 2, "q", 1.0, "model"), ("a", 3, "z", 1.0, "model"), ("a", 1, "x", 3.0, "model"),
+             ("c", 1, "w", 5.0, "popular_fallback"), ("b", 1, "p", 2.0, "model")]
+    second = [("a", 4, "v", 0.5, "model"), ("b", 3, "r", 0.5, "model"), ("a", 2, "y", 2.0, "model")]
+    _write_delta_rs(lake, first, row_group_rows=2)
+    version = _write_delta_rs(lake, second, row_group_rows=2)
+    import glob
+
+    import pyarrow.parquet as pq
+    files = glob.glob(f"{lake}/{USER_CANDIDATES.name}/run_date=*/*.parquet")
+    assert len(files) == 2 and sum(pq.ParquetFile(f).metadata.num_row_groups for f in files) == 5   # really split
+    served = reader.load_run(lake, D1, version)
+    assert len(served) == 3 and served.rows == 8
+    assert served.items("a") == ["x", "y", "z", "v"] and served.items("b") == ["p", "q", "r"]
+    assert served.candidates("a") == [("x", 3.0), ("y", 2.0), ("z", 1.0), ("v", 0.5)]
+    assert served.candidates("c") == [("w", 5.0)] and served.strategy("c") == "popular_fallback"
+    assert served.strategy("a") == "model" and served.items("d") == []
+    # CSR: users in order of first sight (files come in the log's order), each slice as long as its list
+    assert sorted(served.user_ids.tolist()) == ["a", "b", "c"]
+    assert np.diff(served.offsets).tolist() == [{"a": 4, "b": 3, "c": 1}[u] for u in served.user_ids]
+    assert sorted(served.item_vocab.tolist()) == list("pqrvwxyz")
+    assert reader.load_run(lake, D2, version).rows == 0          # only the run_date partition's files are read
+
+
+def test_empty_partition_loads_as_no_users(lake):
+    version = _write_delta_rs(lake, [], row_group_rows=2)
+    served = reader.load_run(lake, D1, version)
+    assert len(served) == 0 and served.rows == 0 and served.offsets.tolist() == [0]
+    assert served.items("a") == [] and served.candidates("a") == [] and served.strategy("a") is None
+
+
+@pytest.mark.parametrize("rows", [
+    [("a", 1, "x", 1.0, "model"), ("a", 1, "y", 1.0, "model")],                              # rank repeated
+    [("a", 0, "x", 1.0, "model"), ("a", 1, "y", 1.0, "model")],                              # rank 0
+    [("a", 1, "x", 1.0, "model"), ("a", 3, "z", 1.0, "model"), ("b", 1, "p", 1.0, "model"),
+     ("b", 2, "q", 1.0, "model")],                          # a's rank 3 lands in b's first slot: a's 2nd is left
+    [("a", 2, "x", 1.0, "model"), ("b", 1, "p", 1.0, "model"), ("b", 2, "q", 1.0, "model")],  # a's 2 past the end
+    [("a", 2, "x", 1.0, "model"), ("a", 3, "y", 1.0, "model")],                              # starts at rank 2
+])
+def test_ranks_that_are_not_1_to_n_are_refused(lake, rows):
+    version = _write_delta_rs(lake, rows, row_group_rows=2)
+    with pytest.raises(ValueError, match="ranks are not 1..n per user"):
+        reader.load_run(lake, D1, version)
+
+
+def test_null_ids_are_refused(lake):
+    version = _write_delta_rs(lake, [("a", 1, "x", 1.0, "model"), ("a", 2, None, 1.0, "model")])
+    with pytest.raises(ValueError, match="null item_id"):
+        reader.load_run(lake, D1, version)
