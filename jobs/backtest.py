@@ -38,10 +38,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from features.tables import EVENTS, ITEMS, USER_CANDIDATES
-from jobs import build_features, lake, runtime, score
+from jobs import build_features, lake, runtime, score, tracking
 from jobs import train as train_job
 from training import backtest as B
 from training import heuristics as H
+from training.progress import Progress
 
 log = logging.getLogger("warmstart.backtest")
 
@@ -130,10 +131,12 @@ def run(spark: SparkSession, args: BacktestArgs) -> dict[str, Any]:
     started = time.time()
     catalogue, recommendable, purchases, versions = _read_purchases(spark, args)
     per_night = []
-    for d in nights:
-        log.info("backtest night %s", d)
-        per_night.append(_night(spark, args, d, catalogue, recommendable, purchases, methods,
-                                seeds if d == nights[-1] else seeds[:1]))
+    with Progress("backtest nights", len(nights), "nights") as progress:
+        for d in nights:
+            log.info("backtest night %s", d)
+            per_night.append(_night(spark, args, d, catalogue, recommendable, purchases, methods,
+                                    seeds if d == nights[-1] else seeds[:1]))
+            progress.update(1, night=str(d))
     result = _pooled(per_night, methods)
     result.update({"nights": [str(d) for d in nights], "horizon_days": args.horizon, "wall_seconds":
                    round(time.time() - started, 1), "grids": {m: GRIDS[m] for m in methods}})
@@ -142,7 +145,7 @@ def run(spark: SparkSession, args: BacktestArgs) -> dict[str, Any]:
     from training import report
 
     runtime.write_text(f"{out}/index.html", report.render_backtest(result))
-    summary = _summary(result, out)
+    summary = {**_summary(result, out), **tracking.log_backtest(args, result, out)}   # MLflow, when on
     runtime.record_lineage(args, run_date=nights[-1], inputs=versions, outputs={"reports/backtest": out},
                            summary=summary)
     return summary

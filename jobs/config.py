@@ -268,6 +268,23 @@ class NightlyConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """The operator's view: MLflow tracking (jobs/tracking.py) and the trend page (jobs/trends.py)."""
+
+    mlflow_uri: str | None = None   # None: off. A folder path or file: URI: a local store there (mlflow.db,
+                                    # SQLite, and artifacts/: MLflow 3 refuses its plain-file store); or any
+                                    # MLflow tracking URI (sqlite:///..., http://host:5000)
+    mlflow_experiment: str = "warmstart"   # one experiment; the run name says job and run date
+    trend_nights: int = 14        # `report --last` default and the run report's trend section: two weeks
+                                  # of nightly runs, enough for a median and MAD that one odd night cannot move
+
+    def __post_init__(self):
+        _at_least(self, "trend_nights", 2)
+        if self.mlflow_uri is not None and not str(self.mlflow_uri).strip():
+            raise ConfigError("tracking.mlflow_uri must be a path or an MLflow URI (or null for off), got ''")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -281,6 +298,7 @@ class Config:
     ranker: RankerConfig = field(default_factory=RankerConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def quality_bounds(self) -> QualityConfig:

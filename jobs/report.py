@@ -4,10 +4,14 @@ delayed feedback), then the stages, the quality reports (``quality/``), the mode
 validation figures, labelled as model selection; the next-week backtest of night D - h,
 ``reports/backtest/<D-h>_<D-h>/``, when one ran), the candidate reports (``candidates/``) with candidate
 statistics (user and catalogue coverage, score distribution, strategy mix, most recommended items) and
-their plots embedded as PNG. The nightly flow writes it after its last stage; Airflow's last task and
-engineers run it on its own:
+their plots embedded as PNG, and the trends of the last ``tracking.trend_nights`` nightly runs
+(jobs/trends.py: tonight's stage durations against their median, a plot per figure with the odd nights
+marked). The nightly flow writes it after its last stage; Airflow's last task and engineers run it on its
+own. ``--last N`` also writes the trend page ``reports/trends/index.html`` over the last N nightly runs
+(up to ``--run-date`` when given):
 
-    warmstart report --run-date 2011-12-09 [--lake ./lake]
+    warmstart report --run-date 2011-12-09 [--lake ./lake] [--last 14]
+    warmstart report --last 14
     python jobs/report.py --lake ./lake --run-date 2011-12-09
 
 No Spark: the candidate partition, the catalogue and the published log are read with delta-rs.
@@ -36,11 +40,25 @@ log = logging.getLogger("warmstart.report")
 @dataclass(frozen=True)
 class ReportArgs(runtime.JobArgs):
     run_date: dt.date | None = None
+    last: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_date is None and self.last is None:
+            raise runtime.UsageError("give --run-date D (the run report), --last N (the trend "
+                                     "page) or both")
+        if self.last is not None and self.last < 2:
+            raise runtime.UsageError(f"--last must be >= 2 (a trend needs two nights), got {self.last}")
+
+    @property
+    def trend_nights(self) -> int:
+        return self.last or self.config.tracking.trend_nights
 
 
 def parser():
-    p = runtime.job_parser("report", "write the run report reports/<run_date>/index.html")
-    p.add_argument("--run-date", required=True, type=runtime.parse_date, help="the run date (YYYY-MM-DD)")
+    p = runtime.job_parser("report", "write the run report reports/<run_date>/index.html and/or the trend page")
+    p.add_argument("--run-date", type=runtime.parse_date, help="the run date (YYYY-MM-DD): its run report")
+    p.add_argument("--last", type=int, help="write reports/trends/index.html over the last N nightly runs "
+                                            "(default for the run report's trend section: tracking.trend_nights)")
     return p
 
 
@@ -219,13 +237,15 @@ def _backtest_section(args: runtime.JobArgs, run_date: dt.date, base: Path) -> d
 def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | None = None) -> str:
     """Write ``reports/<run_date>/index.html``; returns its path. ``nightly`` is the nightly flow's
     summary (stage table); without it the ``nightly.json`` beside the report is used if present."""
-    import jinja2
-
     d = run_date.isoformat()
     base = Path(args.reports_root) / d
     base.mkdir(parents=True, exist_ok=True)
     if nightly is None and (base / "nightly.json").is_file():
         nightly = json.loads((base / "nightly.json").read_text())
+    if nightly is None:   # the reports folder was cleaned or moved: the lineage record has the same summary
+        from jobs import trends
+
+        nightly = trends.nightly_summaries(args.lake, args.reports_root).get(d)
 
     quality = [_quality_row(e) for e in _reports_in(base / "quality", base)]
     model_reports = _reports_in(base / "model", base)   # leave-last-out diagnostics of a hand-run `evaluate`
@@ -249,16 +269,59 @@ def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | No
         published_rows = mine.astype(str).to_dict("records")
 
     model_version = ((nightly or {}).get("model") or {}).get("version") or ((stats or {}).get("model_versions") or [None])[-1]
-    env = jinja2.Environment(loader=jinja2.PackageLoader("jobs", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
-    env.filters["num"] = _num
-    html = env.get_template("run_report.html.j2").render(
+    trend, stage_chart = trend_context(args, run_date, nightly, getattr(args, "trend_nights", None))
+    html = _templates().get_template("run_report.html.j2").render(
+        trend=trend, stage_chart=stage_chart,
         run_date=d, generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         lake=args.lake, nightly=nightly, feedback=(nightly or {}).get("delayed_feedback"),
         quality=quality, model=_model_section(args, model_version), ranker=_ranker_section(args), backtest=_backtest_section(args, run_date, base),
         model_reports=model_reports, candidate_reports=candidate_reports, stats=stats, plots=plots,
         publish_gate=publish_gate,
         candidates_version=cand_version, published=published_rows, code_version=runtime.code_version())
+    out = str(base / "index.html")
+    runtime.write_text(out, html)
+    return out
+
+
+def _templates():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("jobs", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["num"] = _num
+    return env
+
+
+def trend_context(args: runtime.JobArgs, run_date: dt.date | None, nightly: dict[str, Any] | None,
+                  last: int | None) -> tuple[dict[str, Any], str | None]:
+    """(the trend section's data over the last ``last`` nightly runs up to ``run_date`` with ``nightly``
+    as that night's summary, the stage-duration chart of that night against the others' median)."""
+    from jobs import trends
+
+    last = last or args.config.tracking.trend_nights
+    summaries = trends.nightly_summaries(args.lake, args.reports_root)
+    until = run_date.isoformat() if run_date else None
+    if nightly is not None and until:
+        summaries[until] = nightly
+        summaries = dict(sorted(summaries.items()))
+    window = trends.last_nights(summaries, last, until)
+    trend = trends.build(window, args.models_root, args.config.train.name)
+    trend["panels"] = trends.panels(trend) if len(trend["nights"]) > 1 else []
+    tonight = window.get(until) if until else None
+    others = [s for d, s in window.items() if d != until]
+    return trend, trends.stage_chart(tonight, others) if tonight else None
+
+
+def write_trends(args: ReportArgs) -> str:
+    """``reports/trends/index.html`` and ``trends.json`` over the last ``args.last`` nightly runs."""
+    from jobs import trends
+
+    trend, _ = trend_context(args, args.run_date, None, args.last)
+    base = Path(args.reports_root) / "trends"
+    html = _templates().get_template("trends.html.j2").render(
+        trend=trend, lake=args.lake, window=trends.night_window(args.run_date, args.last),
+        generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    runtime.write_json(str(base / "trends.json"), {k: trend[k] for k in ("nights", "rows", "marks")})
     out = str(base / "index.html")
     runtime.write_text(out, html)
     return out
@@ -284,8 +347,12 @@ def _num(value: Any, digits: int = 4) -> str:
 
 
 def run(args: ReportArgs) -> dict[str, Any]:
-    path = write(args, args.run_date)
-    return {"run_date": args.run_date.isoformat(), "path": path}
+    out: dict[str, Any] = {}
+    if args.run_date is not None:
+        out.update(run_date=args.run_date.isoformat(), path=write(args, args.run_date))
+    if args.last is not None:
+        out["trends"] = write_trends(args)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

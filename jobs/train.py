@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from features.contract import cutoff
 from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_SEQUENCES
-from jobs import lake, runtime
+from jobs import lake, runtime, tracking
 from training.config import SeqRecConfig
 
 log = logging.getLogger("warmstart.train")
@@ -408,6 +408,7 @@ def run(args: TrainArgs, *, train_loop_per_worker: Callable[[dict], None] | None
         finally:
             if started_ray:
                 ray.shutdown()
+    summary.update(tracking.log_version(args, "model", name, version, args.run_date))   # MLflow, when on
     runtime.record_lineage(args, run_date=args.run_date, inputs=lineage_inputs, outputs={f"models/{name}": version},
                            summary=summary)
     return summary

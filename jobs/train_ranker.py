@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from jobs import build_features, lake, runtime, score
+from jobs import build_features, lake, runtime, score, tracking
 from jobs.backtest import read_purchases
 from features.tables import ITEM_FEATURES, USER_FEATURES
 
@@ -110,6 +110,7 @@ def run(spark: SparkSession, args: TrainRankerArgs) -> dict[str, Any]:
                    "validation_ndcg@10_in_candidates": info["validation_ndcg@10_in_candidates"]}
     summary["promoted"] = promote_to(args.models_root, cfg.name, version) if args.promote else False
     summary.update(path=str(version_dir(args.models_root, cfg.name, version)), wall_seconds=round(time.time() - started, 1))
+    summary.update(tracking.log_version(args, "ranker", cfg.name, version, d))   # MLflow, when on
     runtime.record_lineage(args, run_date=d, inputs={**inputs, **{f"transformer@{x}": v for x, v in used.items()}},
                            outputs={f"models/{cfg.name}": version}, summary=summary)
     return summary

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from training import metrics as M
 from training.config import LoopConfig
 from training.model import SeqRec, SeqRecConfig
+from training.progress import Progress
 
 
 def optimizer(model: SeqRec, lr: float, weight_decay: float, gate_lr_scale: float = 1.0) -> torch.optim.AdamW:
@@ -150,14 +151,22 @@ def train_worker(loop_config: dict) -> None:
     run = _start(loop_config)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    while run.state.get("phase", "select") == "select":
-        run.select_epoch(train_shard, val_shard)
+    # at most train.loop.epochs: early stopping may end the selection run sooner
+    with Progress("train epochs (selection)", run.tcfg.epochs, "epochs", quiet=run.rank != 0) as progress:
+        progress.update(run.state["epoch"])   # resumed from a checkpoint: those epochs are done
+        while run.state.get("phase", "select") == "select":
+            run.select_epoch(train_shard, val_shard)
+            last = run.state["history"][-1]
+            progress.update(1, loss=last["train_loss"], val_ndcg10=last["val_ndcg@10"])
     # Refit: the epoch count early stopping chose, on every event before the cut-off (the validation
     # window's baskets become training targets). Its weights are the ones registered; validation metrics
     # stay those of the selection run (the refit model has trained on the window).
     refit_shard = ray.train.get_dataset_shard("refit") if run.state.get("phase") == "refit" else None
-    while run.state.get("phase") == "refit":
-        run.refit_epoch(refit_shard)
+    with Progress("train epochs (refit)", run.state.get("refit_epochs"), "epochs", quiet=run.rank != 0) as progress:
+        progress.update(run.state.get("refit_epoch", 0))
+        while run.state.get("phase") == "refit":
+            run.refit_epoch(refit_shard)
+            progress.update(1, loss=run.state["refit_history"][-1]["train_loss"])
 
 
 def _start(loop_config: dict) -> _WorkerRun:
