@@ -391,7 +391,7 @@ def bench(a, workdir: Path, d: dt.date, config, overrides: dict, clock: Clock, m
                                  "max_depth", "max_rounds", "early_stopping_rounds")},
                    "spark.shuffle_partitions": config.spark.shuffle_partitions, "overrides": overrides},
         "setup": {k: v for k, v in setup.items() if k != "generated"},
-        "ranker_version": version, "ranker_trained_on_users": trained_on,
+        "ranker_version": version, "ranker_trained_on_users": trained_on, "feature_join": FEATURE_JOIN,
         "ranker_metrics": {k: v for k, v in metrics.items() if k != "importances"},
         "train_ranker": train, "score_warmup": warmup, "score_retrieval": retrieval, "score_ranked": ranked,
         "active_users": users, "users_ranked": ranked["summary"]["users_ranked"],
@@ -415,6 +415,11 @@ def _parts_table(parts: dict) -> list[str]:
     return lines
 
 
+# How the ranked score attached the features: runs made before ranking.NightLookup say so in their rows.
+FEATURE_JOIN = "arrays, collected once a night (ranking.NightLookup)"
+EARLIER_JOIN = "Spark as-of join per 5,000-user chunk (before 5cb837d)"
+
+
 def markdown(runs: list[dict]) -> str:
     lines = ["# Two-stage ranker: training and scoring cost beside retrieval", "",
              "Each row is one run of `bench/ranker.py` (one Spark session: lake set-up, train-ranker, a warm-up "
@@ -423,8 +428,8 @@ def markdown(runs: list[dict]) -> str:
              "score time / retrieval-only score time on the same users in the same run (the aim: <= 2x).", "",
              "| users | items | events | ranker trained on (users) | candidates per user (train / score) "
              "| train-ranker s | train rows | train groups | score s, retrieval only | score s, ranked "
-             "| users/s retrieval | users/s ranked | ranked / retrieval | aim <= 2x |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| users/s retrieval | users/s ranked | ranked / retrieval | aim <= 2x | feature join |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in runs:
         lake, tr, m = r["lake"], r["train_ranker"], r["ranker_metrics"]
         lines.append(
@@ -433,7 +438,8 @@ def markdown(runs: list[dict]) -> str:
             f"| {format(tr['seconds'], ',.0f') if tr else '– (copied)'} | {m.get('train_rows', 0):,} | {m.get('train_groups', 0):,} "
             f"| {r['score_retrieval']['seconds']:,.1f} | {r['score_ranked']['seconds']:,.1f} "
             f"| {r['retrieval_users_per_s']:,.0f} | {r['ranked_users_per_s']:,.0f} "
-            f"| **{r['ratio_ranked_to_retrieval_per_user']:.2f}x** | {'met' if r['aim_met'] else 'not met'} |")
+            f"| **{r['ratio_ranked_to_retrieval_per_user']:.2f}x** | {'met' if r['aim_met'] else 'not met'} "
+            f"| {r.get('feature_join', EARLIER_JOIN)} |")
     for r in runs:
         lake, tr, mach = r["lake"], r["train_ranker"], r["machine"]
         ret, rk = r["score_retrieval"], r["score_ranked"]

@@ -148,7 +148,10 @@ class NightLookup:
         columns.update({c: v[user] for c, v in _arrays(self.user_features).items()})
         columns.update({c: v[item] for c, v in _arrays(self.item_features).items()})
         out = pd.DataFrame(columns)
-        return out.sort_values(["row", "item"], kind="stable").reset_index(drop=True)
+        key = frame["row"].to_numpy(np.int64) * len(self.item_features) + item
+        if len(key) and not (np.diff(key) > 0).all():      # the retrievers' union comes sorted: no copy then
+            out = out.sort_values(["row", "item"], kind="stable")
+        return out.reset_index(drop=True)
 
     def _user_item(self, user: np.ndarray, item: np.ndarray) -> dict[str, np.ndarray]:
         n_items, n_categories = len(self.item_features), int(self.item_stats["category"].max(initial=-1)) + 2
