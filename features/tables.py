@@ -23,10 +23,33 @@ class Table:
     # Columns declared after the table first shipped: nullable in Delta, added to an existing table by
     # jobs.lake.ensure; partitions written before them hold nulls there.
     added_later: tuple[str, ...] = ()
+    # Columns of raw input text that may hold a user id inside them (the quarantine's records):
+    # `warmstart forget` erases the rows whose text names the user (jobs/forget.py).
+    raw_text: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Delta keeps min/max statistics of the first columns of every data file in its log, which a
+        # VACUUM never removes: a table that holds user ids collects them on its other columns only, so
+        # that an erased customer's id is not left in the log (docs/operations.md, "Erasing a customer").
+        if self.personal and STATS_COLUMNS_KEY not in self.properties:
+            keep = [f.name for f in self.schema.fields if f.name not in self.personal and f.name != self.partition_by
+                    and isinstance(f.dataType, _STATS_TYPES)][:32]   # 32: Delta's default count of indexed columns
+            object.__setattr__(self, "properties", {**self.properties, STATS_COLUMNS_KEY: ",".join(keep)})
 
     @property
     def columns(self) -> list[str]:
         return [f.name for f in self.schema.fields]
+
+    @property
+    def personal(self) -> tuple[str, ...]:
+        """The columns that identify a customer: ``user_id`` and raw text that may contain one."""
+        return (("user_id",) if any(f.name == "user_id" for f in self.schema.fields) else ()) + self.raw_text
+
+
+STATS_COLUMNS_KEY = "delta.dataSkippingStatsColumns"
+# the column types Delta keeps min/max statistics for (maps, arrays and binaries have none)
+_STATS_TYPES = (T.StringType, T.LongType, T.IntegerType, T.DoubleType, T.FloatType, T.DecimalType, T.DateType,
+                T.TimestampType, T.BooleanType)
 
 
 def _schema(*fields: tuple[str, T.DataType, bool]) -> T.StructType:
@@ -74,6 +97,7 @@ QUARANTINE = Table(
     keys=("run_id", "source", "record_number"),
     partition_by="run_date",
     write="replace_partition",
+    raw_text=("record", "detail"),
 )
 
 QUARANTINE_REASONS = (

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nightly": ("nightly", "run the whole nightly flow for a date"),
     "report": ("report", "write the run report reports/<run_date>/index.html"),
     "status": ("status", "latest runs, gates and published candidates"),
+    "forget": ("forget", "erase customers from every table, old files included; lineage keeps salted hashes"),
 }
 
 

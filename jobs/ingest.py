@@ -93,10 +93,18 @@ def _format_of(name: str) -> str | None:
     return None
 
 
-def _first_line(filesystem, inner: str) -> str:
+def _head(filesystem, inner: str) -> bytes:
+    """The first 64 KB of the file, decompressed (.gz): enough for any header line."""
     with filesystem.open_input_stream(inner, compression="detect") as stream:
-        head = stream.read(1 << 16)
-    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace").lstrip("\ufeff")
+        return stream.read(1 << 16)
+
+
+def _looks_binary(line: bytes) -> bool:
+    """A first line no CSV header has: NUL bytes, or more than a tenth of it undecodable or control
+    characters (a Latin-1 header's few accented letters stay below that)."""
+    text = line.decode("utf-8", errors="replace")
+    odd = sum(1 for c in text if c == "\ufffd" or (not c.isprintable() and c != "\t"))
+    return b"\x00" in line or odd > max(2, len(text) // 10)
 
 
 def _header(line: str) -> tuple[str, ...]:
@@ -105,9 +113,17 @@ def _header(line: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in next(csv.reader([line]), []))
 
 
+def _shown(path: str) -> str:
+    """A path as an error message shows it: printable, at most 70 characters, the file name kept (the
+    whole line stays under 200)."""
+    return runtime.printable(path, 70, keep="tail")
+
+
 def resolve_inputs(paths: tuple[str, ...], fmt: str, kind: str) -> list[InputFile]:
-    """The data files under ``paths`` with their format and header; a missing path, an empty folder, an
-    unknown extension or a header without the required columns is a UsageError (exit 2)."""
+    """The data files under ``paths`` with their format and header; a missing path, an empty folder or
+    file, an unknown extension, a file that is not what its format says (binary where a CSV header
+    should be, no Parquet magic) or a header without the required columns is a UsageError (exit 2),
+    whose message names the file and echoes at most a short, printable piece of it."""
     from pyarrow import fs
 
     out: list[InputFile] = []
@@ -115,41 +131,56 @@ def resolve_inputs(paths: tuple[str, ...], fmt: str, kind: str) -> list[InputFil
         filesystem, inner = _filesystem(path)
         info = filesystem.get_file_info(inner)
         if info.type == fs.FileType.NotFound:
-            raise runtime.UsageError(f"input path not found: {path}")
+            raise runtime.UsageError(f"input path not found: {_shown(path)}")
         if info.type == fs.FileType.Directory:
             found = [f for f in filesystem.get_file_info(fs.FileSelector(inner, recursive=True))
                      if f.type == fs.FileType.File and not f.base_name.startswith(("_", "."))
                      and (fmt not in ("auto",) or _format_of(f.base_name))]
-            files = sorted(f.path for f in found)
+            files = sorted((f.path, f.size) for f in found)
             if not files:
-                raise runtime.UsageError(f"no data files under {path}")
+                raise runtime.UsageError(f"no data files under {_shown(path)}")
         else:
-            files = [inner]
-        for inner_file in files:
+            files = [(inner, info.size)]
+        for inner_file, size in files:
             full = inner_file if not runtime.is_remote(path) else path.split("://", 1)[0] + "://" + inner_file
-            out.append(_sniff(filesystem, inner_file, _uri(full), fmt, kind))
+            out.append(_sniff(filesystem, inner_file, _uri(full), fmt, kind, size))
     return out
 
 
-def _sniff(filesystem, inner: str, uri: str, fmt: str, kind: str) -> InputFile:
+def _sniff(filesystem, inner: str, uri: str, fmt: str, kind: str, size: int | None = None) -> InputFile:
     file_fmt = fmt
     if fmt == "auto":
         file_fmt = _format_of(inner) or ""
         if not file_fmt:
-            raise runtime.UsageError(f"cannot infer the format of {uri} from its extension; give --format")
-    if file_fmt not in ("csv", "online-retail"):
+            raise runtime.UsageError(f"cannot infer the format of {_shown(uri)} from its extension; give --format")
+    if size == 0:
+        raise runtime.UsageError(f"{_shown(uri)}: empty file (no header, no records)")
+    if file_fmt == "jsonl":
+        return InputFile(uri, file_fmt)        # a line that is not JSON is quarantined as malformed
+    head = _head(filesystem, inner)
+    if file_fmt == "parquet":
+        if head[:4] != b"PAR1":
+            raise runtime.UsageError(f"{_shown(uri)}: not a Parquet file (starts "
+                                     f"{runtime.printable(head[:4], 20)}, not PAR1)")
         return InputFile(uri, file_fmt)
-    header = _header(_first_line(filesystem, inner))
+    if not head.strip():
+        raise runtime.UsageError(f"{_shown(uri)}: empty file (no header, no records)")
+    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    if _looks_binary(line):
+        raise runtime.UsageError(f"{_shown(uri)}: binary data, not a CSV header (starts "
+                                 f"{runtime.printable(line[:4], 20)}); a gzip file must end in .gz")
+    header = _header(line.decode("utf-8", errors="replace").lstrip("\ufeff"))
+    shown_header = runtime.printable(",".join(header), 30)
     if header in bronze.ONLINE_RETAIL_HEADERS and fmt == "auto" and kind == "events":
         file_fmt = "online-retail"
     if file_fmt == "online-retail":
         if header not in bronze.ONLINE_RETAIL_HEADERS:
-            raise runtime.UsageError(f"{uri}: header {','.join(header)} is not an Online Retail header")
+            raise runtime.UsageError(f"{_shown(uri)}: header {shown_header} is not an Online Retail header")
         return InputFile(uri, file_fmt, header)
     required = bronze.REQUIRED_EVENT_COLUMNS if kind == "events" else bronze.REQUIRED_ITEM_COLUMNS
     missing = [c for c in required if c not in header]
     if missing:
-        raise runtime.UsageError(f"{uri}: CSV header lacks {', '.join(missing)} (has: {','.join(header)})")
+        raise runtime.UsageError(f"{_shown(uri)}: CSV header lacks {', '.join(missing)} (has: {shown_header})")
     return InputFile(uri, file_fmt, header)
 
 
@@ -212,16 +243,25 @@ def _project(fields: DataFrame, columns: tuple[str, ...]) -> DataFrame:
 
 def count_records(spark: SparkSession, files: list[InputFile]) -> int:
     """Records in the files, counted from the raw input apart from parsing: non-blank lines minus the
-    header line of text files with one, rows of Parquet files."""
+    header line of text files with one, rows of Parquet files. A file without a record (a header only)
+    is no error, but says so: the run's last log line names it."""
+    per_file = dict.fromkeys((f.uri for f in files), 0)
     text = [f.uri for f in files if f.format != "parquet"]
-    headers = sum(1 for f in files if f.format in ("csv", "online-retail"))
     parquet = [f.uri for f in files if f.format == "parquet"]
-    n = 0
     if text:
-        n += spark.read.text(text).where(F.trim("value") != "").count() - headers
+        lines = spark.read.text(text).where(F.trim("value") != "")
+        per_file.update({r[0]: r[1] for r in lines.groupBy("_metadata.file_path").count().collect()})
     if parquet:
-        n += spark.read.parquet(*parquet).count()
-    return n
+        rows = spark.read.parquet(*parquet)
+        per_file.update({r[0]: r[1] for r in rows.groupBy("_metadata.file_path").count().collect()})
+    for f in files:
+        if f.format in ("csv", "online-retail"):
+            per_file[f.uri] = max(per_file.get(f.uri, 0) - 1, 0)
+    for f in files:
+        if per_file.get(f.uri, 0) == 0:
+            log.warning("%s: no records (%s); nothing to ingest from it", _shown(f.uri),
+                        "a header only" if f.header else "blank lines only" if f.format == "jsonl" else "no rows")
+    return sum(per_file.values())
 
 
 def run(spark: SparkSession, args: IngestArgs) -> dict[str, Any]:
@@ -416,11 +456,16 @@ def parser():
     return p
 
 
+def to_args(ns, common: runtime.JobArgs) -> IngestArgs:
+    args = runtime.dataclass_from(IngestArgs, ns, common, events=tuple(ns.events), items=tuple(ns.items))
+    # A missing, empty or garbled input is told before a Spark driver starts (run() looks again).
+    resolve_inputs(args.events, args.format, "events")
+    resolve_inputs(args.items, args.format, "items")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    return runtime.run_job("ingest", parser(),
-                           lambda ns, common: runtime.dataclass_from(IngestArgs, ns, common, events=tuple(ns.events),
-                                                                     items=tuple(ns.items)),
-                           run, argv)
+    return runtime.run_job("ingest", parser(), to_args, run, argv)
 
 
 if __name__ == "__main__":

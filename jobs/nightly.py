@@ -16,6 +16,12 @@ rows, elapsed); the final summary has counts, gate results, the model version an
 published candidate set and the path of every report, and goes to ``--summary-json`` and to the
 nightly run's lineage record (what ``warmstart status`` lists).
 
+Without ``--events``/``--items`` the lake is used as it is: a replay of a past night, an Airflow backfill
+or a cleared task. Every stage still runs for D, the gates included; the bronze/events gate, having no
+ingest run of D to judge, judges the events dated in the freshness window up to D (jobs/validate.py,
+``_replay_window``, says why). The flow holds the run lock of (lake, nightly, D) and each stage its own
+(jobs/lock.py): a second run for D waits ``--wait SECONDS`` or exits 1 naming the holder.
+
 A failed critical gate stops everything after it (exit 3, the report path in the message). Every stage
 is idempotent per run date and commits atomically, so a run stopped anywhere (Ctrl-C, SIGTERM, a
 killed machine) is finished by running the same command again: nothing is duplicated. Training is due
@@ -241,7 +247,10 @@ class Flow:
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def common_argv(self) -> list[str]:
-        return ["--lake", self.args.lake, "--config", str(self.config_file)]
+        # Each stage takes its own run lock (jobs/lock.py) beside the flow's: a manual run of a stage for
+        # the same date is kept out too, and the flow's --wait is the stage's.
+        return ["--lake", self.args.lake, "--config", str(self.config_file), "--wait", f"{self.args.wait_s:g}",
+                *(["--verbose"] if self.args.verbose else [])]
 
     def skip(self, name: str, why: str) -> StageResult:
         result = StageResult(name=name, status="skipped", note=why)

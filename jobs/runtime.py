@@ -4,12 +4,20 @@ lineage records, run summaries and the exit-code contract.
 Jobs (``jobs/*.py``) call :func:`run_job` from their ``main``; tests call a job's ``run`` directly with
 the shared test session and :func:`job_args` for the common arguments.
 
-Exit codes (DESIGN.md): 0 success, 1 failure, 2 bad usage / configuration / input path,
-3 a critical data-quality gate failed. Every failure ends with one line on stderr.
+Exit codes (DESIGN.md): 0 success, 1 failure (or the run date locked by another run), 2 bad usage /
+configuration / input path, 3 a critical data-quality gate failed. Every failure ends with one line on
+stderr; anything it echoes from the input goes through :func:`printable` (cut, escaped).
+
+stderr keeps what a user acts on. The rest goes to the run's log file (:func:`run_log_path`, named in
+the lineage record and in a crash's last line): the effective configuration, the log lines, a crash's
+traceback and, for a Spark driver this process starts, the JVM's own output (start-up warnings, Spark's
+log4j at WARN). ``--verbose`` puts it all back on the console; ``--print-config`` prints the
+configuration.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -29,6 +37,10 @@ from jobs.config import Config, ConfigError, parse_overrides
 log = logging.getLogger("warmstart")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The run in progress (run_job sets them; a nested run, a nightly stage, restores its caller's after).
+_RUN_LOG: Path | None = None
+_VERBOSE = False
 
 
 class WarmstartError(Exception):
@@ -54,6 +66,30 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")
 
 def is_override(token: str) -> bool:
     return bool(_OVERRIDE.match(token))
+
+
+def printable(value: Any, limit: int = 200, *, keep: str = "head") -> str:
+    """``value`` (text or bytes) as one printable line of at most ``limit`` characters, for a message
+    that echoes input: undecodable bytes, control characters and other non-printables escaped as
+    ``repr`` escapes them (``\\x00``, ``\\n``), the rest cut, saying how long it was. ``keep="tail"``
+    keeps the end instead (a path: its file name)."""
+    unit = "bytes" if isinstance(value, (bytes, bytearray)) else "chars"
+    size = len(value)
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[: limit * 4]).decode("utf-8", errors="backslashreplace")
+    raw = str(value)
+    window = raw[: limit * 4] if keep == "head" else raw[-limit * 4:]
+    pieces = [c if c.isprintable() else repr(c)[1:-1] for c in window]
+    if size <= limit * 4 and sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    more = f"... ({size:,} {unit})" if keep == "head" else "..."
+    kept, room = [], limit - len(more)
+    for piece in (pieces if keep == "head" else reversed(pieces)):   # whole escapes only
+        if len(piece) > room:
+            break
+        kept.append(piece)
+        room -= len(piece)
+    return "".join(kept) + more if keep == "head" else more + "".join(reversed(kept))
 
 
 def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -91,6 +127,8 @@ class JobArgs:
     config: Config
     run_id: str
     summary_json: str | None = None
+    wait_s: float = 0.0          # --wait: how long to wait for another run's lock on this run date
+    verbose: bool = False        # --verbose: Spark's, Ray's and the debug logs on the console
 
     @property
     def reports_root(self) -> str:
@@ -147,23 +185,39 @@ def job_parser(job: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--lake", help="lake root (env WARMSTART_LAKE, default ./lake)")
     parser.add_argument("--config", help="YAML file merged over the defaults")
     parser.add_argument("--summary-json", help="also write the run summary as JSON to this path")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration (defaults, --config, overrides) as YAML and exit")
+    parser.add_argument("--print-config", nargs="?", const="yaml", choices=("yaml", "json"),
+                        help="print the effective configuration (defaults, --config, overrides) as YAML "
+                             "(or --print-config json) and exit; a run writes it to its log file and lineage")
+    parser.add_argument("--wait", dest="wait_s", type=float, default=0.0, metavar="SECONDS",
+                        help="if another run holds this job's lock for the run date, wait up to SECONDS for "
+                             "it (default: exit 1 at once, naming the holder)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Spark's and Ray's own logs and the debug lines on stderr")
     return parser
 
 
+def wants_print_config(argv: list[str]) -> bool:
+    return any(a == "--print-config" or a.startswith("--print-config=") for a in argv)
+
+
 def print_config(argv: list[str]) -> int:
-    """``--print-config``: the effective configuration as YAML on stdout. Only --config, --lake and the
-    overrides matter, so a job's other (required) arguments may be left out."""
-    only = argparse.ArgumentParser(add_help=False)
+    """``--print-config [yaml|json]``: the effective configuration on stdout. Only --config, --lake and
+    the overrides matter, so a job's other (required) arguments may be left out."""
+    only = _OneLineParser(prog="warmstart", add_help=False)
     only.add_argument("--config")
     only.add_argument("--lake")
+    only.add_argument("--print-config", nargs="?", const="yaml", choices=("yaml", "json"))
     ns, _ = only.parse_known_args([a for a in argv if not is_override(a)])
     overrides = parse_overrides(a for a in argv if is_override(a))
     if ns.lake:
         overrides["paths.lake"] = ns.lake
-    sys.stdout.write(load_config(ns.config, overrides).to_yaml())
+    cfg = load_config(ns.config, overrides)
+    sys.stdout.write(cfg.to_yaml() if ns.print_config == "yaml" else config_json(cfg) + "\n")
     return 0
+
+
+def config_json(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str)
 
 
 def spark_session(cfg: Config, app_name: str | None = None):
@@ -202,9 +256,35 @@ def spark_session(cfg: Config, app_name: str | None = None):
         conf.update(jvm.driver_java_options(cfg))
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("WARMSTART_SPARK_LOG_LEVEL", "ERROR"))
+    with _jvm_output_to(None if under_submit or _VERBOSE else _RUN_LOG):
+        spark = builder.getOrCreate()
+    # Into the run's log file (above) WARN is worth keeping; onto a console (spark-submit's JVM, a session
+    # built outside run_job) only errors; --verbose: WARN, Spark's own default.
+    quiet = "WARN" if (_RUN_LOG is not None and not under_submit and not _VERBOSE) else "ERROR"
+    spark.sparkContext.setLogLevel(os.environ.get("WARMSTART_SPARK_LOG_LEVEL", "WARN" if _VERBOSE else quiet))
     return spark
+
+
+@contextlib.contextmanager
+def _jvm_output_to(path: Path | None):
+    """While the driver JVM starts, point this process's stderr (fd 2) at ``path``: the JVM inherits it,
+    so its start-up warnings (incubator modules, native-hadoop, log4j's profile, the hostname) and every
+    later log line go to the run's log file instead of the console. Python's own stderr comes back once
+    the JVM is up. Nothing changes when ``path`` is None."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
 
 
 def _tuning(s: config_module.SparkConfig, submitted: Mapping[str, str]) -> dict[str, str]:
@@ -271,6 +351,7 @@ def record_lineage(args: JobArgs, *, run_date: dt.date | None, inputs: Mapping[s
         "summary": dict(summary),
         "code_version": code_version(),
         "config": args.config.to_dict(),
+        "log": str(_RUN_LOG) if _RUN_LOG else None,     # the run's log file, where run_job started one
     }
     path = f"{args.lake}/_runs/{args.run_id}.json"
     write_json(path, record)
@@ -317,12 +398,80 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
-def setup_logging() -> None:
-    level = os.environ.get("WARMSTART_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("py4j", "great_expectations", "urllib3", "filelock", "matplotlib", "ray"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+_CONSOLE_ALL = False
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+    return _CONSOLE_ALL or record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == "warmstart"
+
+
+NOISY_LOGGERS = ("py4j", "great_expectations", "urllib3", "filelock", "matplotlib", "ray")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def verbose() -> bool:
+    """Whether this run asked for ``--verbose`` (a Ray start-up may forward its workers' logs then)."""
+    return _VERBOSE
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Our loggers (``warmstart.*``) at INFO (DEBUG with --verbose, or WARMSTART_LOG_LEVEL). The console
+    shows other libraries' lines from WARNING up (all with --verbose), whatever levels they set themselves
+    (Great Expectations sets one of its loggers to INFO when imported; py4j logs a reconnect's traceback
+    on the root logger at INFO); the run's log file keeps their INFO lines."""
+    global _CONSOLE_ALL
+    _CONSOLE_ALL = verbose
+    level = os.environ.get("WARMSTART_LOG_LEVEL", "DEBUG" if verbose else "INFO").upper()
+    root = logging.getLogger()
+    if not root.handlers:    # as logging.basicConfig: a root someone configured (pytest, Airflow) stays theirs
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        console.addFilter(_console_filter)
+        root.addHandler(console)
+        root.setLevel(logging.INFO)
+    logging.getLogger("warmstart").setLevel(level)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        # Ray sets up its own loggers when imported and started (ray.init's logging_level defaults to
+        # RAY_LOGGER_LEVEL, Ray Data's loggers to RAY_DATA_LOG_LEVEL): its start-up lines (a local instance
+        # started, token authentication, progress bars off, every dataset's execution) stay off the console.
+        # Errors still show; a user's own setting wins.
+        os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+
+
+def run_log_path(run_id: str) -> Path:
+    """The run's log file: ``$WARMSTART_LOG_DIR/warmstart-logs/<run id>.log`` (default: the temp dir).
+    Local even for a remote lake: the JVM writes to it as a plain file."""
+    import tempfile
+
+    return Path(os.environ.get("WARMSTART_LOG_DIR", tempfile.gettempdir())) / "warmstart-logs" / f"{run_id}.log"
+
+
+@contextlib.contextmanager
+def _run_log(common: JobArgs, argv: list[str]):
+    """Open the run's log file (its first lines: the command and the effective configuration), send this
+    process's log lines there too while the run lasts, and make it the file the JVM's output and a crash's
+    traceback go to. Yields its path."""
+    global _RUN_LOG, _VERBOSE
+    path = run_log_path(common.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"warmstart {common.job} {' '.join(argv)}\nrun_id={common.run_id} lake={common.lake} "
+                f"code={code_version()}\neffective configuration:\n{config_json(common.config)}\n")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    saved = _RUN_LOG, _VERBOSE
+    _RUN_LOG, _VERBOSE = path, common.verbose or _VERBOSE
+    try:
+        yield path
+    finally:
+        _RUN_LOG, _VERBOSE = saved
+        root.removeHandler(handler)
+        handler.close()
 
 
 def print_summary(job: str, summary: Mapping[str, Any]) -> None:
@@ -339,61 +488,79 @@ def print_summary(job: str, summary: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
+# The jobs that write a run date's tables (or its gate report) take the run lock of (job, run date).
+LOCKED_JOBS = frozenset({"ingest", "features", "validate", "train", "train-ranker", "score", "publish", "nightly"})
+
+
 def run_job(job: str, parser: argparse.ArgumentParser, to_args: type | Callable[[argparse.Namespace, JobArgs], Any],
             run: Callable[..., Mapping[str, Any]], argv: list[str] | None = None, *,
-            needs_spark: bool = True) -> int:
-    """Parse ``argv``, build the configuration and (if needed) the Spark session, call
-    ``run(spark, args)`` (or ``run(args)``), print and store the summary, and map errors to exit codes.
+            needs_spark: bool = True, lock: bool | None = None) -> int:
+    """Parse ``argv``, build the configuration, take the run lock (``lock``: default for the jobs in
+    :data:`LOCKED_JOBS`; jobs/lock.py), build the Spark session (if needed), call ``run(spark, args)`` (or
+    ``run(args)``), print and store the summary, and map errors to exit codes.
 
     ``to_args``: the job's frozen ``*Args`` dataclass (built by :func:`dataclass_from`), or a function
     ``(namespace, common) -> args`` when a field needs converting."""
-    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(verbose="--verbose" in argv)
     overrides = [a for a in argv if is_override(a)]
     rest = [a for a in argv if not is_override(a)]
+    log_file: Path | None = None
     try:
-        if "--print-config" in rest:
+        if wants_print_config(rest):
             return print_config(argv)
         ns = parser.parse_args(rest)
         cfg = load_config(ns.config, parse_overrides(overrides))
         lake = normalise_root(ns.lake or cfg.paths.lake)
         run_date = getattr(ns, "run_date", None)
         common = JobArgs(job=job, lake=lake, config=cfg, run_id=new_run_id(job, run_date),
-                         summary_json=ns.summary_json)
+                         summary_json=ns.summary_json, wait_s=getattr(ns, "wait_s", 0.0),
+                         verbose=bool(getattr(ns, "verbose", False)))
         args = dataclass_from(to_args, ns, common) if isinstance(to_args, type) else to_args(ns, common)
-        log.info("warmstart %s run_id=%s lake=%s", job, common.run_id, lake)
-        log.debug("effective configuration: %s", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
-        if needs_spark:
-            spark = spark_session(cfg, app_name=f"warmstart-{job}")
-            summary = run(spark, args)
-        else:
-            summary = run(args)
+        with _run_log(common, argv) as log_file, _lock_for(job, ns, common, lock):
+            log.info("warmstart %s run_id=%s lake=%s (log: %s)", job, common.run_id, lake, log_file)
+            log.debug("effective configuration: %s", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+            if needs_spark:
+                spark = spark_session(cfg, app_name=f"warmstart-{job}")
+                summary = run(spark, args)
+            else:
+                summary = run(args)
         summary = dict(summary or {})
         print_summary(job, summary)
         if ns.summary_json:
             write_json(ns.summary_json, {"job": job, "run_id": common.run_id, "status": "succeeded", **summary})
         return 0
     except WarmstartError as exc:
-        print(f"warmstart {job}: {exc}", file=sys.stderr)
+        print(f"warmstart {job}: {printable(str(exc), 2000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"warmstart {job}: interrupted; tables are left at their last committed version", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line + a log
-        trace = _save_traceback(job)
+        trace = _save_traceback(job, log_file)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"warmstart {job}: failed: {type(exc).__name__}: {first[:300]} (traceback: {trace})",
+        print(f"warmstart {job}: failed: {type(exc).__name__}: {printable(first, 300)} (traceback: {trace})",
               file=sys.stderr)
         return 1
 
 
-def _save_traceback(job: str) -> str:
-    import tempfile
+def _lock_for(job: str, ns: argparse.Namespace, common: JobArgs, lock: bool | None):
+    """The run lock of (lake, job[, table], run date), or a no-op for jobs that take none."""
+    if not (job in LOCKED_JOBS if lock is None else lock):
+        return contextlib.nullcontext()
+    from jobs import lock as locks
 
-    folder = Path(os.environ.get("WARMSTART_LOG_DIR", tempfile.gettempdir())) / "warmstart-logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{job}-{dt.datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
-    path.write_text(traceback.format_exc())
+    resource = locks.resource_name(job, getattr(ns, "run_date", None), table=getattr(ns, "table", None),
+                                   dates=(getattr(ns, "from_date", None), getattr(ns, "to_date", None)))
+    return locks.run_lock(common.lake, resource, common.run_id, wait_s=common.wait_s) or contextlib.nullcontext()
+
+
+def _save_traceback(job: str, log_file: Path | None = None) -> str:
+    """Append the traceback to the run's log file (or, before there is one, a file of its own); its path."""
+    path = log_file or run_log_path(f"{job}-{dt.datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(traceback.format_exc())
     return str(path)
 
 

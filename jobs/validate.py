@@ -11,7 +11,9 @@ Which rows are "the partition" of a run date:
   value of that column (row-count and drift checks compare against it);
 - ``bronze/events`` with ``quality.events_scope: ingest_run`` (default): the rows written by the ingest
   run(s) of that run date (their ``run_id``s, from the lake's lineage records), since one ingest may load
-  many event dates; the previous partition is the previous ingest run's rows. ``event_date`` scope
+  many event dates; the previous partition is the previous ingest run's rows. A run date with no ingest
+  run recorded (a replay or backfill on the lake as it is) validates the events dated in the last
+  ``freshness_max_lag_days`` + 1 days up to it instead (:func:`_replay_window` says why). ``event_date`` scope
   validates the ``event_date = run_date`` partition instead. The quarantine rate of the run comes from
   the ingest run's summary, or else from ``bronze/events_quarantine`` (``run_date`` partition);
 - ``bronze/items`` (unpartitioned): the whole current table, no previous partition;
@@ -34,6 +36,8 @@ from features.tables import EVENTS, QUARANTINE, USER_CANDIDATES, Table
 from features.tables import table as declared_table
 from jobs import lake, publish, runtime
 
+# How the report names the scope of a run date without an ingest run (:func:`_replay_window`).
+REPLAY_SCOPE = "no ingest run recorded for the run date (a replay on the lake as it is)"
 # Keys an ingest run summary may use for its record counts (first present wins).
 _READ_KEYS = ("records_read", "rows_read", "read", "input_records", "records_in")
 _QUARANTINED_KEYS = ("quarantined", "records_quarantined", "rows_quarantined", "quarantined_records")
@@ -52,8 +56,7 @@ def _partition(spark: SparkSession, args: ValidateArgs, t: Table) -> tuple[DataF
         runs = _ingest_runs(args)
         mine = [r["run_id"] for r in runs if r.get("run_date") == args.run_date.isoformat()]
         if not mine:
-            raise runtime.UsageError(f"no ingest run recorded for {args.run_date} under {args.lake}/_runs "
-                                     "(validate the event_date partition with quality.events_scope=event_date)")
+            return _replay_window(spark, df, args, t)
         earlier = sorted({r["run_date"] for r in runs if r.get("run_date") and r["run_date"] < args.run_date.isoformat()})
         prev = None
         if earlier:
@@ -67,6 +70,29 @@ def _partition(spark: SparkSession, args: ValidateArgs, t: Table) -> tuple[DataF
     prev = df.where(col == F.lit(before)) if before is not None else None
     return df.where(col == F.lit(args.run_date)), prev, f"{t.partition_by} = {args.run_date}" + (
         f" (previous: {before})" if before else "")
+
+
+def _replay_window(spark: SparkSession, df: DataFrame, args: ValidateArgs,
+                   t: Table) -> tuple[DataFrame, DataFrame | None, str]:
+    """bronze/events for a run date no ingest run was recorded for: a replay or backfill on the lake as it
+    is (``warmstart nightly --run-date D`` without ``--events``, an Airflow task cleared after its ingest,
+    a lake loaded by one ingest of the whole history). Nothing arrived for D, so there is no run's rows to
+    judge; every row already there was gated by the run that landed it. What D's features add is the
+    events dated up to D, and the question the gate must still answer is whether the lake holds D's
+    events at all: so the rows of the last ``freshness_max_lag_days`` + 1 event dates up to D (a night
+    with no trade, Online Retail's Saturdays, still finds the day before, as the freshness check allows),
+    against the same number of days before them (row count and drift). Not the whole history up to D:
+    that would re-read the lake on every replay to re-check rows that passed their own gate."""
+    days = args.config.quality.freshness_max_lag_days + 1
+    start = args.run_date - dt.timedelta(days=days - 1)
+    col = F.col("event_date")
+    current = df.where((col >= F.lit(start)) & (col <= F.lit(args.run_date)))
+    prev_start = start - dt.timedelta(days=days)
+    scope = f"{REPLAY_SCOPE}: event_date {start} .. {args.run_date}"
+    if not any(prev_start <= d < start for d in _partition_dates(spark, args, t)):
+        return current, None, scope     # nothing before: the comparisons are skipped, as on a first run
+    previous = df.where((col >= F.lit(prev_start)) & (col < F.lit(start)))
+    return current, previous, f"{scope} (previous: {prev_start} .. {start - dt.timedelta(days=1)})"
 
 
 def _partition_dates(spark: SparkSession, args: ValidateArgs, t: Table) -> set[dt.date]:
@@ -122,7 +148,7 @@ def run(spark: SparkSession, args: ValidateArgs) -> dict[str, Any]:
     table_version = lake.version(spark, args.lake, t)
     current, previous, scope = _partition(spark, args, t)
     context: dict[str, Any] = {"scope": scope, "table_version": table_version}
-    if t.name == EVENTS.name:
+    if t.name == EVENTS.name and not scope.startswith(REPLAY_SCOPE):   # a replay read nothing: no rate
         context.update(_quarantine_context(spark, args, current))
     config, references = args.config.quality_bounds, {}
     if t.name == USER_CANDIDATES.name:

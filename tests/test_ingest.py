@@ -1,12 +1,16 @@
 """Ingest (jobs/ingest.py, features/bronze.py): every reason code on explicit lines, the conservation
 count, idempotency (each job test runs the ingest twice), the Online Retail mapping on a real sample,
-generated bad records of every kind, the CLI's usage errors, and a real kill during the MERGE."""
+generated bad records of every kind, the CLI's usage errors, a bad input file's one short last line, and a
+real kill during the MERGE."""
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import gzip
+import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -284,3 +288,70 @@ def test_killed_during_merge_leaves_events_at_previous_version(spark, lake, conf
     # and the next run completes the job from the same input
     summary = ingest.run(spark, _args(lake, config, dt.date(2024, 5, 31), events=[tmp_path / "big" / "events"]))
     assert summary["events_inserted"] + summary["duplicates"] + summary["quarantined"] == 150_000
+
+
+def _ingest_cli(tmp_path: Path, *inputs: Path, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`warmstart ingest` as a user types it, its run logs under tmp_path."""
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "WARMSTART_LOG_DIR": str(tmp_path / "logs")}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--lake", str(tmp_path / "lake"),
+                           "--run-date", "2024-01-31", *flags, "--events", *map(str, inputs)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+_NOISE = random.Random(26).randbytes(40_000).replace(b"\n", b"\0")   # 40 KB of binary garbage, no line break
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("garbage.csv", _NOISE, "binary data, not a CSV header"),
+    ("wide.csv", ",".join(f"col{i}" for i in range(5000)).encode() + b"\n1,2\n", "CSV header lacks user_id"),
+    ("empty.csv", b"", "empty file (no header, no records)"),
+    ("empty.jsonl", b"", "empty file (no header, no records)"),
+    ("blank.csv.gz", gzip.compress(b"\n \n"), "empty file (no header, no records)"),
+    ("garbage.parquet", _NOISE[:100], "not a Parquet file"),
+    ("missing.csv", None, "input path not found"),
+], ids=["garbage.csv", "wide.csv", "empty.csv", "empty.jsonl", "blank.csv.gz", "garbage.parquet", "missing.csv"])
+def test_a_bad_input_file_ends_with_one_short_line_naming_it(tmp_path, name, content, problem):
+    """The last stderr line names the file and the problem in under 200 printable characters, whatever
+    the file holds, and nothing is written (exit 2, told before a Spark driver starts)."""
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    done = _ingest_cli(tmp_path, path)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert last.startswith("warmstart ingest: ") and name in last and problem in last, last
+    assert len(last) < 200 and last.isprintable(), last
+    assert not (tmp_path / "lake" / "bronze").exists()
+
+
+@pytest.mark.slow
+def test_a_header_only_file_ingests_nothing_and_says_so_quietly(tmp_path):
+    """Exit 0 with zero records, the last stderr line naming the file; stderr holds neither the effective
+    configuration nor Spark's start-up noise: both are in the run's log file (named on stderr). The rerun,
+    with --verbose, changes nothing and shows the JVM's output again."""
+    path = tmp_path / "header.csv"
+    path.write_text("user_id,item_id,event_type,event_ts,quantity,price,session_id\n")
+    done = _ingest_cli(tmp_path, path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    err = done.stderr.strip().splitlines()
+    assert re.search(r"WARNING warmstart.ingest: \S+/header.csv: no records \(a header only\); nothing to "
+                     r"ingest from it$", err[-1]), err
+    assert len(err[-1]) < 200
+    assert re.search(r"^\s+records_read\s+0$", done.stdout, re.M) and re.search(r"^\s+events_inserted\s+0$", done.stdout, re.M)
+    assert len(err) == 3, err      # the run's first line (its log file), the ingest's line, the warning
+    for noise in ('"spark"', "effective configuration", "log4j", "WARN Utils", "NativeCodeLoader", "incubator"):
+        assert noise not in done.stderr, noise
+    log_file = Path(re.search(r"\(log: (\S+)\)", err[0]).group(1))
+    assert log_file.parent == tmp_path / "logs" / "warmstart-logs"
+    text = log_file.read_text()
+    config, _ = json.JSONDecoder().raw_decode(text, text.index("effective configuration:\n") + 25)
+    assert config["ingest"]["csv_max_line_bytes"] > 0 and config["paths"]["lake"]
+    assert "log4j" in text or "WARN" in text            # the JVM's own output went there instead
+    (record,) = runtime.read_lineage(str(tmp_path / "lake"))
+    assert record["log"] == str(log_file) and record["config"] == config
+
+    again = _ingest_cli(tmp_path, path, flags=("--verbose",))
+    assert again.returncode == 0 and re.search(r"^\s+records_read\s+0$", again.stdout, re.M), again.stderr[-2000:]
+    assert "header.csv: no records (a header only)" in again.stderr
+    assert "log4j" in again.stderr and "effective configuration" in again.stderr
+    assert runtime.read_lineage(str(tmp_path / "lake"))[-1]["outputs"] == record["outputs"]   # no table changed

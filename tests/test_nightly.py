@@ -279,3 +279,43 @@ def test_failed_critical_gate_stops_the_flow(spark, tmp_path, capsys):
     assert record[0]["summary"]["gates"]["bronze/events"]["report"] == str(report)
     index = (tmp_path / "reports" / "2024-01-31" / "index.html").read_text()
     assert "gate failed" in index and "quality/bronze_events.html" in index
+
+
+# One ingest of the whole history (as the demo loads Online Retail), run for 2024-01-31: two events a day
+# from 2024-01-26 on, none on 2024-01-29 (a day without trade).
+HISTORY = [(day, n) for day in ("2024-01-26", "2024-01-27", "2024-01-28", "2024-01-30", "2024-01-31") for n in (1, 2)]
+
+
+@pytest.mark.slow
+def test_bronze_gate_of_a_replay_validates_the_days_up_to_the_run_date(spark, interpreted_sql, tmp_path, capsys):
+    """A replay (nightly --run-date D without --events, an Airflow backfill) has no ingest run of its own
+    for the bronze/events gate to judge: the gate validates the events dated in the freshness window up
+    to D (jobs/validate.py, _replay_window), and a lake without D's events fails freshness, exit 3."""
+    import json
+
+    from jobs import ingest, validate
+
+    drop = tmp_path / "events.csv"
+    drop.write_text("user_id,item_id,event_type,event_ts,quantity,price,session_id\n" + "".join(
+        f"u{n},i{n},purchase,{day}T10:0{n}:00Z,1,2.5,s{n}\n" for day, n in HISTORY))
+    lake = str(tmp_path / "lake")
+    ingest.run(spark, args_for(ingest.IngestArgs, lake, run_date=dt.date(2024, 1, 31), events=(str(drop),)))
+
+    def gate(day: str) -> tuple[int, int, int | None, str, set[str]]:
+        code = validate.main(["--lake", lake, "--table", "bronze/events", "--run-date", day])
+        report = json.loads((tmp_path / "reports" / day / "quality" / "bronze_events.json").read_text())
+        judged = {r["check"] for r in report["results"] if r["status"] != "skipped"}
+        return code, report["rows"], report["previous_rows"], report["context"]["scope"], judged
+
+    # a replay of 2024-01-28: its events and the day before's, against the two days before them; no
+    # ingest read anything for it, so there is no quarantine rate
+    code, rows, previous, scope, judged = gate("2024-01-28")
+    assert (code, rows, previous) == (0, 4, 2)
+    assert scope == f"{validate.REPLAY_SCOPE}: event_date 2024-01-27 .. 2024-01-28 (previous: 2024-01-25 .. 2024-01-26)"
+    assert "freshness" in judged and "row_count_change" in judged and "quarantine_rate" not in judged
+    assert gate("2024-01-29")[:3] == (0, 2, 4)       # no trade that day: the day before is fresh enough
+    capsys.readouterr()
+    assert gate("2024-02-05")[:3] == (3, 0, None)    # the lake does not hold the night's events
+    last = capsys.readouterr().err.strip().splitlines()[-1]   # no row at all: every row check fails with it
+    assert last.startswith("warmstart validate: critical data-quality checks failed on bronze/events for "
+                           "2024-02-05: ") and "freshness" in last

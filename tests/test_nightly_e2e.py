@@ -2,8 +2,9 @@
 completion (it trains and publishes), then night D is killed with SIGKILL in the middle of the features
 stage and rerun to completion. Checks that nothing is duplicated (row counts and keys of every table),
 the final summary, the delayed feedback on the lists published for D - 7 (against training/backtest on
-the same rows) and the backtest of that night, `warmstart status`, and the run report rendered by
-headless Chromium with the network off."""
+the same rows) and the backtest of that night, `warmstart status`, the run report rendered by
+headless Chromium with the network off, a console free of Spark's and Ray's start-up output, and last a
+replay of an earlier night without --events (every stage, the gates included)."""
 from __future__ import annotations
 
 import json
@@ -276,3 +277,46 @@ def test_run_report_renders_offline_in_chromium(flow, tmp_path):
                     f"--screenshot={shot}", "--window-size=1200,2400", index.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000   # a rendered page with plots, not a blank one
+
+
+def test_the_console_keeps_to_what_matters(flow):
+    """The completed run's stderr: its own log lines (a stage's first line names its log file), none of
+    Spark's or Ray's start-up output, no effective configuration; those are in the run's log files."""
+    err = flow["second"].stderr
+    for noise in ("log4j", "NativeCodeLoader", "incubator", "Started a local Ray instance", "Token authentication",
+                  "execution finished", "Created temporary directory", "effective configuration", '"spark": {'):
+        assert noise not in err, noise
+    assert "Traceback" not in err                                  # nothing failed, nothing looks as if it had
+    assert not re.search(r"^\d\d:\d\d:\d\d INFO (?!warmstart)", err, re.M)   # other libraries' INFO lines
+    logs = [Path(m) for m in re.findall(r"\(log: (\S+)\)", err)]
+    assert logs and all(p.is_file() for p in logs)
+    assert "effective configuration:" in logs[0].read_text()       # the nightly's own, first
+
+
+def test_a_replay_without_events_runs_every_stage_gates_included(spark, flow):
+    """What an Airflow backfill or a cleared task does: `nightly --run-date` for a night the lake holds the
+    events of (ingested by D's run), no --events. Every stage runs for that night, the bronze/events gate
+    included (it judges the night's event dates: no ingest run of its own), and its lists are published.
+    Last in the module: it adds a published set for an earlier night."""
+    from pyspark.sql import functions as F
+
+    replay = "2024-01-28"
+    cmd = [sys.executable, "-m", "jobs.cli", "nightly", "--lake", str(flow["lake"]), "--run-date", replay,
+           "--summary-json", str(flow["root"] / "replay.json"), *SMALL]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(Path(json.loads((flow["root"] / "replay.json").read_text())["summary_file"]).read_text())
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
+        ("ingest", "skipped"),
+        ("gate bronze/events", "succeeded"), ("gate bronze/items", "succeeded"),
+        ("features", "succeeded"),
+        ("gate features/user_features", "succeeded"), ("gate features/item_features", "succeeded"),
+        ("gate features/user_sequences", "succeeded"),
+        ("train", "skipped"), ("train_ranker", "skipped"), ("backtest", "skipped"),   # trained 01-24: not due
+        ("score", "succeeded"), ("publish", "succeeded"), ("delayed feedback", "succeeded")]
+    gate = json.loads((flow["root"] / "reports" / replay / "quality" / "bronze_events.json").read_text())
+    assert gate["context"]["scope"].endswith(f"event_date 2024-01-27 .. {replay} (previous: 2024-01-25 .. 2024-01-26)")
+    events = spark.read.format("delta").load(f"{flow['lake']}/bronze/events")
+    assert gate["rows"] == events.where(F.col("event_date").between("2024-01-27", replay)).count() > 0
+    published = spark.read.format("delta").load(f"{flow['lake']}/candidates/published")
+    assert published.where(F.col("run_date") == replay).count() == 1

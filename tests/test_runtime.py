@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from pyspark.testing import assertDataFrameEqual
@@ -232,3 +233,51 @@ def test_the_setup_archive_maps_into_a_local_spark_driver(tmp_path):
     args = next(l for l in done.stdout.splitlines() if l.startswith("ARGS")).split()[1:]
     assert f"-XX:SharedArchiveFile={archive}" in args and args.index("-Xshare:on") > args.index("-Xshare:auto")
     assert "ROWS 5" in done.stdout
+
+
+@pytest.mark.parametrize("value, limit, keep, shown", [
+    ("plain text", 200, "head", "plain text"),
+    ("tab\tnew\nline\x00nul\x1besc", 200, "head", "tab\\tnew\\nline\\x00nul\\x1besc"),   # escaped as repr does
+    ("naïve café", 200, "head", "naïve café"),                                         # printable letters stay
+    ("\u200bzero-width", 200, "head", "\\u200bzero-width"),
+    (b"\xff\xfeOK\x00", 200, "head", "\\xff\\xfeOK\\x00"),                              # bytes: undecodable escaped
+    ("x" * 250, 30, "head", "x" * 15 + "... (250 chars)"),                             # cut to 30, saying how long
+    (b"\x01" * 1000, 30, "head", "\\x01" * 3 + "... (1,000 bytes)"),                 # never half an escape
+    ("/a/very/long/folder/name/file.csv", 20, "tail", "...der/name/file.csv"),            # a path keeps its file name
+])
+def test_printable_cuts_and_escapes_what_a_message_echoes(value, limit, keep, shown):
+    assert runtime.printable(value, limit, keep=keep) == shown
+    assert len(shown) <= limit and shown.isprintable()
+
+
+def test_print_config_json_and_the_run_log_file(tmp_path, capsys, monkeypatch):
+    """--print-config json prints the effective configuration as JSON; a run writes it (and its log lines)
+    to its log file, which its lineage record names, and not to stderr."""
+    assert _toy_job(["--print-config", "json", "score.k=7"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == json.loads(runtime.config_json(runtime.load_config(overrides={"score.k": 7})))
+    assert shown["score"]["k"] == 7
+    assert _toy_job(["--print-config=json", "--run-date", "2024-03-01"]) == 0   # a job's own arguments may stay
+    assert json.loads(capsys.readouterr().out)["score"]["k"] != 7
+
+    monkeypatch.setenv("WARMSTART_LOG_DIR", str(tmp_path / "logs"))
+    parser = runtime.job_parser("toy", "a toy job")
+    parser.add_argument("--run-date", type=runtime.parse_date, required=True)
+    seen = {}
+
+    def run(args):
+        seen["lineage"] = runtime.record_lineage(args, run_date=args.run_date, inputs={}, outputs={}, summary={})
+        runtime.log.info("the toy ran")
+        return {}
+
+    assert runtime.run_job("toy", parser, lambda ns, common: runtime.dataclass_from(_ToyArgs, ns, common), run,
+                           ["--lake", str(tmp_path / "lake"), "--run-date", "2024-03-01", "score.k=9"],
+                           needs_spark=False) == 0
+    assert "effective configuration" not in capsys.readouterr().err
+    record = json.loads(open(seen["lineage"]).read())
+    log_file = Path(record["log"])
+    assert log_file.parent == tmp_path / "logs" / "warmstart-logs" and log_file.name == f"{record['run_id']}.log"
+    text = log_file.read_text()
+    config, _ = json.JSONDecoder().raw_decode(text, text.index("effective configuration:\n") + 25)
+    assert config == record["config"] and config["score"]["k"] == 9
+    assert "INFO warmstart: the toy ran" in text
