@@ -274,7 +274,7 @@ def test_print_config_json_and_the_run_log_file(tmp_path, capsys, monkeypatch):
                            ["--lake", str(tmp_path / "lake"), "--run-date", "2024-03-01", "score.k=9"],
                            needs_spark=False) == 0
     assert "effective configuration" not in capsys.readouterr().err
-    record = json.loads(open(seen["lineage"]).read())
+    record = json.loads(Path(seen["lineage"]).read_text())
     log_file = Path(record["log"])
     assert log_file.parent == tmp_path / "logs" / "warmstart-logs" and log_file.name == f"{record['run_id']}.log"
     text = log_file.read_text()
