@@ -45,6 +45,7 @@ from features.tables import (EVENTS, FEATURE_BUILDS, ITEM_DAILY, ITEM_FEATURES, 
                              USER_FEATURES, USER_SEQUENCES, USER_STATE, Table)
 from features.user_features import user_features
 from jobs import lake, runtime
+from training.progress import Progress
 
 log = logging.getLogger("warmstart.features")
 
@@ -265,7 +266,11 @@ def run(spark: SparkSession, args: BuildFeaturesArgs) -> dict[str, Any]:
     dates = args.as_of_dates()
     if not lake.exists(spark, args.lake, EVENTS):
         raise runtime.UsageError(f"no bronze/events table under {args.lake}: run `warmstart ingest` first")
-    per_date = [build_one(spark, args, d, full_refresh=args.full_refresh and i == 0) for i, d in enumerate(dates)]
+    per_date = []
+    with Progress("feature builds", len(dates), "days", quiet=len(dates) == 1) as progress:   # one: Spark's lines
+        for i, d in enumerate(dates):
+            per_date.append(build_one(spark, args, d, full_refresh=args.full_refresh and i == 0))
+            progress.update(1, as_of=d.isoformat(), mode=per_date[-1]["mode"])
     last = per_date[-1]
     summary = {
         "as_of_dates": [p["as_of_date"] for p in per_date],

@@ -51,10 +51,15 @@ class SparkConfig:
     delta_snapshot_partitions: int = 8   # tasks that rebuild a Delta table's state from its log on each read;
                                          # Delta's 50 suits clusters, locally it is overhead (docs/features.md)
     ui: bool = False
+    progress_every_s: float = 30.0   # a line on running Spark stages this often when stderr is no terminal
+                                     # (a bar on one); 0: none (jobs/spark_progress.py)
     jars_dir: str | None = None   # None: $WARMSTART_JARS_DIR or <repo>/.jars (filled by `make jars`)
     cds_archive: bool | str | None = None  # drivers' JVM class-data-sharing archive (`make cds`); None:
                                            # <jars_dir>/spark-cds.jsa if present; off (false): none
     conf: dict[str, Any] = field(default_factory=dict)   # any spark.* key, applied verbatim
+
+    def __post_init__(self):
+        _at_least(self, "progress_every_s", 0)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,59 @@
 """Delta Lake reads and writes for the declared tables (features/tables.py): the only place jobs touch
 table storage. Every write is one Delta commit, so a job that dies leaves each table at its previous
 version.
+
+Two runs may write one table at once (features for two dates, score beside publish): Delta commits
+optimistically and refuses the commit that conflicts with one made meanwhile. Every write here is
+whole and idempotent (it replaces what it covers, or inserts keys not yet there), and a refused commit
+wrote nothing, so the write is simply done again, after a short backoff (:func:`retried`).
 """
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import functools
+import logging
+import random
+import time
+from typing import Any, Callable, TypeVar
 
+from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteException,
+                              ConcurrentDeleteReadException, ConcurrentTransactionException,
+                              ConcurrentWriteException, DeltaConcurrentModificationException,
+                              MetadataChangedException, ProtocolChangedException)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features.tables import Table
+
+log = logging.getLogger("warmstart.lake")
+
+CONFLICTS = (ConcurrentAppendException, ConcurrentDeleteReadException, ConcurrentDeleteDeleteException,
+             ConcurrentTransactionException, ConcurrentWriteException, MetadataChangedException,
+             ProtocolChangedException, DeltaConcurrentModificationException)
+RETRIES = 5                 # with backoff 0.5, 1, 2, 4, 8 s (jittered): ~15 s for a writer to get through
+_T = TypeVar("_T")
+
+
+def retried(write: Callable[..., _T]) -> Callable[..., _T]:
+    """``write`` again (up to RETRIES times, exponential backoff with jitter) when Delta refuses its
+    commit because another writer's commit conflicts with it; the last refusal is raised. Only for
+    whole, idempotent writes: a refused commit wrote nothing, and the retry reads the table anew."""
+    @functools.wraps(write)
+    def wrapper(*args, **kwargs):
+        for attempt in range(RETRIES + 1):
+            try:
+                return write(*args, **kwargs)
+            except CONFLICTS as exc:
+                if attempt == RETRIES:
+                    raise
+                delay = 0.5 * 2 ** attempt * random.uniform(0.75, 1.25)
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                log.warning("%s: %s (%s); retrying in %.1f s (%d/%d)", write.__name__, type(exc).__name__,
+                            first, delay, attempt + 1, RETRIES)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+    return wrapper
 
 
 def path_of(lake: str, table: Table) -> str:
@@ -29,6 +71,7 @@ def version(spark: SparkSession, lake: str, table: Table) -> int | None:
     return DeltaTable.forPath(spark, path_of(lake, table)).history(1).select("version").first()[0]
 
 
+@retried
 def ensure(spark: SparkSession, lake: str, table: Table) -> DeltaTable:
     """Create the table empty with its declared schema, partitioning and properties if it is missing;
     add the ``Table.added_later`` columns an existing table lacks (nullable, so the rows already there
@@ -63,6 +106,7 @@ def conform(df: DataFrame, table: Table) -> DataFrame:
     return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in table.schema.fields])
 
 
+@retried
 def merge_insert_new(spark: SparkSession, lake: str, table: Table, df: DataFrame,
                      partition_values: list[Any] | None = None) -> dict[str, int]:
     """MERGE ``df`` into ``table`` on its keys, inserting only rows whose key is new (re-delivered rows
@@ -79,6 +123,7 @@ def merge_insert_new(spark: SparkSession, lake: str, table: Table, df: DataFrame
     return _metrics_since(target, before)
 
 
+@retried
 def merge_upsert(spark: SparkSession, lake: str, table: Table, df: DataFrame, changed: str | None = None) -> dict[str, int]:
     """MERGE ``df`` into ``table`` on its keys: update matched rows (only when ``changed`` — a SQL
     condition over t and s — holds, if given), insert new ones."""
@@ -91,6 +136,7 @@ def merge_upsert(spark: SparkSession, lake: str, table: Table, df: DataFrame, ch
     return _metrics_since(target, before)
 
 
+@retried
 def replace_partition(spark: SparkSession, lake: str, table: Table, df: DataFrame, value: dt.date | str,
                       user_metadata: str | None = None) -> int:
     """Atomically replace one partition of ``table`` with ``df`` (idempotent per partition value).
@@ -107,6 +153,7 @@ def replace_partition(spark: SparkSession, lake: str, table: Table, df: DataFram
     return version(spark, lake, table)
 
 
+@retried
 def replace_where(spark: SparkSession, lake: str, table: Table, df: DataFrame, condition: str) -> int:
     """Atomically replace the rows of ``table`` matching ``condition`` (a SQL predicate on the partition
     column, e.g. ``event_date IN ('2024-01-01', '2024-01-03')``) with ``df``: several partitions in one
@@ -124,6 +171,7 @@ def replace_where(spark: SparkSession, lake: str, table: Table, df: DataFrame, c
     return version(spark, lake, table)
 
 
+@retried
 def append(spark: SparkSession, lake: str, table: Table, df: DataFrame) -> int:
     ensure(spark, lake, table)
     conform(df, table).write.format("delta").mode("append").save(path_of(lake, table))

@@ -454,6 +454,7 @@ def record_run(flow: Flow, status: str, error: str | None) -> tuple[dict[str, An
     runtime.write_json(summary_file, summary)
     if status != "interrupted":
         summary["reports"]["run_report"] = write_run_report(flow, summary)
+        summary["reports"]["trends"] = write_trend_page(flow, summary)
         runtime.write_json(summary_file, summary)
     runtime.record_lineage(args, run_date=args.run_date, inputs=summary["stage_run_ids"],
                            outputs={"summary": summary_file}, summary=summary, status=status)
@@ -485,6 +486,19 @@ def write_run_report(flow: Flow, summary: dict[str, Any]) -> str | None:
         return report.write(flow.args, flow.args.run_date, nightly=summary)
     except Exception as exc:  # noqa: BLE001 - logged; the flow's result stands
         log.warning("run report not written: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def write_trend_page(flow: Flow, summary: dict[str, Any]) -> str | None:
+    """The trend page over the last ``tracking.trend_nights`` nights, tonight included; like the run
+    report, never the reason a flow fails."""
+    from jobs import report
+
+    try:
+        return report.write_trends(flow.args, flow.args.config.tracking.trend_nights, flow.args.run_date,
+                                   nightly=summary)
+    except Exception as exc:  # noqa: BLE001 - logged; the flow's result stands
+        log.warning("trend page not written: %s: %s", type(exc).__name__, exc)
         return None
 
 
@@ -580,6 +594,7 @@ def flat_summary(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
     flat["delayed_feedback"] = summary.get("delayed_feedback")
     flat.update({f"published_{k}": published[k] for k in ("users", "rows", "table_version") if k in published})
     flat["run_report"] = summary["reports"].get("run_report")
+    flat["trend_page"] = summary["reports"].get("trends")
     flat["summary_file"] = summary_file
     return flat
 

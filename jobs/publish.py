@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from features import quality
 from features.quality import ValidationResult
 from features.tables import PUBLISHED, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
-from jobs import lake, runtime
+from jobs import chaos, lake, runtime
 from jobs.config import Config, QualityConfig
 from scoring import gate
 
@@ -113,6 +113,7 @@ def run(spark: SparkSession, args: PublishArgs) -> dict:
                "gate_passed": passed, "failed_checks": failed, "users": report["stats"]["users"],
                "rows": report["stats"]["rows"], "coverage": report["coverage"], "published": passed and not already,
                "already_published": already, "report": f"{folder}/gate.html"}
+    chaos.point("publish.before_pointer")     # the gate report is written, the published row is not
     outputs = {PUBLISHED.name: _publish(spark, args, version, meta, report["stats"])} if summary["published"] else {}
     runtime.record_lineage(args, run_date=d, inputs={USER_CANDIDATES.name: version}, outputs=outputs,
                            summary=summary, status="succeeded" if passed else "gate_failed")

@@ -28,6 +28,7 @@ from jobs.config import RankerConfig
 from training import backtest as B
 from training import heuristics as H
 from training import ranker as R
+from training.progress import Progress
 
 log = logging.getLogger("warmstart.ranking")
 
@@ -178,10 +179,9 @@ class NightLookup:
 
 
 def _value_at(keys: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """values[i] where known[i] == key (``known`` sorted, unique), NaN where the key is not there."""
-    at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
-    found = known[at] == keys if len(known) else np.zeros(len(keys), bool)
-    return np.where(found, values[at] if len(known) else np.nan, np.nan).astype(np.float64)
+    """values[i] where known[i] == key (``known`` sorted, unique), NaN where the key is not there; float64,
+    as Spark's ratios are computed before the cast to float."""
+    return R.value_at(keys, known, values, dtype=np.float64, presorted=True)
 
 
 def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -345,6 +345,7 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
     rows = np.flatnonzero(pd.Index(night.user_ids).isin(set(model_rows["user_id"])))
     lookup = {d: night_lookup(spark, lake_root, d, night.user_ids[rows], catalogue)}
     out = []
+    progress = Progress(f"rank users of {d}", len(rows), "users")
     for start in range(0, len(rows), chunk_users):     # bounds the driver: ~350 candidates x ~120 columns a user
         part = rows[start:start + chunk_users]
         mine = model_rows[model_rows["user_id"].isin(set(night.user_ids[part]))]
@@ -360,7 +361,7 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
                                  "rank": top["rank"].to_numpy(np.int32),
                                  "item_id": np.asarray(catalogue, dtype=object)[top["item"].to_numpy()],
                                  "score": top["score"].to_numpy(np.float32), "strategy": RANKED}))
-        log.info("ranked %d of %d users of %s (%d candidates)", min(start + chunk_users, len(rows)), len(rows), d,
-                 len(frame))
+        progress.update(len(part), candidates=len(frame))
+    progress.close()
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
         {"user_id": [], "rank": [], "item_id": [], "score": [], "strategy": []})

@@ -229,9 +229,22 @@ def _backtest_section(args: runtime.JobArgs, run_date: dt.date, base: Path) -> d
     best, pooled, c = result["best_baseline"], result["pooled"], result.get("lists_vs_best") or {}
     per_night = (result.get("per_night") or [{}])[0]
     return {"night": night.isoformat(), "href": os.path.relpath(folder / "index.html", base),
+            "plot": _backtest_png(night, result),
             "users": result.get("users_judged"), "lists_ndcg": pooled["lists"]["ndcg@10"], "best": best,
             "best_ndcg": pooled[best]["ndcg@10"], "lists": (per_night.get("model_versions") or {}).get("lists"),
             "vs_best": f"{c['diff']:+.4f} (95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f})" if c else "-"}
+
+
+def _backtest_png(night: dt.date, result: dict[str, Any]) -> str | None:
+    """The lists and every tuned baseline, NDCG@10 with its 95% bootstrap interval (the backtest
+    report's own plot of the night), or None for a summary written before intervals were kept."""
+    from training.report import backtest_night_png, lists_first
+
+    pooled = result["pooled"]
+    if not all("ndcg@10_ci" in m for m in pooled.values()):
+        return None
+    return backtest_night_png({"night": night.isoformat(), "users": result.get("users_judged"),
+                               "horizon_days": result.get("horizon_days", 7), "methods": lists_first(pooled, pooled)})
 
 
 def write(args: runtime.JobArgs, run_date: dt.date, nightly: dict[str, Any] | None = None) -> str:
@@ -312,14 +325,16 @@ def trend_context(args: runtime.JobArgs, run_date: dt.date | None, nightly: dict
     return trend, trends.stage_chart(tonight, others) if tonight else None
 
 
-def write_trends(args: ReportArgs) -> str:
-    """``reports/trends/index.html`` and ``trends.json`` over the last ``args.last`` nightly runs."""
+def write_trends(args: runtime.JobArgs, last: int, run_date: dt.date | None = None,
+                 nightly: dict[str, Any] | None = None) -> str:
+    """``reports/trends/index.html`` and ``trends.json`` over the last ``last`` nightly runs up to
+    ``run_date`` (``nightly``: that night's summary, for the nightly run that is still writing it)."""
     from jobs import trends
 
-    trend, _ = trend_context(args, args.run_date, None, args.last)
+    trend, _ = trend_context(args, run_date, nightly, last)
     base = Path(args.reports_root) / "trends"
     html = _templates().get_template("trends.html.j2").render(
-        trend=trend, lake=args.lake, window=trends.night_window(args.run_date, args.last),
+        trend=trend, lake=args.lake, window=trends.night_window(run_date, last),
         generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     runtime.write_json(str(base / "trends.json"), {k: trend[k] for k in ("nights", "rows", "marks")})
     out = str(base / "index.html")
@@ -351,7 +366,7 @@ def run(args: ReportArgs) -> dict[str, Any]:
     if args.run_date is not None:
         out.update(run_date=args.run_date.isoformat(), path=write(args, args.run_date))
     if args.last is not None:
-        out["trends"] = write_trends(args)
+        out["trends"] = write_trends(args, args.last, args.run_date)
     return out
 
 

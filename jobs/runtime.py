@@ -25,13 +25,14 @@ import logging
 import os
 import re
 import sys
+import time
 import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from jobs import config as config_module, jvm
+from jobs import config as config_module, jvm, spark_progress
 from jobs.config import Config, ConfigError, parse_overrides
 
 log = logging.getLogger("warmstart")
@@ -40,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The run in progress (run_job sets them; a nested run, a nightly stage, restores its caller's after).
 _RUN_LOG: Path | None = None
+_RUN_STARTED: float | None = None   # time.monotonic() when the run began: the lineage record's seconds
 _VERBOSE = False
 
 
@@ -346,6 +348,8 @@ def record_lineage(args: JobArgs, *, run_date: dt.date | None, inputs: Mapping[s
         "run_date": run_date.isoformat() if run_date else None,
         "status": status,
         "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        # the run's wall time so far (run_job's runs): the trend page's stage times for jobs run one by one
+        "seconds": round(time.monotonic() - _RUN_STARTED, 1) if _RUN_STARTED is not None else None,
         "inputs": dict(inputs),
         "outputs": dict(outputs),
         "summary": dict(summary),
@@ -454,7 +458,7 @@ def _run_log(common: JobArgs, argv: list[str]):
     """Open the run's log file (its first lines: the command and the effective configuration), send this
     process's log lines there too while the run lasts, and make it the file the JVM's output and a crash's
     traceback go to. Yields its path."""
-    global _RUN_LOG, _VERBOSE
+    global _RUN_LOG, _RUN_STARTED, _VERBOSE
     path = run_log_path(common.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -464,12 +468,12 @@ def _run_log(common: JobArgs, argv: list[str]):
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
     root = logging.getLogger()
     root.addHandler(handler)
-    saved = _RUN_LOG, _VERBOSE
-    _RUN_LOG, _VERBOSE = path, common.verbose or _VERBOSE
+    saved = _RUN_LOG, _RUN_STARTED, _VERBOSE
+    _RUN_LOG, _RUN_STARTED, _VERBOSE = path, time.monotonic(), common.verbose or _VERBOSE
     try:
         yield path
     finally:
-        _RUN_LOG, _VERBOSE = saved
+        _RUN_LOG, _RUN_STARTED, _VERBOSE = saved
         root.removeHandler(handler)
         handler.close()
 
@@ -506,6 +510,7 @@ def run_job(job: str, parser: argparse.ArgumentParser, to_args: type | Callable[
     overrides = [a for a in argv if is_override(a)]
     rest = [a for a in argv if not is_override(a)]
     log_file: Path | None = None
+    lake: str | None = None
     try:
         if wants_print_config(rest):
             return print_config(argv)
@@ -522,7 +527,8 @@ def run_job(job: str, parser: argparse.ArgumentParser, to_args: type | Callable[
             log.debug("effective configuration: %s", json.dumps(cfg.to_dict(), sort_keys=True, default=str))
             if needs_spark:
                 spark = spark_session(cfg, app_name=f"warmstart-{job}")
-                summary = run(spark, args)
+                with spark_progress.watch(spark, job, cfg.spark.progress_every_s):
+                    summary = run(spark, args)
             else:
                 summary = run(args)
         summary = dict(summary or {})
@@ -538,10 +544,71 @@ def run_job(job: str, parser: argparse.ArgumentParser, to_args: type | Callable[
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line + a log
         trace = _save_traceback(job, log_file)
+        storage = storage_failure(exc, lake)
+        if storage is not None:
+            print(f"warmstart {job}: {storage.args[0]}", file=sys.stderr)
+            return storage.exit_code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"warmstart {job}: failed: {type(exc).__name__}: {printable(first, 300)} (traceback: {trace})",
               file=sys.stderr)
         return 1
+
+
+# A Delta log file named in a JVM error ("Encountered error while reading file .../_delta_log/N.json"),
+# and the root cause's exception class, from the last "Caused by:" of the Java trace.
+_DELTA_LOG_FILE = re.compile(r"((?:[a-zA-Z][\w+.-]*:)?/+[^\s\[\]'\"]*?)/_delta_log/([\w.-]+\.(?:json|parquet|crc))")
+_CAUSE = re.compile(r"Caused by: (?:[\w$]+\.)*([\w$]+)")
+_UNPARSABLE = re.compile(r"Json(?:EOF|Parse|Mapping)Exception|MALFORMED_RECORD|checkpoint|ParquetDecodingException")
+_NO_SPACE = re.compile(r"no space left on device", re.IGNORECASE)
+_WRITING = re.compile(r"writing rows to (?:file:)?(\S+?)\.?(?:\s|$)")   # Spark's TASK_WRITE_FAILED
+
+
+def storage_failure(exc: BaseException, lake: str | None = None) -> WarmstartError | None:
+    """A crash that is the storage's, not the code's, as one line (None for any other crash):
+    - a full disk: "no space left on device" and the table or file being written, exit 1 (Delta
+      committed nothing: the table stays at its previous version);
+    - a damaged Delta log (a truncated or garbled commit JSON or checkpoint): the table and the file,
+      exit 2 (bad input: the table needs repair, a rerun cannot fix it). Where the JVM's error does not
+      name the file (Delta's history reads the log without saying which file failed), the local
+      ``lake``'s logs are checked for the one that does not parse.
+    The Java stack goes to the run's log file (run_job saves the traceback) instead of the console."""
+    text = str(exc)
+    if _NO_SPACE.search(text):
+        where = _WRITING.search(text) or _DELTA_LOG_FILE.search(text)
+        place = getattr(exc, "filename", None) or (where.group(1) if where else "the lake or the temp dir")
+        return WarmstartError(f"no space left on device writing {printable(place, 90, keep='tail')}; "
+                              f"tables keep their last version")
+    found = _DELTA_LOG_FILE.search(text)
+    damaged = ((re.sub(r"^file:/+", "/", found.group(1)), found.group(2)) if found
+               else damaged_log_file(lake) if lake and _UNPARSABLE.search(text) else None)
+    if damaged is None:
+        return None
+    causes = _CAUSE.findall(text)
+    return UsageError(f"damaged Delta log: cannot read {printable(damaged[0], 70, keep='tail')}/_delta_log/"
+                      f"{damaged[1]} ({causes[-1] if causes else type(exc).__name__})")
+
+
+def damaged_log_file(lake: str) -> tuple[str, str] | None:
+    """(table path, file name) of the first Delta log file under a local ``lake`` that does not parse: a
+    commit JSON with a line that is not JSON, or a checkpoint that is not Parquet. None if all parse
+    (or the lake is remote: listing a bucket's every log is not worth a one-line error)."""
+    import pyarrow.parquet as pq
+
+    if is_remote(lake) or not Path(lake).is_dir():
+        return None
+    for log_dir in sorted(Path(lake).glob("**/_delta_log")):
+        for path in sorted(log_dir.glob("*.json")):
+            try:
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    json.loads(line)           # every line of a commit is one action
+            except ValueError:                 # JSONDecodeError and UnicodeDecodeError both
+                return str(log_dir.parent), path.name
+        for path in sorted(log_dir.glob("*.checkpoint*.parquet")):
+            try:
+                pq.read_metadata(path)
+            except Exception:  # noqa: BLE001 - whatever pyarrow finds wrong, the file is unreadable
+                return str(log_dir.parent), path.name
+    return None
 
 
 def _lock_for(job: str, ns: argparse.Namespace, common: JobArgs, lock: bool | None):

@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 
 from features.contract import cutoff
 from features.tables import EVENTS, ITEM_DAILY, ITEMS, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
-from jobs import lake, runtime
+from jobs import chaos, lake, runtime
 from training import inputs as train_inputs
 from scoring import candidates as cand
 
@@ -108,6 +108,7 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
         out_version, active_users = _write_candidates(spark, args, k, inputs, model, catalogue)
     else:
         out_version, active_users = _write_ranked(spark, args, k, inputs, model, catalogue, ranker)
+    chaos.point("score.after_write")      # the partition is committed; the lineage record is not
     summary = _summary(spark, args, k, model, catalogue.item_ids, active_users, out_version)
     used = {"model": f"{name}/{model.version}"}
     if ranker is not None:

@@ -255,18 +255,20 @@ def history_counts(args: TrainArgs, inputs: dict[str, Any], targets: dict[str, i
 def fit(args: TrainArgs, prepared: Prepared, version: str, train_loop_per_worker: Callable[[dict], None] | None):
     """(Ray Train's result of the run, whose last checkpoint holds the trainer state and best weights;
     seconds it took)."""
+    from training.progress import forwarded
     from training.train_loop import build_trainer, train_worker
 
     cfg = args.config.train
     storage = str(Path(args.models_root).resolve() / cfg.name / "_ray") if not runtime.is_remote(args.models_root) \
         else f"{args.models_root}/{cfg.name}/_ray"
-    trainer = build_trainer(prepared.loop_config, prepared.datasets, num_workers=args.num_workers, use_gpu=args.use_gpu,
-                            storage_path=storage, name=version, max_failures=cfg.max_failures,
-                            cpus_per_worker=cfg.cpus_per_worker,
-                            train_loop_per_worker=train_loop_per_worker or train_worker)
     started = time.time()
     try:
-        result = trainer.fit()
+        with forwarded() as progress_lines:   # rank 0's epoch lines, printed here (Ray keeps workers' output off)
+            trainer = build_trainer({**prepared.loop_config, "progress_queue": progress_lines}, prepared.datasets,
+                                    num_workers=args.num_workers, use_gpu=args.use_gpu, storage_path=storage,
+                                    name=version, max_failures=cfg.max_failures, cpus_per_worker=cfg.cpus_per_worker,
+                                    train_loop_per_worker=train_loop_per_worker or train_worker)
+            result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; one line for the user
         raise runtime.WarmstartError(f"training failed after {max(0, cfg.max_failures)} "
                                      f"retries: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc

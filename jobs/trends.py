@@ -59,11 +59,14 @@ def _gate_total(field: str) -> Callable[[dict[str, Any]], float | None]:
     return get
 
 
-def _feedback_ndcg(s: dict[str, Any]) -> float | None:
-    fb = s.get("delayed_feedback") or {}
-    return fb.get("ndcg@10") if fb.get("users_judged") else None
+def _feedback(metric: str) -> Callable[[dict[str, Any]], float | None]:
+    def get(s: dict[str, Any]) -> float | None:
+        fb = s.get("delayed_feedback") or {}
+        return fb.get(metric) if fb.get("users_judged") else None
+    return get
 
 
+FEEDBACK_PANEL = "Delayed feedback: NDCG@10 and hit rate@10 of the lists published h days before"
 FIGURES = (
     Figure("records_read", "records read", "Rows read, inserted and quarantined (ingest)", _count("records_read")),
     Figure("events_inserted", "events inserted", "Rows read, inserted and quarantined (ingest)", _count("events_inserted")),
@@ -76,19 +79,62 @@ FIGURES = (
     Figure("gate_critical", "failed critical checks", "Data-quality gates: failed checks", _gate_total("critical_failed")),
     Figure("model_val_ndcg10", "model validation NDCG@10", "Model validation NDCG@10 (model selection)",
            lambda s: ((s.get("model") or {}).get("metrics") or {}).get("val_ndcg@10")),
-    Figure("feedback_ndcg10", "delayed-feedback NDCG@10", "Delayed feedback: NDCG@10 of the lists published h days before",
-           _feedback_ndcg),
+    Figure("feedback_ndcg10", "delayed-feedback NDCG@10", FEEDBACK_PANEL, _feedback("ndcg@10")),
+    Figure("feedback_hit10", "delayed-feedback hit rate@10", FEEDBACK_PANEL, _feedback("hit@10")),
     Figure("candidate_coverage", "user coverage", "Candidate coverage (published users / active users)",
            lambda s: (s.get("published") or {}).get("coverage")),
     Figure("total_seconds", "all stages", "Stage times (seconds)", lambda s: s.get("total_seconds"), marked=False),
 )
 
 
+# The nightly stage each job is, for nights whose jobs ran one by one (Airflow's tasks, spark-submits by hand).
+JOB_STAGES = {"ingest": "ingest", "features": "features", "train": "train", "train-ranker": "train_ranker",
+              "score": "score", "publish": "publish"}
+
+
+def summary_from_jobs(night: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A nightly-shaped summary of a night with no nightly run, from its jobs' lineage records (the
+    latest run of each job, of each table for the gates): the counts, gates, model metrics, publish
+    coverage and stage times the figures read. No delayed feedback: only the nightly computes it."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: r.get("recorded_at", "")):
+        summary = r.get("summary")
+        if r.get("run_date") != night or not isinstance(summary, dict):
+            continue
+        if r.get("job") == "validate" and summary.get("table"):
+            latest[f"gate {summary['table']}"] = r
+        elif r.get("job") in JOB_STAGES:
+            latest[JOB_STAGES[r["job"]]] = r
+    if not latest:
+        return None
+    part = {stage: r["summary"] for stage, r in latest.items()}
+    counts = {k: v for k, v in {**part.get("ingest", {}), **part.get("features", {})}.items()
+              if isinstance(v, int) and not isinstance(v, bool)}
+    gates = {stage.removeprefix("gate "): {k: g.get(k) for k in ("rows", "critical_failed", "warning_failed")}
+             for stage, g in part.items() if stage.startswith("gate ")}
+    train = part.get("train", {})
+    stages = [{"stage": stage, "status": r.get("status", "succeeded"), "seconds": r.get("seconds"), "rows": "",
+               "note": f"run {r.get('run_id')} (a job of its own)"}
+              for stage, r in latest.items() if r.get("seconds") is not None]
+    failed = sorted(stage for stage, r in latest.items() if r.get("status", "succeeded") != "succeeded")
+    return {"run_date": night, "status": "failed" if failed else "succeeded", "stages": stages,
+            "error": f"failed: {', '.join(failed)}" if failed else None, "counts": counts, "gates": gates,
+            "total_seconds": round(sum(s["seconds"] for s in stages), 1),
+            "model": {"version": train.get("version"),
+                      "metrics": {k: v for k, v in train.items() if "@" in k and isinstance(v, (int, float))}},
+            "published": part.get("publish", {}), "delayed_feedback": None}
+
+
 def nightly_summaries(lake: str, reports_root: str) -> dict[str, dict[str, Any]]:
-    """The latest nightly summary per run date: from the lineage records, else ``reports/<d>/nightly.json``."""
+    """The latest nightly summary per run date: from the lineage records, else ``reports/<d>/nightly.json``,
+    else (a night whose jobs ran one by one, as Airflow's tasks do) one put together from its jobs' records."""
     found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for path in sorted(Path(lake, "_runs").glob("nightly-*.json")):
+    jobs: list[dict[str, Any]] = []
+    for path in sorted(Path(lake, "_runs").glob("*.json")):
         record = _read(path)
+        if record and record.get("job") != "nightly":
+            jobs.append(record)
+            continue
         if record and record.get("run_date") and isinstance(record.get("summary"), dict):
             stamp = record.get("recorded_at", "")
             if record["run_date"] not in found or stamp >= found[record["run_date"]][0]:
@@ -97,6 +143,14 @@ def nightly_summaries(lake: str, reports_root: str) -> dict[str, dict[str, Any]]
         summary = _read(path)
         if summary and summary.get("run_date") and summary["run_date"] not in found:
             found[summary["run_date"]] = ("", summary)
+    by_night: dict[str, list[dict[str, Any]]] = {}
+    for r in jobs:
+        if r.get("run_date") and r["run_date"] not in found:
+            by_night.setdefault(r["run_date"], []).append(r)
+    for night, records in by_night.items():
+        composed = summary_from_jobs(night, records)
+        if composed:
+            found[night] = ("", composed)
     return {d: s for d, (_, s) in sorted(found.items())}
 
 

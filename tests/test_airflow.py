@@ -124,6 +124,9 @@ def test_dag_loads_with_the_designed_graph(tmp_path):
                             f"--working-dir {REPO} ")
     assert "-- " + sys.executable + " jobs/train.py --run-date {{ ds }} --ray-address auto --lake /data/lake" in train
     assert "--check-train-due" in tasks["training_due"]["bash_command"]
+    # the run report and the trend page over the configured nights (tracking.trend_nights)
+    assert tasks["run_report"]["bash_command"].endswith(
+        f"{REPO}/jobs/report.py --run-date {{{{ ds }}}} --last 14 --lake /data/lake")
     assert tasks["train_ranker"]["application"] == f"{REPO}/jobs/train_ranker.py"
     assert tasks["train_ranker"]["application_args"] == ["--run-date", "{{ ds }}", "--lake", "/data/lake"]
     # the leave-last-out evaluate is gone: the lists published nightly.feedback_days before {{ ds }}, judged

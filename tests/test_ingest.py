@@ -291,10 +291,13 @@ def test_killed_during_merge_leaves_events_at_previous_version(spark, lake, conf
 
 
 def _ingest_cli(tmp_path: Path, *inputs: Path, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`warmstart ingest` as a user types it, its run logs under tmp_path."""
+    """`warmstart ingest` as a user types it, its run logs under tmp_path. Spark's progress lines are off:
+    whether one comes depends on the machine's speed (tests/test_spark_progress.py covers them), and the
+    tests here count the lines on stderr."""
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "WARMSTART_LOG_DIR": str(tmp_path / "logs")}
     return subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--lake", str(tmp_path / "lake"),
-                           "--run-date", "2024-01-31", *flags, "--events", *map(str, inputs)],
+                           "--run-date", "2024-01-31", *flags, "--events", *map(str, inputs),
+                           "spark.progress_every_s=0"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 

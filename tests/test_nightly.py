@@ -4,7 +4,9 @@ lists), progress headlines, the delayed feedback of a night with nothing publish
 that stops the flow (exit 3) with nothing after it run."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -119,7 +121,8 @@ def test_run_report_leads_with_the_delayed_feedback_and_links_the_backtest(tmp_p
     folder = Path(args.reports_root) / "backtest" / "2024-01-24_2024-01-24"
     runtime.write_json(str(folder / "summary.json"), {
         "users_judged": 22, "best_baseline": "p_topfreq",
-        "pooled": {"lists": {"ndcg@10": 0.125}, "p_topfreq": {"ndcg@10": 0.1}},
+        "pooled": {"lists": {"ndcg@10": 0.125, "ndcg@10_ci": [0.09, 0.16]},
+                   "p_topfreq": {"ndcg@10": 0.1, "ndcg@10_ci": [0.07, 0.13]}},
         "lists_vs_best": {"diff": 0.025, "ci_low": -0.01, "ci_high": 0.06},
         "per_night": [{"model_versions": {"lists": "published: 20240117-old"}}]})
     runtime.write_json(f"{args.reports_root}/2024-01-31/model/metrics.json", {"results": {"model": {"ndcg@10": 0.9}}})
@@ -133,6 +136,21 @@ def test_run_report_leads_with_the_delayed_feedback_and_links_the_backtest(tmp_p
     assert ("Lists (published: 20240117-old) NDCG@10 0.1250, best tuned baseline\n    p_topfreq 0.1000 on 22 "
             "customers; lists &minus; best\n    +0.0250 (95% CI -0.0100 to +0.0600).") in html
     assert 'id="evaluation"' not in html and "0.9000" not in html   # evaluate's leave-last-out figures
+    # the lists and the baselines with their intervals, as a picture
+    plot = re.search(r'<img id="backtest-plot" [^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert plot and base64.b64decode(plot.group(1)).startswith(b"\x89PNG") and len(plot.group(1)) > 5_000
+
+
+def test_run_report_leaves_the_backtest_plot_out_without_intervals(tmp_path):
+    from jobs import report
+
+    args = args_for(nightly.NightlyArgs, str(tmp_path / "lake"), run_date=D)
+    runtime.write_json(str(Path(args.reports_root) / "backtest" / "2024-01-24_2024-01-24" / "summary.json"), {
+        "users_judged": 22, "best_baseline": "p_topfreq",
+        "pooled": {"lists": {"ndcg@10": 0.125}, "p_topfreq": {"ndcg@10": 0.1}}, "per_night": [{}]})
+    summary = {"status": "succeeded", "error": None, "stages": [], "total_seconds": 1.0, "model": {"version": None}}
+    html = Path(report.write(args, D, nightly=summary)).read_text()
+    assert 'class="backtest-report"' in html and 'id="backtest-plot"' not in html
 
 
 def test_headline_picks_the_stage_counts():

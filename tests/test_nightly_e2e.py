@@ -150,6 +150,9 @@ def test_final_summary_lists_counts_gates_model_and_reports(flow):
     assert "== warmstart nightly 2024-01-31: succeeded" in out
     reports = flow["root"] / "reports" / D
     assert summary["run_report"] == str(reports / "index.html")
+    trend_page = Path(summary["trend_page"])                       # the trend page, tonight included
+    assert trend_page == reports.parent / "trends" / "index.html" and trend_page.is_file()
+    assert D in json.loads((trend_page.parent / "trends.json").read_text())["nights"]
     for path in [*(reports / "quality").glob("*.html"), *(reports / "model").glob("*.html")]:
         assert str(path) in out
     assert len(list((reports / "quality").glob("*.html"))) == 5
@@ -272,6 +275,7 @@ def test_run_report_renders_offline_in_chromium(flow, tmp_path):
     assert dom.count('href="quality/') == 5
     backtest = f"../backtest/{WEEK_AGO}_{WEEK_AGO}/index.html"
     assert f'class="backtest-report" href="{backtest}"' in dom and (index.parent / backtest).is_file()
+    assert re.search(r'<img id="backtest-plot" [^>]*src="data:image/png;base64,', dom)   # lists vs baselines, CI bars
     shot = tmp_path / "report.png"
     subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
                     f"--screenshot={shot}", "--window-size=1200,2400", index.as_uri()],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,7 @@ def test_lineage_record_round_trips(tmp_path):
     path = runtime.record_lineage(args, run_date=dt.date(2024, 3, 1), inputs={"bronze/events": 3},
                                   outputs={"features/x": 4}, summary={"rows": 10})
     (record,) = runtime.read_lineage(args.lake)
+    assert record["seconds"] is None              # recorded outside a run_job: no start time to measure from
     assert path.endswith(f"{args.run_id}.json")
     assert record["inputs"] == {"bronze/events": 3} and record["outputs"] == {"features/x": 4}
     assert record["run_date"] == "2024-03-01" and record["config"]["spark"]["master"] == "local[*]"
@@ -266,6 +268,7 @@ def test_print_config_json_and_the_run_log_file(tmp_path, capsys, monkeypatch):
     seen = {}
 
     def run(args):
+        time.sleep(0.3)
         seen["lineage"] = runtime.record_lineage(args, run_date=args.run_date, inputs={}, outputs={}, summary={})
         runtime.log.info("the toy ran")
         return {}
@@ -275,6 +278,7 @@ def test_print_config_json_and_the_run_log_file(tmp_path, capsys, monkeypatch):
                            needs_spark=False) == 0
     assert "effective configuration" not in capsys.readouterr().err
     record = json.loads(Path(seen["lineage"]).read_text())
+    assert record["seconds"] >= 0.3               # the run's wall time so far: the trend page's stage time
     log_file = Path(record["log"])
     assert log_file.parent == tmp_path / "logs" / "warmstart-logs" and log_file.name == f"{record['run_id']}.log"
     text = log_file.read_text()

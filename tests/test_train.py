@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -309,10 +310,11 @@ def torch_of(rows: list[dict], column: str):
 
 
 @pytest.mark.slow
-def test_whole_history_training_runs_on_ray_train(spark, lake, tmp_path, config, ray_local):
+def test_whole_history_training_runs_on_ray_train(spark, lake, tmp_path, config, ray_local, capsys):
     """The Ray TorchTrainer path with train.history=events on a history where nobody buys an item twice
     (train.repeat_free_below=0.02): one worker, registered without the repeat head and with scoring's
-    mask, its lineage naming bronze/events, the counts in the summary and metrics.json."""
+    mask, its lineage naming bronze/events, the counts in the summary and metrics.json; the worker's epoch
+    progress printed by the driver (Ray keeps workers' own output off the console)."""
     from features.tables import EVENTS
     from jobs.train import TrainArgs, run
 
@@ -322,6 +324,11 @@ def test_whole_history_training_runs_on_ray_train(spark, lake, tmp_path, config,
                     overrides={**HISTORY, "train.history": "events", "train.repeat_free_below": 0.02,
                                "paths.models": str(tmp_path / "models"), "paths.reports": str(tmp_path / "reports")})
     summary = run(args)
+    err = capsys.readouterr().err
+    selection = re.findall(r"^train epochs \(selection\): (\d+)/(\d+) \(\d+%\) [\d.e+-]+ epochs/s .*loss=", err, re.M)
+    assert selection and int(selection[-1][0]) == summary["epochs_run"], err[-2000:]
+    refit_lines = re.findall(r"^train epochs \(refit\): (\d+)/(\d+) ", err, re.M)
+    assert refit_lines and refit_lines[-1][0] == refit_lines[-1][1] == str(summary["refit_epochs"]), err[-2000:]
     buyers_in_window = {u for u, _, k, t in events if k == "purchase" and t >= dt.datetime(2024, 2, 28)}
     assert summary["reused"] is False and summary["val_users"] == len(buyers_in_window) >= 5
     assert summary["repurchase_share"] == 0.0 and summary["repeat_free"] is True

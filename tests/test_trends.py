@@ -95,6 +95,7 @@ def test_planted_quarantine_rate_is_marked_on_the_trend_page(tmp_path):
     data = json.loads((tmp_path / "reports" / "trends" / "trends.json").read_text())
     assert data["nights"] == [d.isoformat() for d in NIGHTS]
     assert data["rows"][PLANTED]["quarantine_rate"] == pytest.approx(int(10_050 * 0.25) / 10_050)   # the later record
+    assert {r.get("feedback_hit10") for r in data["rows"].values()} - {None} == {0.6}   # beside its NDCG@10
     rate_marks = [m for m in data["marks"] if m["key"] == "quarantine_rate"]
     assert [(m["night"], round(m["median"], 4)) for m in rate_marks] == [(PLANTED, 0.05)]
     assert rate_marks[0]["z"] > 50
@@ -178,3 +179,51 @@ def test_trend_page_and_run_report_render_offline_in_headless_chromium(tmp_path)
     shot = tmp_path / "trends.png"
     _chromium(tmp_path / "reports" / "trends" / "index.html", tmp_path, f"--screenshot={shot}", "--window-size=1400,1800")
     assert shot.stat().st_size > 20_000    # a rendered page with plots, not a blank one
+
+
+def write_job_records(root: Path) -> Path:
+    """Nights run as separate jobs (the Airflow DAG's tasks): no nightly record, one lineage record per
+    job as runtime.record_lineage writes them, the ingest retried once on the planted night."""
+    runs = root / "lake" / "_runs"
+    runs.mkdir(parents=True)
+
+    def record(job: str, i: int, summary: dict, seconds: float, status: str = "succeeded", at: str = "03:00") -> None:
+        night = NIGHTS[i].isoformat()
+        run_id = f"{job}-{night}-{at.replace(':', '')}-x"
+        (runs / f"{run_id}.json").write_text(json.dumps({
+            "run_id": run_id, "job": job, "run_date": night, "status": status, "seconds": seconds,
+            "recorded_at": f"{night}T{at}:00+00:00", "summary": summary}))
+
+    for i in range(len(NIGHTS)):
+        s = nightly_summary(i)
+        c = s["counts"]
+        if NIGHTS[i].isoformat() == PLANTED:
+            record("ingest", i, {"records_read": 1, "events_inserted": 0, "quarantined": 0}, 5.0, at="02:00")
+        record("ingest", i, {k: c[k] for k in ("records_read", "events_inserted", "quarantined")}, INGEST_S[i])
+        record("features", i, {k: c[k] for k in c if k.startswith("rows_")}, 31.0)
+        record("validate", i, {"table": "bronze/events", "rows": c["records_read"], "critical_failed": 0,
+                               "warning_failed": s["gates"]["bronze/events"]["warning_failed"]}, 12.0)
+        record("train", i, {"version": "20240101-aaaa", "val_ndcg@10": 0.31, "reused": False}, 300.0)
+        record("publish", i, {"coverage": s["published"]["coverage"], "published": True}, 8.0)
+        record("backtest", i, {"wall_seconds": 99.0}, 99.0)          # another night's quality: not a stage here
+    return root / "lake"
+
+
+def test_nights_run_as_separate_jobs_are_put_together_from_their_job_records(tmp_path):
+    write_job_records(tmp_path)
+    summaries = trends.nightly_summaries(str(tmp_path / "lake"), str(tmp_path / "reports"))
+    assert list(summaries) == [d.isoformat() for d in NIGHTS]
+    planted = summaries[PLANTED]
+    expected = nightly_summary(NIGHTS.index(dt.date.fromisoformat(PLANTED)))
+    assert planted["counts"] == expected["counts"]                       # the later ingest run, not the retried one
+    assert planted["gates"] == {"bronze/events": {"rows": expected["counts"]["records_read"], "critical_failed": 0,
+                                                  "warning_failed": 2}}
+    assert {s["stage"]: s["seconds"] for s in planted["stages"]} == {
+        "ingest": INGEST_S[6], "features": 31.0, "gate bronze/events": 12.0, "train": 300.0, "publish": 8.0}
+    assert planted["total_seconds"] == round(INGEST_S[6] + 351.0, 1) and planted["status"] == "succeeded"
+    assert planted["model"]["metrics"] == {"val_ndcg@10": 0.31} and planted["delayed_feedback"] is None
+    out = report.run(report_args(tmp_path, dt.date.fromisoformat(PLANTED), 10))
+    data = json.loads((tmp_path / "reports" / "trends" / "trends.json").read_text())
+    assert {m["night"] for m in data["marks"] if m["key"] == "quarantine_rate"} == {PLANTED}
+    html = Path(out["path"]).read_text()                                  # the run report's stage table
+    assert re.search(r"<td>gate bronze/events</td>\s*<td class=\"ok\">succeeded</td>\s*<td class=\"num\">12.0</td>", html)

@@ -7,12 +7,18 @@ first, and a last line at the end, e.g.::
     backtest nights: 2/4 (50%) 0.01 nights/s elapsed 03:10 ETA 03:10 ndcg@10=0.3231
 
 Used as a context manager around the loop; ``update(n, **figures)`` after each item.
+
+Ray Train's workers print into their own logs (the driver starts Ray with ``log_to_driver=False``, which
+keeps Ray's noise off the console). Their progress reaches the driver through :func:`forwarded`: rank 0
+writes its lines to a :class:`QueueStream` over a Ray queue, and a driver thread prints them.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from tqdm import tqdm
 
@@ -76,3 +82,59 @@ class Progress:
     def _line(self, now: float) -> None:
         print(self.line(now), file=self.stream, flush=True)
         self.printed = self.done
+
+
+class QueueStream:
+    """A text stream that puts each whole line on a Ray ``Queue`` (a worker's side of :func:`forwarded`).
+    A full queue drops the line: progress must never hold training up."""
+
+    def __init__(self, queue):
+        self.queue, self.pending = queue, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            try:
+                self.queue.put_nowait(line)
+            except Exception:   # noqa: BLE001 - ray.util.queue.Full, or the queue's actor gone with the driver
+                pass
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def forwarded(stream: TextIO | None = None, poll_s: float = 0.5) -> Iterator[Any]:
+    """A Ray ``Queue`` (an actor that holds no CPU, so it never waits on training's) whose lines a driver
+    thread prints on ``stream`` (stderr) while the block runs; the lines left at the end are printed too."""
+    from ray.util.queue import Empty, Queue
+
+    out = stream if stream is not None else sys.stderr
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                print(queue.get(timeout=poll_s), file=out, flush=True)
+            except Empty:
+                continue
+            except Exception:   # noqa: BLE001 - the queue's actor gone (Ray shut down): nothing more to print
+                return
+
+    thread = threading.Thread(target=pump, name="progress-forward", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            for line in queue.get_nowait_batch(queue.qsize()):
+                print(line, file=out, flush=True)
+            queue.shutdown()

@@ -95,13 +95,13 @@ def _chunk(night: Night, rows: np.ndarray, transformer: pd.DataFrame | None, tif
     local = np.searchsorted(rows, row) if np.all(np.diff(rows) > 0) else pd.Index(rows).get_indexer(row)
     out = pd.DataFrame({"row": row, "item": item})
     out["transformer_score"], out["transformer_rank"] = _lookup(key, transformer, V)
-    out["past_score"] = np.nan_to_num(_value_at(local.astype(np.int64) * V + item,
+    out["past_score"] = np.nan_to_num(value_at(local.astype(np.int64) * V + item,
                                                 past.row.astype(np.int64) * V + past.col, past.data), nan=0.0)
     for name, scores in neighbours.items():
         out[f"{name}_score"] = scores[local, item]
-        out[f"{name}_rank"] = _value_at(key, *ranks[name])
+        out[f"{name}_rank"] = value_at(key, *ranks[name])
     out["popular_score"] = popular[item]
-    out["popular_rank"] = _value_at(item, popular_top[0][1], popular_top[1])
+    out["popular_rank"] = value_at(item, popular_top[0][1], popular_top[1])
     out["recent_log1p_7d"] = night.recent_log1p[item]
     proposed = np.column_stack([out["transformer_rank"].notna(), out["past_score"] > 0, out["tifu_knn_rank"].notna(),
                                 out["cooccurrence_rank"].notna(), out["popular_rank"].notna()])
@@ -122,13 +122,18 @@ def _top(scores: np.ndarray, n: int, allowed: np.ndarray) -> tuple[tuple[np.ndar
     return (row[keep], top[keep]), rank[keep]
 
 
-def _value_at(key: np.ndarray, known_key: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """``value`` of each ``key`` among ``known_key`` (NaN where absent), float32."""
-    out = np.full(len(key), np.nan, np.float32)
+def value_at(key: np.ndarray, known_key: np.ndarray, value: np.ndarray, *, dtype=np.float32,
+             presorted: bool = False) -> np.ndarray:
+    """``value`` of each ``key`` among the unique ``known_key`` (NaN where absent), as ``dtype``.
+    ``presorted``: ``known_key`` is sorted already (jobs/ranking.py's night lookup), no argsort."""
+    out = np.full(len(key), np.nan, dtype)
     if not len(known_key):
         return out
-    order = np.argsort(known_key, kind="stable")
-    sorted_key, sorted_value = known_key[order], np.asarray(value, np.float32)[order]
+    if presorted:
+        sorted_key, sorted_value = known_key, np.asarray(value, dtype)
+    else:
+        order = np.argsort(known_key, kind="stable")
+        sorted_key, sorted_value = known_key[order], np.asarray(value, dtype)[order]
     at = np.searchsorted(sorted_key, key).clip(max=len(sorted_key) - 1)
     found = sorted_key[at] == key
     out[found] = sorted_value[at[found]]
@@ -139,7 +144,7 @@ def _lookup(key: np.ndarray, transformer: pd.DataFrame | None, V: int) -> tuple[
     if transformer is None or not len(transformer):
         return np.full(len(key), np.nan, np.float32), np.full(len(key), np.nan, np.float32)
     t_key = transformer["row"].to_numpy(np.int64) * V + transformer["item"].to_numpy(np.int64)
-    return _value_at(key, t_key, transformer["score"].to_numpy()), _value_at(key, t_key, transformer["rank"].to_numpy())
+    return value_at(key, t_key, transformer["score"].to_numpy()), value_at(key, t_key, transformer["rank"].to_numpy())
 
 
 def _flat_histories(baskets_per_user: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 # ask them); re-exported here so that the registry is one import for its users.
 from training.versions import (DEFAULT_NAME, FILES, RegistryError, dump_json, latest_version,  # noqa: F401
                                list_versions, promote, read_config, read_json, replace_file, version_dir)
+from jobs import chaos   # fault injection for the chaos tests; a no-op otherwise
 from training.data import basket_ordinals, encode_baskets
 from training.model import FIRST_ITEM, PAD, UNK, SeqRec, SeqRecConfig, encode_texts, item_text
 
@@ -38,9 +39,14 @@ from training.model import FIRST_ITEM, PAD, UNK, SeqRec, SeqRecConfig, encode_te
 
 def save_version(models_root: str, name: str, version: str, model: SeqRec, item_ids: Sequence[str],
                  train_config: dict, metrics: dict, lineage: dict) -> Path:
-    """Write a complete version folder atomically (a temp folder renamed into place)."""
+    """Write a complete version folder atomically: a temp folder ``.<version>.*`` renamed into place.
+    A version that exists already is first renamed aside, so a death at any point leaves the version's
+    name on a complete folder or on none (never half of one; LATEST is written after, by the caller).
+    Temp folders that a killed save left behind are removed when the version is saved again."""
     final = version_dir(models_root, name, version)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{version}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"name": name, "version": version})
@@ -48,9 +54,13 @@ def save_version(models_root: str, name: str, version: str, model: SeqRec, item_
     dump_json(tmp / "item_vocab.json", list(item_ids))
     dump_json(tmp / "metrics.json", metrics)
     dump_json(tmp / "lineage.json", lineage)
+    chaos.point("registry.files_written")
+    old = final.parent / f".{version}.old-{tmp.name.rsplit('.', 1)[-1]}"
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    chaos.point("registry.version_saved")      # LATEST still names the previous version
     return final
 
 

@@ -85,7 +85,7 @@ def _ours(name: str) -> bool:
     return name.startswith(("lists", "ranker"))
 
 
-def _lists_first(methods: dict, pooled: dict) -> dict:
+def lists_first(methods: dict, pooled: dict) -> dict:
     """The product's rows first (the ranker's, then the lists'), then the baselines by pooled NDCG@10, best
     first (JSON keeps no order)."""
     order = sorted(methods, key=lambda m: (not _ours(m), not m.startswith("ranker"), _ours(m) and m,
@@ -108,8 +108,8 @@ def render_backtest(result: dict) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("training", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]))
     pooled = result["pooled"]
-    result = {**result, "pooled": _lists_first(pooled, pooled),
-              "per_night": [{**n, "methods": _lists_first(n["methods"], pooled)} for n in result["per_night"]]}
+    result = {**result, "pooled": lists_first(pooled, pooled),
+              "per_night": [{**n, "methods": lists_first(n["methods"], pooled)} for n in result["per_night"]]}
     plots = {n["night"]: backtest_night_png({**n, "horizon_days": result["horizon_days"]})
              for n in result["per_night"]}
     ranker = result["per_night"][-1].get("ranker") or {}

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from training import metrics as M
 from training.config import LoopConfig
 from training.model import SeqRec, SeqRecConfig
-from training.progress import Progress
+from training.progress import Progress, QueueStream
 
 
 def optimizer(model: SeqRec, lr: float, weight_decay: float, gate_lr_scale: float = 1.0) -> torch.optim.AdamW:
@@ -152,7 +152,11 @@ def train_worker(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     # at most train.loop.epochs: early stopping may end the selection run sooner
-    with Progress("train epochs (selection)", run.tcfg.epochs, "epochs", quiet=run.rank != 0) as progress:
+    # rank 0's lines go to the driver when it gave a queue (jobs/train.py), else into this worker's log
+    lines = loop_config.get("progress_queue")
+    stream = QueueStream(lines) if lines is not None and run.rank == 0 else None
+    with Progress("train epochs (selection)", run.tcfg.epochs, "epochs", quiet=run.rank != 0,
+                  stream=stream) as progress:
         progress.update(run.state["epoch"])   # resumed from a checkpoint: those epochs are done
         while run.state.get("phase", "select") == "select":
             run.select_epoch(train_shard, val_shard)
@@ -162,7 +166,8 @@ def train_worker(loop_config: dict) -> None:
     # window's baskets become training targets). Its weights are the ones registered; validation metrics
     # stay those of the selection run (the refit model has trained on the window).
     refit_shard = ray.train.get_dataset_shard("refit") if run.state.get("phase") == "refit" else None
-    with Progress("train epochs (refit)", run.state.get("refit_epochs"), "epochs", quiet=run.rank != 0) as progress:
+    with Progress("train epochs (refit)", run.state.get("refit_epochs"), "epochs", quiet=run.rank != 0,
+                  stream=stream) as progress:
         progress.update(run.state.get("refit_epoch", 0))
         while run.state.get("phase") == "refit":
             run.refit_epoch(refit_shard)

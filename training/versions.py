@@ -29,8 +29,10 @@ def latest_version(models_root: str, name: str = DEFAULT_NAME) -> str | None:
 
 
 def list_versions(models_root: str, name: str = DEFAULT_NAME) -> list[str]:
+    """The complete version folders; a killed save's ``.<version>.*`` temp folder is none of them."""
     root = Path(models_root) / name
-    return sorted(p.name for p in root.iterdir() if (p / "model.safetensors").is_file()) if root.is_dir() else []
+    return sorted(p.name for p in root.iterdir()
+                  if not p.name.startswith(".") and (p / "model.safetensors").is_file()) if root.is_dir() else []
 
 
 def read_config(models_root: str, name: str, version: str) -> dict:

@@ -4,7 +4,7 @@ run date ``{{ ds }}``.
     ingest -> gate_events, gate_items (nightly.gates_after_ingest) -> build_features
       -> gate_user_features, gate_item_features, gate_user_sequences (nightly.gates_after_features)
       -> training_due -> train (ray job submit) -> train_ranker -> backtest_due -> backtest (night ds - h, published lists)
-      -> score -> publish -> run_report
+      -> score -> publish -> run_report (and the trend page)
 
 Spark stages are ``SparkSubmitOperator`` tasks (spark-submit of ``jobs/<job>.py`` with the Delta jars
 and, on a cluster, the package zip as ``--py-files``); training is a ``ray job submit`` to a Ray cluster
@@ -185,7 +185,9 @@ with DAG(
     # none_failed: score also when training was not due (train/backtest skipped), never after a failure
     score = spark_job("score", "score", ["--run-date", "{{ ds }}"], timedelta(hours=2), trigger_rule="none_failed")
     publish = spark_job("publish", "publish", ["--run-date", "{{ ds }}"], timedelta(minutes=30), retries=1)
-    report = python_job("run_report", "report", ["--run-date", "{{ ds }}"], timedelta(minutes=15))
+    # the run report and the trend page over the last nights (put together from the tasks' lineage records)
+    report = python_job("run_report", "report", ["--run-date", "{{ ds }}", "--last",
+                                                 str(CONFIG.tracking.trend_nights)], timedelta(minutes=15))
 
     gated(ingest, CONFIG.nightly.gates_after_ingest, features)
     gated(features, CONFIG.nightly.gates_after_features, training_due)
