@@ -32,15 +32,18 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 
 
-def load_bronze(spark, lake: str, source: Path, last_day: dt.date) -> int:
+def load_bronze(spark, lake: str, source: Path, last_day: dt.date, first_day: dt.date | None = None) -> int:
     """Write the generated events into bronze/events (Delta, partitioned by event_date) the way ingest
-    does, in two commits: all days before the last one ingested earlier, the last day ingested at night."""
+    does, in two commits: all days before the last one ingested earlier, the last day ingested at night.
+    ``first_day``: leave out the events before it (a shorter history of the same customers)."""
     from pyspark.sql import functions as F
 
     from features.tables import EVENTS, ITEMS
     from jobs import lake as lake_io
 
     events = spark.read.parquet(str(source / "events"))
+    if first_day is not None:
+        events = events.where(F.to_date("event_ts") >= F.lit(first_day))
     bronze = (events
               .withColumn("event_date", F.to_date("event_ts"))
               .withColumn("event_id", F.sha2(F.concat_ws("|", F.monotonically_increasing_id().cast("string"),
