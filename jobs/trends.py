@@ -120,7 +120,7 @@ def summary_from_jobs(night: str, records: list[dict[str, Any]]) -> dict[str, An
     return {"run_date": night, "status": "failed" if failed else "succeeded", "stages": stages,
             "error": f"failed: {', '.join(failed)}" if failed else None, "counts": counts, "gates": gates,
             "total_seconds": round(sum(s["seconds"] for s in stages), 1),
-            "model": {"version": train.get("version"),
+            "model": {"version": train.get("version"), "trained_tonight": bool(train) and not train.get("reused", False),
                       "metrics": {k: v for k, v in train.items() if "@" in k and isinstance(v, (int, float))}},
             "published": part.get("publish", {}), "delayed_feedback": None}
 

@@ -222,8 +222,13 @@ def test_nights_run_as_separate_jobs_are_put_together_from_their_job_records(tmp
         "ingest": INGEST_S[6], "features": 31.0, "gate bronze/events": 12.0, "train": 300.0, "publish": 8.0}
     assert planted["total_seconds"] == round(INGEST_S[6] + 351.0, 1) and planted["status"] == "succeeded"
     assert planted["model"]["metrics"] == {"val_ndcg@10": 0.31} and planted["delayed_feedback"] is None
+    assert planted["model"]["trained_tonight"] is True     # the run report's model section reads it
+    model = tmp_path / "models" / "warmstart-seqrec"                      # the model section reads the summary too
+    runtime.write_json(str(model / "20240101-aaaa" / "metrics.json"), {"val_ndcg@10": 0.31})
+    (model / "LATEST").write_text("20240101-aaaa")
     out = report.run(report_args(tmp_path, dt.date.fromisoformat(PLANTED), 10))
     data = json.loads((tmp_path / "reports" / "trends" / "trends.json").read_text())
     assert {m["night"] for m in data["marks"] if m["key"] == "quarantine_rate"} == {PLANTED}
     html = Path(out["path"]).read_text()                                  # the run report's stage table
     assert re.search(r"<td>gate bronze/events</td>\s*<td class=\"ok\">succeeded</td>\s*<td class=\"num\">12.0</td>", html)
+    assert re.search(r"20240101-aaaa</code>\s*\(trained tonight\)", html)
