@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import logging
 import random
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -41,19 +42,32 @@ def retried(write: Callable[..., _T]) -> Callable[..., _T]:
     whole, idempotent writes: a refused commit wrote nothing, and the retry reads the table anew."""
     @functools.wraps(write)
     def wrapper(*args, **kwargs):
-        for attempt in range(RETRIES + 1):
-            try:
-                return write(*args, **kwargs)
-            except CONFLICTS as exc:
-                if attempt == RETRIES:
-                    raise
-                delay = 0.5 * 2 ** attempt * random.uniform(0.75, 1.25)
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-                log.warning("%s: %s (%s); retrying in %.1f s (%d/%d)", write.__name__, type(exc).__name__,
-                            first, delay, attempt + 1, RETRIES)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        if getattr(_retrying, "active", False):   # inside another retried write (its ensure): that one retries
+            return write(*args, **kwargs)
+        _retrying.active = True
+        try:
+            return _with_retries(write, args, kwargs)
+        finally:
+            _retrying.active = False
     return wrapper
+
+
+_retrying = threading.local()   # per thread: concurrent writers in one driver each retry their own write
+
+
+def _with_retries(write: Callable[..., _T], args: tuple, kwargs: dict) -> _T:
+    for attempt in range(RETRIES + 1):
+        try:
+            return write(*args, **kwargs)
+        except CONFLICTS as exc:
+            if attempt == RETRIES:
+                raise
+            delay = 0.5 * 2 ** attempt * random.uniform(0.75, 1.25)
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            log.warning("%s: %s (%s); retrying in %.1f s (%d/%d)", write.__name__, type(exc).__name__,
+                        first, delay, attempt + 1, RETRIES)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def path_of(lake: str, table: Table) -> str:

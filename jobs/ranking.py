@@ -345,23 +345,22 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
     rows = np.flatnonzero(pd.Index(night.user_ids).isin(set(model_rows["user_id"])))
     lookup = {d: night_lookup(spark, lake_root, d, night.user_ids[rows], catalogue)}
     out = []
-    progress = Progress(f"rank users of {d}", len(rows), "users")
-    for start in range(0, len(rows), chunk_users):     # bounds the driver: ~350 candidates x ~120 columns a user
-        part = rows[start:start + chunk_users]
-        mine = model_rows[model_rows["user_id"].isin(set(night.user_ids[part]))]
-        transformer = mine if "transformer" in ranker.retrievers else None
-        frame = night_frames(spark, lake_root, {d: night}, catalogue, lambda _: transformer, ranker.tifu,
-                             ranker.pools, rows={d: part}, lookups=lookup)[d].frame
-        missing = sorted(set(ranker.features) - set(frame.columns))
-        if missing:
-            raise RuntimeError(f"ranker {ranker.name}/{ranker.version} wants features the lake does not give: "
-                               f"{', '.join(missing[:5])}")
-        top = R.top_rows(frame, R.predict(ranker.booster, frame, ranker.features), k)
-        out.append(pd.DataFrame({"user_id": night.user_ids[top["row"].to_numpy()].astype(str),
-                                 "rank": top["rank"].to_numpy(np.int32),
-                                 "item_id": np.asarray(catalogue, dtype=object)[top["item"].to_numpy()],
-                                 "score": top["score"].to_numpy(np.float32), "strategy": RANKED}))
-        progress.update(len(part), candidates=len(frame))
-    progress.close()
+    with Progress(f"rank users of {d}", len(rows), "users") as progress:
+        for start in range(0, len(rows), chunk_users):     # bounds the driver: ~350 candidates x ~120 columns a user
+            part = rows[start:start + chunk_users]
+            mine = model_rows[model_rows["user_id"].isin(set(night.user_ids[part]))]
+            transformer = mine if "transformer" in ranker.retrievers else None
+            frame = night_frames(spark, lake_root, {d: night}, catalogue, lambda _: transformer, ranker.tifu,
+                                 ranker.pools, rows={d: part}, lookups=lookup)[d].frame
+            missing = sorted(set(ranker.features) - set(frame.columns))
+            if missing:
+                raise RuntimeError(f"ranker {ranker.name}/{ranker.version} wants features the lake does not give: "
+                                   f"{', '.join(missing[:5])}")
+            top = R.top_rows(frame, R.predict(ranker.booster, frame, ranker.features), k)
+            out.append(pd.DataFrame({"user_id": night.user_ids[top["row"].to_numpy()].astype(str),
+                                     "rank": top["rank"].to_numpy(np.int32),
+                                     "item_id": np.asarray(catalogue, dtype=object)[top["item"].to_numpy()],
+                                     "score": top["score"].to_numpy(np.float32), "strategy": RANKED}))
+            progress.update(len(part), candidates=len(frame))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
         {"user_id": [], "rank": [], "item_id": [], "score": [], "strategy": []})
