@@ -16,9 +16,11 @@ host and boot: the pid is not running, or runs another program) or its heartbeat
 ``lease_s`` (another host, a frozen machine): the next run then takes it over, through a takeover marker
 that is itself created if absent, so of two runs that find the same stale lease only one removes it. A
 holder whose lease was taken over (it was frozen past its lease) finds out at its next heartbeat and is
-interrupted, as by Ctrl-C: tables stay at their last commit. docs/operations.md ("Run locks") explains the
-choice of a lease file over a Delta-table lease, and how each step maps onto an object store's
-conditional requests (S3: ``PUT If-None-Match: *``, ``If-Match: <etag>``).
+interrupted, as by Ctrl-C: tables stay at their last commit. The four storage steps are the
+:class:`LeaseStore` protocol: :class:`LocalStore` here for local and NFS lakes, ``S3Store``
+(jobs/lock_s3.py) for ``s3://``/``s3a://`` lakes, where each step is one conditional request (``PUT
+If-None-Match: *``, ``PUT``/``DELETE If-Match: <etag>``). docs/operations.md ("Run locks") explains the
+choice of a lease object over a Delta-table lease, and what gs:// and abfss:// stores would use.
 """
 from __future__ import annotations
 
@@ -75,13 +77,15 @@ _FIELDS = set(Holder.__dataclass_fields__)
 
 
 class LeaseStore(Protocol):
-    """The four storage operations a lease needs. Each is one conditional request on an object store."""
+    """The four storage operations a lease needs. On an object store each is one conditional request
+    (renew and delete after a GET that checks the token and reads the ETag): jobs/lock_s3.py."""
 
     def create(self, path: str, data: bytes) -> bool:
         """Write ``path`` only if it does not exist; False if it did (S3: PUT If-None-Match: *)."""
 
     def read(self, path: str) -> tuple[bytes, float] | None:
-        """(content, time of the last heartbeat as epoch seconds), or None if absent (S3: GET; LastModified)."""
+        """(content, time of the last heartbeat as this machine's epoch seconds), or None if absent (S3:
+        GET; ``time.time()`` minus the age the server gives, its Date minus the object's LastModified)."""
 
     def renew(self, path: str, token: str) -> bool:
         """Refresh the heartbeat of the lease ``token`` holds; False if the file is gone or another's
@@ -244,11 +248,18 @@ class RunLock:
             time.sleep(min(left, self.poll_s * random.uniform(0.5, 1.5)))
 
     def release(self) -> None:
+        """Give the lease back. A store that fails here (an object store out of reach) must not turn a
+        finished run into a failed one, nor hide the error a failed run is leaving with: the lease then
+        expires by itself, ``lease_s`` after its last heartbeat."""
         self._stop.set()
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=5)
         if self.held and not self.lost:
-            self.store.delete(self.path, self.me.token)
+            try:
+                self.store.delete(self.path, self.me.token)
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises, the lease expires anyway
+                log.warning("could not release the run lock %s (%s): it expires %.0fs after its last heartbeat",
+                            self.resource, exc, self.lease_s)
         self.held = False
 
     def __enter__(self) -> RunLock:
@@ -299,22 +310,46 @@ class RunLock:
         self._beat.start()
 
     def _heartbeat(self) -> None:
+        """Renew every ``lease / 4``. A store that fails (an object store's network blip) is retried at the
+        next beat; the run stops when the lease is another's, or could not be renewed for a whole lease
+        (by then another run may rightly have taken it over)."""
+        renewed = time.monotonic()
         while not self._stop.wait(self.lease_s / 4):
-            if self.store.renew(self.path, self.me.token):
-                continue
+            try:
+                if self.store.renew(self.path, self.me.token):
+                    renewed = time.monotonic()
+                    continue
+                why = f"another run took it over (this one was frozen past its {self.lease_s:.0f}s lease)"
+            except Exception as exc:  # noqa: BLE001 - whatever the store raises, the next beat tries again
+                if time.monotonic() - renewed < self.lease_s:
+                    log.warning("could not renew the run lock %s (will retry): %s", self.resource, exc)
+                    continue
+                why = f"it could not be renewed for {self.lease_s:.0f}s: {exc}"
             self.lost = True
-            log.error("lost the run lock %s: another run took it over (this one was frozen past its %.0fs "
-                      "lease); stopping", self.resource, self.lease_s)
+            log.error("lost the run lock %s: %s; stopping", self.resource, why)
             if self.interrupt_on_loss:
                 _thread.interrupt_main()
             return
 
 
+def lease_store(lake: str) -> LeaseStore | None:
+    """The lease store for ``lake``'s scheme: local paths get lease files, ``s3://`` and ``s3a://``
+    conditional requests (jobs/lock_s3.py); None for the schemes that have no store yet."""
+    if not is_remote(lake):
+        return LocalStore()
+    if lake.split("://", 1)[0].lower() in ("s3", "s3a"):
+        from jobs.lock_s3 import S3Store
+
+        return S3Store()
+    return None
+
+
 def run_lock(lake: str, resource: str, run_id: str, wait_s: float = 0.0) -> RunLock | None:
-    """The lock a job takes, or None where the lake is on a filesystem this module has no store for yet
-    (object stores: docs/operations.md says what the store would do)."""
-    if is_remote(lake):
+    """The lock a job takes, or None where the lake's scheme has no lease store yet (``gs://``,
+    ``abfss://``, ``hdfs://``: docs/operations.md says which conditional requests theirs would use)."""
+    store = lease_store(lake)
+    if store is None:
         log.warning("run locks are not implemented for %s lakes yet: this run is not protected from a "
                     "concurrent one (docs/operations.md, Run locks)", lake.split("://", 1)[0])
         return None
-    return RunLock(lake, resource, run_id, wait_s=wait_s)
+    return RunLock(lake, resource, run_id, wait_s=wait_s, store=store)
