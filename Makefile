@@ -13,6 +13,10 @@ RUN_DATE ?= 2011-12-09
 LAKE     ?= $(CURDIR)/lake
 RETAIL   ?= $(CURDIR)/../shared/data/online_retail
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers, a file's tests on one worker (its module fixtures built
+# once). Much of a test's time is JVM, Ray and Airflow start-up and waiting, so 2 workers overlap well even on
+# 2 cores; 0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 export WARMSTART_JARS_DIR := $(CURDIR)/$(JARS_DIR)
 export GX_ANALYTICS_ENABLED := false
@@ -59,10 +63,10 @@ demo: setup
 	  --events $(RETAIL)/online_retail_ii_2009_2010.csv.gz $(RETAIL)/online_retail.csv.gz
 
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf lake reports models spark-warehouse

@@ -99,3 +99,11 @@ def interpreted_sql(spark):
     yield
     for key, value in saved.items():
         spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first, each file's tests kept together and in order: `make test` hands whole
+    files to its pytest-xdist workers in this order, and starting the long ones first keeps one worker from
+    being left with a long file at the end while the other idles."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)
