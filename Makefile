@@ -14,8 +14,9 @@ LAKE     ?= $(CURDIR)/lake
 RETAIL   ?= $(CURDIR)/../shared/data/online_retail
 PYTEST_ARGS ?=
 # Test files run on this many pytest-xdist workers, a file's tests on one worker (its module fixtures built
-# once). Much of a test's time is JVM, Ray and Airflow start-up and waiting, so 2 workers overlap well even on
-# 2 cores; 0 runs everything in one process.
+# once), handed out in the suite's order (tests/conftest.py: files with slow tests first; xdist's default
+# order, most tests first, left the longest files to the end). Much of a test's time is JVM, Ray and Airflow
+# start-up and waiting, so 2 workers overlap well even on 2 cores; 0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 
 export WARMSTART_JARS_DIR := $(CURDIR)/$(JARS_DIR)
@@ -63,10 +64,10 @@ demo: setup
 	  --events $(RETAIL)/online_retail_ii_2009_2010.csv.gz $(RETAIL)/online_retail.csv.gz
 
 test: setup
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf lake reports models spark-warehouse

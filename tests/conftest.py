@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,6 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+
+# pyspark.sql.connect (which Great Expectations imports) takes a __main__ without __file__ for a doctest run
+# and calls sys.exit(0) when Spark Connect's extras are missing. pytest-xdist's workers run as `python -c`,
+# whose __main__ has no __file__: give it one, or every test that reaches GX ends in SystemExit: 0.
+_MAIN = sys.modules["__main__"]
+if getattr(_MAIN, "__spec__", None) is None and not hasattr(_MAIN, "__file__"):
+    _MAIN.__file__ = "<pytest-xdist worker>"
 
 REPO = Path(__file__).resolve().parent.parent
 RETAIL = REPO.parent / "shared" / "data" / "online_retail"

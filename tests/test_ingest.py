@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -237,7 +238,10 @@ def test_generated_bad_records_land_in_quarantine_by_kind(spark, lake, config, t
 
 
 def test_missing_path_and_unknown_format_exit_2_with_one_line(lake, tmp_path, capsys, spark):
-    missing = ingest.main(["--lake", lake, "--run-date", "2024-01-01", "--events", str(tmp_path / "nope.csv")])
+    # A short path, so that the message shows it whole (an echoed path is cut to fit the one line, and
+    # pytest-xdist's temp paths are long enough to be cut)
+    absent = Path(tempfile.mkdtemp(prefix="ws-")) / "nope.csv"
+    missing = ingest.main(["--lake", lake, "--run-date", "2024-01-01", "--events", str(absent)])
     unknown = ingest.main(["--lake", lake, "--run-date", "2024-01-01", "--events", str(tmp_path), "--format", "xml"])
     (tmp_path / "x.txt").write_text("a\n")
     no_ext = ingest.main(["--lake", lake, "--run-date", "2024-01-01", "--events", str(tmp_path / "x.txt")])
@@ -245,7 +249,7 @@ def test_missing_path_and_unknown_format_exit_2_with_one_line(lake, tmp_path, ca
     assert (missing, unknown, no_ext, nothing) == (2, 2, 2, 2)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4
-    assert err[0] == f"warmstart ingest: input path not found: {tmp_path / 'nope.csv'}"
+    assert err[0] == f"warmstart ingest: input path not found: {absent}"
     assert "invalid choice: 'xml'" in err[1] and "cannot infer the format" in err[2] and "nothing to ingest" in err[3]
     assert not (Path(lake) / "bronze").exists()
 
