@@ -18,6 +18,7 @@ PYTEST_ARGS ?=
 # order, most tests first, left the longest files to the end). Much of a test's time is JVM, Ray and Airflow
 # start-up and waiting, so 2 workers overlap well even on 2 cores; 0 runs everything in one process.
 PYTEST_WORKERS ?= 2
+PYTEST_XDIST   := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 export WARMSTART_JARS_DIR := $(CURDIR)/$(JARS_DIR)
 export GX_ANALYTICS_ENABLED := false
@@ -64,10 +65,10 @@ demo: setup
 	  --events $(RETAIL)/online_retail_ii_2009_2010.csv.gz $(RETAIL)/online_retail.csv.gz
 
 test: setup
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf lake reports models spark-warehouse

@@ -4,6 +4,7 @@ loopback) for the whole test run; :func:`args_for`, the one way tests build a jo
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import socket
@@ -74,6 +75,14 @@ def args_for(cls: type, lake: str, config=None, overrides: Mapping[str, Any] | N
     job = next((name for name, (mod, _) in cli.COMMANDS.items() if mod == module), module)
     common = runtime.job_args(job, lake, config, fields.get("run_date"), **dict(overrides or {}))
     return cls(**{f.name: getattr(common, f.name) for f in dataclasses.fields(runtime.JobArgs)}, **fields)
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -12,12 +12,11 @@ count, where DuckDB keeps the list of distinct ids in the sketch's place.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import math
-from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import load_bench
 from pyspark.sql import functions as F
 
 from features import synthetic
@@ -25,7 +24,6 @@ from features.tables import (ITEM_DAILY, ITEM_FEATURES, ITEM_STATE, USER_DAILY, 
                              USER_STATE, Table)
 from jobs import lake as lake_io
 
-REPO = Path(__file__).resolve().parent.parent
 START = dt.date(2024, 1, 1)
 DAYS = 100                                    # longer than the 90-day window: its edge is exercised
 LAST = START + dt.timedelta(days=DAYS - 1)
@@ -40,10 +38,7 @@ pytestmark = [pytest.mark.usefixtures("interpreted_sql"), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_features", REPO / "bench" / "features.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("features")
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,18 @@ throughput loop (run here on the CPU), and the skip without a GPU."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_bench
 import torch
 
 from training.model import SeqRec, SeqRecConfig
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("train")
 
 
 def test_flops_per_position_hand_computed(bench):
