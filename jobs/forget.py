@@ -21,9 +21,12 @@ files rewritten carry none). Deletion vectors, if a table has them on, are purge
 
 Vacuum: ``--vacuum-now`` runs VACUUM with a retention of 0 on every personal table: the files that held the
 rows go now, and with them every older version of those tables (time travel to a version before the
-erasure fails). Without it the tables' own retention (``delta.deletedFileRetentionDuration``, 7 days by
-default) applies: VACUUM runs with it (removing earlier erasures' files that are past it) and the summary
-says when this erasure's files become removable; until a VACUUM after that time, time travel returns them.
+erasure fails). Without it the tables' own retention (``delta.deletedFileRetentionDuration``, Delta's 7
+days where a table sets none) applies: VACUUM runs with it before the delete (removing earlier erasures'
+files that are past it), the summary says when this erasure's files become removable, and a pending
+erasure is recorded (``<lake>/_forget/pending/<run_id>.json``: run id, tables, ``removable_after``; no ids
+or hashes). :func:`vacuum_due`, which every successful ``warmstart publish`` runs, VACUUMs those tables
+once that time has passed and moves the record to ``_forget/done/``; until then time travel returns them.
 
 Published candidates: a published run whose candidates lost rows is published again (a new
 ``candidates/published`` row at the new table version, its ``published_at`` one microsecond after the
@@ -43,6 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -60,6 +64,11 @@ from jobs import lake, runtime
 log = logging.getLogger("warmstart.forget")
 
 SALT_FILE = "_forget/salt"
+PENDING_DIR, DONE_DIR = "_forget/pending", "_forget/done"   # erasures waiting for / past their VACUUM
+RETENTION_KEY = "delta.deletedFileRetentionDuration"
+DEFAULT_RETENTION = dt.timedelta(days=7)                  # Delta's, for a table that sets none
+# One term of a Delta interval ("interval 1 week 2 days"); Delta refuses months and years for retention.
+RETENTION_TERM = re.compile(r"(\d+)\s*(week|day|hour|minute|second|millisecond|microsecond)s?")
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 TOKEN_EDGE = "[^0-9A-Za-z]"   # an id inside raw text: not preceded or followed by a letter or digit
 
@@ -230,7 +239,10 @@ def _partition_files(lake_root: str, version: int, day: dt.date) -> frozenset[st
 
 
 def vacuum(spark: SparkSession, lake_root: str, table: Table, now: bool) -> None:
-    """VACUUM the table: with a retention of 0 (``now``), or with its configured retention."""
+    """VACUUM the table: with a retention of 0 (``now``), or with its configured retention. The latter gives
+    no RETAIN, so Delta takes the table's own ``delta.deletedFileRetentionDuration`` however short (shorter
+    than 7 days included), and its retentionDurationCheck stays on: it refuses only a RETAIN shorter than
+    that retention. RETAIN 0 is, so for it the check is off for this statement only, then restored."""
     path = lake.path_of(lake_root, table)
     if not now:
         spark.sql(f"VACUUM delta.`{path}`")
@@ -246,20 +258,26 @@ def vacuum(spark: SparkSession, lake_root: str, table: Table, now: bool) -> None
 def run(spark: SparkSession, args: ForgetArgs) -> dict[str, Any]:
     ids = user_ids(args)
     salt = lake_salt(args.lake)
+    tables = [t for t in personal_tables() if lake.exists(spark, args.lake, t)]
+    if not args.vacuum_now:   # before the delete: this erasure's files go by its record alone, whatever the retention
+        for table in tables:
+            vacuum(spark, args.lake, table, now=False)
     source = ids_frame(spark, ids).persist()
     try:
         since = first_event_date(spark, args.lake, source)
-        erased = {t.name: erase_table(spark, args.lake, t, source)
-                  for t in personal_tables() if lake.exists(spark, args.lake, t)}
+        erased = {t.name: erase_table(spark, args.lake, t, source) for t in tables}
     finally:
         source.unpersist()
     candidates = erased.get(USER_CANDIDATES.name)
     moved, lost = republish(spark, args, candidates["version_before"], candidates["version_after"]) \
         if candidates else ([], [])
-    for name in erased:
-        vacuum(spark, args.lake, TABLES[name], args.vacuum_now)
+    removable_after, pending = None, None
+    if args.vacuum_now:
+        for name in erased:
+            vacuum(spark, args.lake, TABLES[name], now=True)
+    else:
+        removable_after, pending = defer_vacuum(spark, args, erased)
     models = affected_models(args.models_root, since)
-    now = dt.datetime.now(dt.timezone.utc)
     summary = {
         "users": len(ids),
         "user_hashes": sorted(user_hash(salt, u) for u in ids),   # not in the ids' order
@@ -267,8 +285,10 @@ def run(spark: SparkSession, args: ForgetArgs) -> dict[str, Any]:
         "rows_deleted": {name: e["rows_deleted"] for name, e in erased.items()},
         "tables_erased": len(erased),
         "vacuumed": "now (retention 0: older versions of these tables are gone)" if args.vacuum_now
-                    else "with the tables' retention",
-        "files_removable_after": None if args.vacuum_now else (now + _retention(spark, args.lake, erased)).isoformat(),
+                    else "with the tables' retention; this erasure's files by the first publish after "
+                         "files_removable_after",
+        "files_removable_after": removable_after,
+        "pending_erasure": pending,
         "published_runs_moved": moved,
         "published_runs_lost": lost if args.vacuum_now else [],
         "first_event_date": since.isoformat() if since else None,
@@ -282,15 +302,100 @@ def run(spark: SparkSession, args: ForgetArgs) -> dict[str, Any]:
     return summary
 
 
-def _retention(spark: SparkSession, lake_root: str, erased: dict[str, Any]) -> dt.timedelta:
-    """The longest ``delta.deletedFileRetentionDuration`` of the erased tables (Delta's default 7 days)."""
-    longest = dt.timedelta(days=7)
-    for name in erased:
-        value = _properties(spark, lake.path_of(lake_root, TABLES[name])).get("delta.deletedFileRetentionDuration")
-        match = re.fullmatch(r"interval\s+(\d+)\s+(day|days|hour|hours)", (value or "").strip().lower())
-        if match:
-            n = int(match.group(1))
-            longest = max(longest, dt.timedelta(days=n) if match.group(2).startswith("day") else dt.timedelta(hours=n))
+def defer_vacuum(spark: SparkSession, args: ForgetArgs, erased: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Record the erasure as pending its VACUUM (``<lake>/_forget/pending/<run_id>.json``): the tables whose
+    files lost rows, and when those files pass the tables' retention. No ids or hashes: the lineage record
+    holds those. Returns (removable_after, the record's path), or (None, None) when no row was deleted."""
+    tables = [name for name, e in erased.items() if e["rows_deleted"]]
+    if not tables:
+        return None, None
+    erased_at = dt.datetime.now(dt.timezone.utc)      # after every delete's commit: never early
+    removable_after = (erased_at + _retention(spark, args.lake, tables)).isoformat()
+    path = f"{args.lake}/{PENDING_DIR}/{args.run_id}.json"
+    runtime.write_json(path, {"run_id": args.run_id, "erased_at": erased_at.isoformat(), "tables": tables,
+                              "removable_after": removable_after})
+    return removable_after, path
+
+
+def vacuum_due(spark: SparkSession, lake_root: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """VACUUM, with its configured retention, each table of the pending erasures whose ``removable_after``
+    has passed (``now``, default the clock), once however many erasures name it, and move their records to
+    ``_forget/done/`` with ``vacuumed_at`` so that each runs once. Called by every successful ``warmstart
+    publish``. An erasure with a table whose VACUUM fails stays pending (tried again next time) and is
+    listed as failed. No Spark query when nothing is due. Returns the erasures vacuumed, their tables, the
+    erasures still pending (run id -> removable_after) and the failed ones."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    records = _pending_records(lake_root)
+    due = {name: r for name, r in records.items() if dt.datetime.fromisoformat(r["removable_after"]) <= now}
+    tables = sorted({t for r in due.values() for t in r["tables"]})
+    failed_tables = set()
+    for table in tables:
+        try:
+            if table in TABLES and lake.exists(spark, lake_root, TABLES[table]):
+                vacuum(spark, lake_root, TABLES[table], now=False)
+        except Exception as exc:  # noqa: BLE001 - one table's failure must not keep the other erasures waiting
+            log.warning("VACUUM of %s for due erasures failed (%s: %s); they stay pending and are tried again",
+                        table, type(exc).__name__, runtime.printable(str(exc), 300))
+            failed_tables.add(table)
+    failed = {name for name, r in due.items() if failed_tables & set(r["tables"])}
+    for name in due.keys() - failed:
+        _move_to_done(lake_root, name, due[name])
+    return {"vacuumed": [r["run_id"] for name, r in due.items() if name not in failed],
+            "tables": [t for t in tables if t not in failed_tables],
+            "pending": {r["run_id"]: r["removable_after"] for name, r in records.items() if name not in due},
+            "failed": [due[name]["run_id"] for name in sorted(failed)]}
+
+
+def _pending_records(lake_root: str) -> dict[str, dict[str, Any]]:
+    """File name -> record of every pending erasure, in file-name order (run ids start with their time)."""
+    from pyarrow import fs
+
+    filesystem, folder = _filesystem(f"{lake_root}/{PENDING_DIR}")
+    found = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+    names = sorted(f.base_name for f in found if f.type == fs.FileType.File and f.base_name.endswith(".json"))
+    return {name: json.loads(_read_text(f"{lake_root}/{PENDING_DIR}/{name}")) for name in names}
+
+
+def _move_to_done(lake_root: str, name: str, record: dict[str, Any]) -> None:
+    """Write the record under ``_forget/done/`` with ``vacuumed_at``, then delete the pending one (a crash
+    between the two leaves it pending: its VACUUM runs once more, which changes nothing)."""
+    vacuumed_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    runtime.write_json(f"{lake_root}/{DONE_DIR}/{name}", {**record, "vacuumed_at": vacuumed_at})
+    filesystem, path = _filesystem(f"{lake_root}/{PENDING_DIR}/{name}")
+    filesystem.delete_file(path)
+
+
+def _filesystem(path: str):
+    """(pyarrow filesystem, path inside it): local, s3, hdfs, gcs alike."""
+    from pyarrow import fs
+
+    if runtime.is_remote(path):
+        return fs.FileSystem.from_uri(path)
+    return fs.LocalFileSystem(), runtime.normalise_root(path)
+
+
+def parse_retention(value: str) -> dt.timedelta | None:
+    """A Delta interval as a timedelta: ``interval 2 days``, ``1 week 12 hours``, ``interval 30 seconds``
+    (``interval`` optional, units singular or plural, as Delta accepts them); None when it is not one."""
+    text = value.strip().lower().removeprefix("interval").strip()
+    terms = RETENTION_TERM.findall(text)
+    if not terms or RETENTION_TERM.sub("", text).strip():
+        return None
+    return sum((dt.timedelta(**{f"{unit}s": int(n)}) for n, unit in terms), dt.timedelta())
+
+
+def _retention(spark: SparkSession, lake_root: str, names: list[str]) -> dt.timedelta:
+    """The longest ``delta.deletedFileRetentionDuration`` of the tables, each its own (Delta's default of 7
+    days where it sets none): when every file the erasure removed can be vacuumed."""
+    longest = dt.timedelta()
+    for name in names:
+        value = _properties(spark, lake.path_of(lake_root, TABLES[name])).get(RETENTION_KEY)
+        retention = DEFAULT_RETENTION if value is None else parse_retention(value)
+        if retention is None:
+            log.warning("%s: %s=%r is not an interval this job reads; assuming Delta's default of 7 days",
+                        name, RETENTION_KEY, value)
+            retention = DEFAULT_RETENTION
+        longest = max(longest, retention)
     return longest
 
 

@@ -4,13 +4,17 @@ no file under the lake names an erased user (every Parquet file read with pyarro
 checkpoints alike; every other file, Delta's JSON commits with their statistics and lineage, as text),
 time travel to a version before the erasure returns none of their rows, lineage holds their salted hashes,
 the published run is served without them, models trained after their first event are listed as affected,
-and the next night's features run without them. Also: usage errors exit 2 with one line, and a second
-erasure of the same users deletes nothing."""
+and the next night's features run without them, and publishing the night again works without scoring it
+again and gates the erasure's version, without them. Also: usage errors exit 2 with one line, a second
+erasure of the same users deletes nothing, and (last, on tables given a 2-second retention, which counts
+as configured, not floored at 7 days) an erasure without --vacuum-now leaves the files until the first
+publish past their retention vacuums them."""
 from __future__ import annotations
 
 import datetime as dt
 import json
 import re
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +22,7 @@ import pytest
 from conftest import args_for
 from pyspark.sql import functions as F
 
-from features.tables import EVENTS, QUARANTINE, TABLES, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
+from features.tables import EVENTS, PUBLISHED, QUARANTINE, TABLES, USER_CANDIDATES, USER_FEATURES, USER_SEQUENCES
 from jobs import build_features, cli, forget, ingest, lake as lakeio, publish, runtime, score
 
 pytestmark = pytest.mark.slow
@@ -176,6 +180,38 @@ def test_the_published_run_is_served_without_them(erased, small_lake):
     assert served and not served & set(erased["users"])
 
 
+def _candidates_version_after(lake: str, run_id: str | None = None) -> int:
+    """The user_candidates version a forget run's delete wrote (its lineage record; the first forget's if no id)."""
+    record = next(r for r in runtime.read_lineage(lake) if r["job"] == "forget" and run_id in (None, r["run_id"]))
+    return record["outputs"][USER_CANDIDATES.name]
+
+
+def test_publishing_the_night_again_gates_the_erasures_version_without_them(spark, config, erased, small_lake):
+    """The night's score commit is older than the erasure, and --vacuum-now removed its files: publish must
+    not read it (it failed so) but the version of the erasure's delete, and needs no second score."""
+    from scoring import reader
+
+    lake, users = small_lake["lake"], erased["users"]
+    erased_version = _candidates_version_after(lake)
+    published_before = lakeio.read(spark, lake, PUBLISHED).count()
+    summary = publish.run(spark, args_for(publish.PublishArgs, lake, config, run_date=NIGHT,
+                                          overrides=small_lake["overrides"]))
+    assert summary["gate_passed"] and summary["score_version"] < erased_version
+    assert summary["table_version"] == erased_version
+    assert summary["already_published"] and not summary["published"]   # forget published that version already
+    assert lakeio.read(spark, lake, PUBLISHED).count() == published_before
+    night = lakeio.read(spark, lake, USER_CANDIDATES, erased_version).where(F.col("run_date") == F.lit(NIGHT))
+    gated_users = {r[0] for r in night.select("user_id").distinct().collect()}
+    assert summary["users"] == len(gated_users) > 0 and not gated_users & set(users)
+    assert any(f.startswith("candidates/user_candidates/") for f in erased["before_files"][users[1]])  # it had a list
+    report = json.loads((Path(small_lake["overrides"]["paths.reports"]) / NIGHT.isoformat() / "candidates"
+                         / "gate.json").read_text())
+    assert report["table_version"] == erased_version and report["stats"]["users"] == summary["users"]
+    served = reader.load_latest(lake)
+    assert served.table_version == erased_version and not set(served.user_ids.tolist()) & set(users)
+    assert summary["erasures_vacuumed"] == {"vacuumed": [], "tables": [], "pending": {}, "failed": []}
+
+
 def test_the_next_night_runs_without_them_and_a_second_erasure_deletes_nothing(spark, config, erased, small_lake):
     lake, users = small_lake["lake"], erased["users"]
     overrides = small_lake["overrides"]
@@ -197,3 +233,61 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     rc = cli.main(["forget", "--lake", str(tmp_path / "lake"), *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("interval 2 seconds", dt.timedelta(seconds=2)),
+    ("interval 1 second", dt.timedelta(seconds=1)),
+    ("INTERVAL 3 Hours", dt.timedelta(hours=3)),
+    ("interval 1 week 12 hours", dt.timedelta(days=7, hours=12)),
+    ("30 minutes", dt.timedelta(minutes=30)),                   # Delta takes it without "interval"
+    ("interval 1 month", None),                                 # Delta refuses months for a retention
+    ("interval 2 fortnights", None),
+])
+def test_parse_retention(value, expected):
+    assert forget.parse_retention(value) == expected
+
+
+def test_an_erasure_without_vacuum_now_is_vacuumed_by_the_first_publish_past_its_retention(
+        spark, config, erased, small_lake):
+    """Last in the file: it shortens the personal tables' retention to 2 seconds and erases a third user."""
+    lake, overrides = small_lake["lake"], small_lake["overrides"]
+    listed = sorted(r[0] for r in lakeio.read(spark, lake, USER_CANDIDATES).select("user_id").distinct().collect())
+    user = next(u for u in listed if u not in erased["users"])
+    for table in forget.personal_tables():
+        if lakeio.exists(spark, lake, table):
+            spark.sql(f"ALTER TABLE delta.`{lakeio.path_of(lake, table)}` "
+                      f"SET TBLPROPERTIES ('{forget.RETENTION_KEY}' = 'interval 2 seconds')")
+    args = args_for(forget.ForgetArgs, lake, config, users=(user,), overrides=overrides)
+    summary = forget.run(spark, args)
+    removable_after = dt.datetime.fromisoformat(summary["files_removable_after"])
+
+    pending = Path(lake) / forget.PENDING_DIR
+    assert sorted(p.name for p in pending.iterdir()) == [f"{args.run_id}.json"]   # erasures that deleted nothing: none
+    text = (pending / f"{args.run_id}.json").read_text()
+    record = json.loads(text)
+    assert summary["pending_erasure"] == str(pending / f"{args.run_id}.json")
+    assert record["removable_after"] == summary["files_removable_after"] and "bronze/events" in record["tables"]
+    assert removable_after - dt.datetime.fromisoformat(record["erased_at"]) == dt.timedelta(seconds=2)  # not 7 days
+    assert user not in text and summary["user_hashes"][0] not in text
+    early = forget.vacuum_due(spark, lake, now=removable_after - dt.timedelta(seconds=1))
+    assert early == {"vacuumed": [], "tables": [], "pending": {args.run_id: record["removable_after"]}, "failed": []}
+    assert any(f.endswith(".parquet") and "_delta_log" not in f for f in files_naming(Path(lake), [user])[user])
+
+    time.sleep(max(0.0, (removable_after - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 0.5)
+    assert spark.conf.get(forget.RETENTION_CHECK, "true") != "false"   # Delta's check is on for this VACUUM
+    first = publish.run(spark, args_for(publish.PublishArgs, lake, config, run_date=NIGHT, overrides=overrides))
+    erased_version = _candidates_version_after(lake, args.run_id)       # no second score: the erasure's version
+    assert first["gate_passed"] and first["table_version"] == erased_version and first["already_published"]
+    assert first["erasures_vacuumed"] == {"vacuumed": [args.run_id], "tables": sorted(record["tables"]),
+                                          "pending": {}, "failed": []}
+    assert files_naming(Path(lake), [user]) == {user: []}
+    done = json.loads((Path(lake) / forget.DONE_DIR / f"{args.run_id}.json").read_text())
+    assert list(pending.iterdir()) == [] and dt.datetime.fromisoformat(done.pop("vacuumed_at")) >= removable_after
+    assert done == record
+    # Delta refuses time travel to a version older than the table's retention, save the latest
+    spark.sql(f"ALTER TABLE delta.`{lakeio.path_of(lake, USER_CANDIDATES)}` "
+              f"UNSET TBLPROPERTIES ('{forget.RETENTION_KEY}')")
+    again = publish.run(spark, args_for(publish.PublishArgs, lake, config, run_date=NIGHT, overrides=overrides))
+    assert again["already_published"] and again["table_version"] == erased_version
+    assert again["erasures_vacuumed"] == {"vacuumed": [], "tables": [], "pending": {}, "failed": []}
