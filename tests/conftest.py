@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -77,19 +76,21 @@ def args_for(cls: type, lake: str, config=None, overrides: Mapping[str, Any] | N
     return cls(**{f.name: getattr(common, f.name) for f in dataclasses.fields(runtime.JobArgs)}, **fields)
 
 
-def load_bench(name: str):
-    """``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+def load_script(path: Path, name: str):
+    """A script outside the installed packages (bench/, infra/) as a module named ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now (for the clusters the slow tests start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+    return load_script(REPO / "bench" / f"{name}.py", f"bench_{name}")
+
+
+standalone = load_script(REPO / "infra" / "spark" / "standalone.py", "standalone")
+free_port = standalone.free_port   # a TCP port free on loopback, for the clusters the slow tests start
 
 
 @pytest.fixture(scope="session")

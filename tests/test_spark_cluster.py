@@ -5,16 +5,13 @@ tables equal the local-mode result of the same jobs. The cluster is always stopp
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import INTERPRETED_SQL, free_port
+from conftest import INTERPRETED_SQL
+from conftest import standalone as cluster_module
 
 from jobs import jvm, runtime
 
@@ -23,73 +20,12 @@ D = "2024-01-31"
 pytestmark = pytest.mark.slow
 
 
-def _spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
-
-
-def _wait(predicate, what: str, timeout: float = 120.0, procs=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{what}: a cluster process exited with {p.returncode}")
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OSError:
-            pass
-        time.sleep(1.0)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def _master_state(ui_port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
-        return json.load(r)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in reversed(procs):   # workers (and their executors) first, then the master
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
-    """spark://127.0.0.1:PORT with two workers of 1 core / 1 GB each."""
-    work = tmp_path_factory.mktemp("standalone")
-    home = _spark_home()
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "256m",
-           "SPARK_LOG_DIR": str(work / "logs"), "SPARK_WORKER_CORES": "1", "SPARK_WORKER_MEMORY": "1g",
-           "PYSPARK_PYTHON": sys.executable}
-    port, ui = free_port(), free_port()
-    spark_class = str(home / "bin" / "spark-class")
-    procs: list[subprocess.Popen] = []
-    try:
-        procs.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-             "--webui-port", str(ui)],
-            env=env, stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: _master_state(ui).get("status") == "ALIVE", "the master", procs=procs)
-        for i in range(2):
-            procs.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
-                 "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
-                 "--work-dir", str(work / f"worker{i}")],
-                env=env, stdout=open(work / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: len([w for w in _master_state(ui)["workers"] if w["state"] == "ALIVE"]) == 2,
-              "two workers to register", procs=procs)
-        yield {"master": f"spark://127.0.0.1:{port}", "ui": ui, "env": env, "work": work}
-    finally:
-        _stop(procs)
+    """spark://127.0.0.1:PORT with two workers of 1 core / 1 GB each; the code reaches them only
+    through spark-submit's --py-files (the repository is not on their PYTHONPATH)."""
+    with cluster_module.cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +48,7 @@ def drop(tmp_path_factory) -> Path:
 
 
 def _submit(cluster, package: Path, job: str, args: list[str], log: Path) -> subprocess.CompletedProcess:
-    home = _spark_home()
+    home = cluster_module.spark_home()
     jars = ",".join(sorted(str(p) for p in (REPO / ".jars").glob("*.jar")))
     cmd = [str(home / "bin" / "spark-submit"), "--master", cluster["master"], "--deploy-mode", "client",
            "--properties-file", str(REPO / "infra" / "spark" / "spark-defaults.conf"),
@@ -151,7 +87,7 @@ def test_ingest_and_features_on_a_standalone_cluster_match_local_mode(spark, sta
     _submit(standalone, package, "build_features", ["--run-date", D, "--lake", str(cluster_lake)],
             tmp_path / "features.log")
     # the jobs really ran on the cluster: the master lists both applications as finished
-    apps = _master_state(standalone["ui"])["completedapps"]
+    apps = cluster_module.master_state(standalone["ui"])["completedapps"]
     assert sorted((a["name"], a["state"]) for a in apps) == [("warmstart-features", "FINISHED"),
                                                             ("warmstart-ingest", "FINISHED")], apps
 
@@ -183,5 +119,5 @@ def test_spark_xgboost_ranker_trains_on_the_clusters_two_workers(standalone, pac
     assert result["info"]["num_workers"] == 2 and 1 <= result["info"]["rounds"] <= 50
     assert result["info"]["train_groups"] > 150 and result["info"]["valid_groups"] > 75   # groups with a positive
     assert result["first_item_precision"] > 0.9                  # random would be ~0.16
-    apps = [(a["name"], a["state"]) for a in _master_state(standalone["ui"])["completedapps"]]
+    apps = [(a["name"], a["state"]) for a in cluster_module.master_state(standalone["ui"])["completedapps"]]
     assert ("warmstart-cluster-ranker", "FINISHED") in apps, apps

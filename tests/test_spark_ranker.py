@@ -76,6 +76,17 @@ def test_spark_xgboost_learns_the_planted_signal_and_agrees_with_the_single_proc
     assert gains["signal"] > 0.5
 
 
+def test_spark_xgboost_with_rounds_given_trains_exactly_that_many_without_early_stopping(spark, interpreted_sql,
+                                                                                        nights):
+    """The fixed-work path (bench/executors.py): no early-stopping pass, the refit alone, its trees
+    counted in the booster, and still the planted signal learnt."""
+    train, valid, test = nights
+    model, info = S.fit_xgb_spark(spark, train, valid, FEATURES, PARAMS, num_workers=2, rounds=7)
+    assert info["rounds"] == 7 and info["validation_ndcg@10_in_candidates"] is None
+    assert model.get_booster().num_boosted_rounds() == 7
+    assert first_item_precision(test, S.predict_spark(model, spark, test, FEATURES)) > 0.9
+
+
 def test_spark_booster_saved_as_json_predicts_the_same_through_plain_xgboost(spark, nights, xgb_spark, tmp_path):
     import xgboost as xgb
 

@@ -110,11 +110,12 @@ def _xgb_ranker(features: Sequence[str], params: TreeParams, num_workers: int, r
 
 
 def fit_xgb_spark(spark, train, valid, features: Sequence[str], params: TreeParams,
-                  num_workers: int = 2) -> tuple[Any, dict]:
+                  num_workers: int = 2, rounds: int | None = None) -> tuple[Any, dict]:
     """:func:`training.ranker.fit` through ``xgboost.spark``: a ``SparkXGBRankerModel`` fitted on
     ``train`` with early stopping on ``valid`` (NDCG@10 over each group's candidates), then refitted on
-    both with that many rounds; and the same ``info`` keys as ranker.fit. Needs ``num_workers``
-    concurrent task slots (xgboost.spark trains in one barrier stage)."""
+    both with that many rounds; and the same ``info`` keys as ranker.fit. ``rounds`` given (a count
+    already chosen, or a benchmark's fixed work): only the refit, that many rounds. Needs
+    ``num_workers`` concurrent task slots (xgboost.spark trains in one barrier stage)."""
     from pyspark.sql import functions as F
 
     features = list(features)
@@ -126,10 +127,12 @@ def fit_xgb_spark(spark, train, valid, features: Sequence[str], params: TreePara
                                                               F.count("*").alias("rows")).collect()}
         if set(sizes) != {False, True}:
             raise ValueError(f"train and valid each need a group with a positive; found {sorted(sizes)} (True: valid)")
-        first = _xgb_ranker(features, params, num_workers, params.max_rounds, early_stopping=True).fit(both)
-        curve = first.training_summary.validation_objective_history.get("ndcg@10", [])
-        best = first.get_booster().attr("best_iteration")
-        rounds = int(best) + 1 if best is not None else max(len(curve), 1)
+        curve: list = []
+        if rounds is None:
+            first = _xgb_ranker(features, params, num_workers, params.max_rounds, early_stopping=True).fit(both)
+            curve = first.training_summary.validation_objective_history.get("ndcg@10", [])
+            best = first.get_booster().attr("best_iteration")
+            rounds = int(best) + 1 if best is not None else max(len(curve), 1)
         # without the indicator column every row trains: train and valid together, as ranker.fit's refit
         model = _xgb_ranker(features, params, num_workers, rounds, early_stopping=False).fit(both)
     finally:
