@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 D, K = 64, 100
+RANKER_N = 200        # with the ranker on, the transformer proposes this many (config ranker.transformer_n)
 REPEAT = 3            # every timed call is the best of this many: the machine's speed moves between runs
 READER_REPEAT = 3     # fresh-process loads per reader path
 
@@ -61,14 +62,14 @@ def sgemm_rate(threads: int) -> float:
     return 2 * 2048 ** 3 / seconds
 
 
-def bench_ours(users, items, threads):
+def bench_ours(users, items, threads, k=K):
     import torch
 
     from scoring.topk import topk
 
     torch.set_num_threads(threads)
-    topk(users[:64], items, K)              # loads the compiled selection (numba's on-disk cache) once
-    return timed(lambda: topk(users, items, K, threads=threads), repeat=REPEAT)
+    topk(users[:64], items, k)              # loads the compiled selection (numba's on-disk cache) once
+    return timed(lambda: topk(users, items, k, threads=threads), repeat=REPEAT)
 
 
 def bench_ours_with_repeat(users, items, threads, past: int = 50):
@@ -86,13 +87,13 @@ def bench_ours_with_repeat(users, items, threads, past: int = 50):
                                           threads=threads), repeat=REPEAT)
 
 
-def bench_faiss(users, items, threads):
+def bench_faiss(users, items, threads, k=K):
     import faiss
 
     faiss.omp_set_num_threads(threads)
     index = faiss.IndexFlatIP(items.shape[1])
     index.add(items)
-    return timed(lambda: index.search(users, K), repeat=REPEAT)
+    return timed(lambda: index.search(users, k), repeat=REPEAT)
 
 
 def bench_als(n_users, n_items, threads, tmp):
@@ -226,6 +227,30 @@ def set_bound(row: dict, rate: float) -> None:
     row["share_of_bound"] = row["warmstart_users_per_s"] / row["bound_users_per_s"]
 
 
+def bench_size(users, items, args, rate: float, tmp: str) -> dict:
+    """One catalogue size: warmstart (top-100, with the repeat head, top-200), faiss (top-100, top-200) and
+    Spark ALS on the same vectors; the row of the results table."""
+    m = items.shape[0]
+    ours_s, ours = bench_ours(users, items, args.threads)
+    repeat_s, _ = bench_ours_with_repeat(users, items, args.threads)
+    faiss_s, (_, faiss_ids) = bench_faiss(users, items, args.threads)
+    ranker_s, _ = bench_ours(users, items, args.threads, RANKER_N)       # the ranker's retrieval depth
+    faiss_ranker_s, _ = bench_faiss(users, items, args.threads, RANKER_N)
+    agree = float(np.mean([len(set(ours.indices[i]) & set(faiss_ids[i])) / K for i in range(0, args.users, 97)]))
+    row = {"items": m, "users": args.users, "warmstart_users_per_s": args.users / ours_s,
+           "warmstart_repeat_users_per_s": args.users / repeat_s,
+           "faiss_users_per_s": args.users / faiss_s, "topk_agreement_with_faiss": round(agree, 4),
+           f"warmstart_top{RANKER_N}_users_per_s": args.users / ranker_s,
+           f"faiss_top{RANKER_N}_users_per_s": args.users / faiss_ranker_s}
+    if not args.skip_als:
+        als_s, als_n = bench_als(args.als_users, m, args.threads, tmp)
+        row["als_users_per_s"] = als_n / als_s
+        row["als_users"] = als_n
+    set_bound(row, rate)                  # the first rate for the progress line; final in main
+    row["vs_faiss"] = row["warmstart_users_per_s"] / row["faiss_users_per_s"]
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -252,22 +277,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:     # ALS spill, the reader's table (~700 MB)
         for m in [int(x) for x in args.items.split(",")]:
-            items = rng.standard_normal((m, D), dtype=np.float32)
-            ours_s, ours = bench_ours(users, items, args.threads)
-            repeat_s, _ = bench_ours_with_repeat(users, items, args.threads)
-            faiss_s, (_, faiss_ids) = bench_faiss(users, items, args.threads)
-            agree = float(np.mean([len(set(ours.indices[i]) & set(faiss_ids[i])) / K for i in range(0, args.users, 97)]))
-            row = {"items": m, "users": args.users, "warmstart_users_per_s": args.users / ours_s,
-                   "warmstart_repeat_users_per_s": args.users / repeat_s,
-                   "faiss_users_per_s": args.users / faiss_s, "topk_agreement_with_faiss": round(agree, 4)}
-            if not args.skip_als:
-                als_s, als_n = bench_als(args.als_users, m, args.threads, tmp)
-                row["als_users_per_s"] = als_n / als_s
-                row["als_users"] = als_n
-            set_bound(row, rate)                  # the first rate for the progress line; final below
-            row["vs_faiss"] = row["warmstart_users_per_s"] / row["faiss_users_per_s"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(bench_size(users, rng.standard_normal((m, D), dtype=np.float32), args, rate, tmp))
+            print(json.dumps(rows[-1]), flush=True)
         rate_after = sgemm_rate(args.threads)
         rates, rate = (rate, rate_after), max(rate, rate_after)   # the bound uses the best rate this machine showed
         for row in rows:
@@ -320,6 +331,16 @@ def markdown(r) -> str:
         lines.append(f"| {row['items']:,} | {row['users']:,} | {row['warmstart_users_per_s']:,.0f} | {repeat} | "
                      f"{row['faiss_users_per_s']:,.0f} | {als} | {row['bound_users_per_s']:,.0f} | "
                      f"{row['share_of_bound']:.0%} | {row['vs_faiss']:.2f}x | {row['topk_agreement_with_faiss']:.4f} |")
+    deep = [row for row in r["rows"] if f"warmstart_top{RANKER_N}_users_per_s" in row]
+    if deep:
+        lines += ["", f"With the ranker on, the transformer's retrieval takes the top {RANKER_N} "
+                      "(`ranker.transformer_n`); the same users and items, same run:", "",
+                  f"| items | warmstart top-{RANKER_N} users/s | faiss top-{RANKER_N} users/s | warmstart / faiss "
+                  f"| top-{RANKER_N} / top-{r['k']} (warmstart) |", "|---:|---:|---:|---:|---:|"]
+        for row in deep:
+            ours, theirs = row[f"warmstart_top{RANKER_N}_users_per_s"], row[f"faiss_top{RANKER_N}_users_per_s"]
+            lines.append(f"| {row['items']:,} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x | "
+                         f"{ours / row['warmstart_users_per_s']:.2f} |")
     if r.get("reader"):
         lines += ["", *reader_markdown(r["reader"])]
     lines += ["", "warmstart + repeat head: the scoring job's path for a model with a repeat head "
