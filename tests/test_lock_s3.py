@@ -63,10 +63,38 @@ class S3Leases:
         return sorted(item["Key"].rsplit("/", 1)[1] for item in listed)
 
 
+def _one_request_at_a_time(server_class):
+    """moto's threaded server, its requests handled one at a time. moto checks a PUT's If-None-Match /
+    If-Match and then writes, without a lock between the two (moto/s3/responses.py), so two concurrent
+    conditional creates of one key can both succeed under load, as the eight racing runs of
+    tests/test_lock.py showed once in CI; S3's conditional writes are atomic. Serialising the app (not
+    the connections: boto3 keeps them alive) restores that."""
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    class Server(server_class):
+        def _server_entry(self) -> None:      # moto's own, with the app wrapped
+            app, guard = DomainDispatcherApplication(create_backend_app), threading.Lock()
+
+            def serialised(environ, start_response):
+                with guard:
+                    return list(app(environ, start_response))
+
+            self._server = make_server(self._ip_address, self._port, serialised, True,
+                                       request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """moto's S3 on a free loopback port, for the whole test run (each test gets its own bucket)."""
-    server = pytest.importorskip("moto.server").ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    threaded = pytest.importorskip("moto.server").ThreadedMotoServer
+    server = _one_request_at_a_time(threaded)(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
