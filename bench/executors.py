@@ -54,10 +54,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ranker-rounds", type=int, default=100)
     p.add_argument("--workdir", default=None, help="default: a temporary folder, removed at the end")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)   # internal: run one master, print its JSON
-    return p.parse_args(argv)
+    ns = p.parse_args(argv)
+    bad = [m for m in ns.masters.split(",") if not MASTER.match(m)]
+    if bad:
+        p.error(f"--masters: {', '.join(bad)} is not local[N] or standalone[N]")
+    if not re.fullmatch(r"\d+g", ns.executor_memory):
+        p.error(f"--executor-memory: {ns.executor_memory!r} is not a whole number of gigabytes (e.g. 3g)")
+    return ns
 
 
 STANDALONE = re.compile(r"standalone\[(\d+)\]$")
+MASTER = re.compile(r"(local|standalone)\[[1-9]\d*\]$")
 
 
 @contextlib.contextmanager
