@@ -25,8 +25,17 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup jars cds demo test test-fast clean airflow-env chromium
-setup: $(VENV)/.installed jars cds chromium airflow-env
+.PHONY: setup jars cds demo test test-fast clean airflow-env chromium tools
+setup: $(VENV)/.installed jars cds chromium airflow-env tools
+
+# Azurite, the Azure Blob emulator that tests/test_lock_azure.py runs the Azure run lock against (npm; 3.36 and
+# later need Node >= 21), in a project-local folder (.gitignore).
+AZURITE_VERSION := 3.35.0
+TOOLS_DIR       := .tools
+tools: $(TOOLS_DIR)/.azurite-$(AZURITE_VERSION)
+$(TOOLS_DIR)/.azurite-$(AZURITE_VERSION):
+	npm install -q --prefix $(TOOLS_DIR) --no-save --no-audit --no-fund azurite@$(AZURITE_VERSION)
+	touch $@
 
 # Airflow has its own virtualenv: its Spark provider pulls pyspark-client, which would break .venv's pyspark.
 AIRFLOW_VENV := .venv-airflow

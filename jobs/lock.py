@@ -18,9 +18,10 @@ that is itself created if absent, so of two runs that find the same stale lease 
 holder whose lease was taken over (it was frozen past its lease) finds out at its next heartbeat and is
 interrupted, as by Ctrl-C: tables stay at their last commit. The four storage steps are the
 :class:`LeaseStore` protocol: :class:`LocalStore` here for local and NFS lakes, ``S3Store``
-(jobs/lock_s3.py) for ``s3://``/``s3a://`` lakes, where each step is one conditional request (``PUT
+(jobs/lock_s3.py) for ``s3://``/``s3a://`` lakes and ``AzureStore`` (jobs/lock_azure.py) for
+``abfss://``/``abfs://``/``wasbs://`` lakes, where each step is one conditional request (``PUT
 If-None-Match: *``, ``PUT``/``DELETE If-Match: <etag>``). docs/operations.md ("Run locks") explains the
-choice of a lease object over a Delta-table lease, and what gs:// and abfss:// stores would use.
+choice of a lease object over a Delta-table lease, and why gs:// and hdfs:// lakes still run unlocked.
 """
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ class LockHeld(WarmstartError):
     exit_code = 1
 
 
+class LockStoreError(WarmstartError):
+    """An object store's bucket or container could not be reached or refused a request (credentials,
+    permissions, no such bucket)."""
+
+    exit_code = 1
+
+
 @dataclass(frozen=True)
 class Holder:
     """What a lease file says about the run that holds it."""
@@ -78,7 +86,8 @@ _FIELDS = set(Holder.__dataclass_fields__)
 
 class LeaseStore(Protocol):
     """The four storage operations a lease needs. On an object store each is one conditional request
-    (renew and delete after a GET that checks the token and reads the ETag): jobs/lock_s3.py."""
+    (renew and delete after a GET that checks the token and reads the ETag): jobs/lock_s3.py,
+    jobs/lock_azure.py."""
 
     def create(self, path: str, data: bytes) -> bool:
         """Write ``path`` only if it does not exist; False if it did (S3: PUT If-None-Match: *)."""
@@ -94,6 +103,30 @@ class LeaseStore(Protocol):
     def delete(self, path: str, token: str | None) -> bool:
         """Delete ``path`` if it still holds ``token`` (None: still unreadable); False otherwise (S3:
         DELETE If-Match: <etag>)."""
+
+
+class ObjectLeaseStore:
+    """What the object stores' lease steps share (jobs/lock_s3.py, jobs/lock_azure.py): each subclass gives
+    ``_put_if_absent`` (one conditional PUT; False when the object exists) and ``_get`` (body, ETag and
+    last heartbeat, or None), plus ``renew`` and ``delete``."""
+
+    def create(self, path: str, data: bytes) -> bool:
+        if self._put_if_absent(path, data):
+            return True
+        # The SDK retries a PUT whose answer was lost; if the first try landed, the retry is refused on our own
+        # lease. Its body holds our unique token, so an equal body is ours.
+        found = self._get(path)
+        return found is not None and found.body == data
+
+    def read(self, path: str) -> tuple[bytes, float] | None:
+        found = self._get(path)
+        return None if found is None else (found.body, found.renewed)
+
+    def _put_if_absent(self, path: str, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def _get(self, path: str):
+        raise NotImplementedError
 
 
 class LocalStore:
@@ -334,19 +367,25 @@ class RunLock:
 
 def lease_store(lake: str) -> LeaseStore | None:
     """The lease store for ``lake``'s scheme: local paths get lease files, ``s3://`` and ``s3a://``
-    conditional requests (jobs/lock_s3.py); None for the schemes that have no store yet."""
+    conditional requests on S3 (jobs/lock_s3.py), ``abfss://``, ``abfs://``, ``wasbs://`` and ``wasb://``
+    on Azure Blob Storage (jobs/lock_azure.py); None for the schemes that have no store yet."""
     if not is_remote(lake):
         return LocalStore()
-    if lake.split("://", 1)[0].lower() in ("s3", "s3a"):
+    scheme = lake.split("://", 1)[0].lower()
+    if scheme in ("s3", "s3a"):
         from jobs.lock_s3 import S3Store
 
         return S3Store()
+    if scheme in ("abfss", "abfs", "wasbs", "wasb"):
+        from jobs.lock_azure import AzureStore
+
+        return AzureStore()
     return None
 
 
 def run_lock(lake: str, resource: str, run_id: str, wait_s: float = 0.0) -> RunLock | None:
     """The lock a job takes, or None where the lake's scheme has no lease store yet (``gs://``,
-    ``abfss://``, ``hdfs://``: docs/operations.md says which conditional requests theirs would use)."""
+    ``hdfs://``: docs/operations.md says why, and which conditional requests theirs would use)."""
     store = lease_store(lake)
     if store is None:
         log.warning("run locks are not implemented for %s lakes yet: this run is not protected from a "

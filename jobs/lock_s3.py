@@ -20,20 +20,14 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
-from jobs.lock import _token
-from jobs.runtime import UsageError, WarmstartError
+from jobs.lock import LockStoreError, ObjectLeaseStore, _token
+from jobs.runtime import UsageError
 
 SCHEMES = ("s3", "s3a")
 
 # What S3 answers when a request's condition does not hold: 412 (the ETag differs, or the key exists for
 # If-None-Match), 409 (a concurrent conditional write to the same key won), 404 (the key is gone).
 _CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"}
-
-
-class LockStoreError(WarmstartError):
-    """The bucket could not be reached or refused a request (credentials, permissions, no such bucket)."""
-
-    exit_code = 1
 
 
 class _Lease(NamedTuple):
@@ -62,24 +56,15 @@ def s3_client() -> Any:
     return boto3.session.Session().client("s3", config=Config(connect_timeout=10, read_timeout=20))
 
 
-class S3Store:
+class S3Store(ObjectLeaseStore):
     """Lease objects in an S3 bucket, every write conditional on what the last read saw."""
 
     def __init__(self, client: Any = None):
         self.client = client if client is not None else s3_client()
 
-    def create(self, path: str, data: bytes) -> bool:
+    def _put_if_absent(self, path: str, data: bytes) -> bool:
         bucket, key = s3_location(path)
-        if self._request("put_object", path, Bucket=bucket, Key=key, Body=data, IfNoneMatch="*") is not None:
-            return True
-        # botocore retries a PUT whose answer was lost; if the first try landed, the retry gets 412 on our own
-        # lease. Its body holds our unique token, so an equal body is ours.
-        found = self._get(path)
-        return found is not None and found.body == data
-
-    def read(self, path: str) -> tuple[bytes, float] | None:
-        found = self._get(path)
-        return None if found is None else (found.body, found.renewed)
+        return self._request("put_object", path, Bucket=bucket, Key=key, Body=data, IfNoneMatch="*") is not None
 
     def renew(self, path: str, token: str) -> bool:
         bucket, key = s3_location(path)

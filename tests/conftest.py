@@ -93,6 +93,18 @@ standalone = load_script(REPO / "infra" / "spark" / "standalone.py", "standalone
 free_port = standalone.free_port   # a TCP port free on loopback, for the clusters the slow tests start
 
 
+def toy_lock_job(lake: str, tmp_path, monkeypatch) -> int:
+    """A job that only takes the run lock of ``lake`` (no Spark), run through ``runtime.run_job``: its exit
+    code (the one-line failures of the object-store locks)."""
+    from jobs import runtime
+
+    monkeypatch.setenv("WARMSTART_LOG_DIR", str(tmp_path / "logs"))
+    parser = runtime.job_parser("toy", "a toy job")
+    parser.add_argument("--run-date", type=runtime.parse_date, required=True)
+    return runtime.run_job("toy", parser, lambda ns, common: common, lambda args: {}, ["--lake", lake, "--run-date",
+                           "2024-01-31"], needs_spark=False, lock=True)
+
+
 @pytest.fixture(scope="session")
 def retail_dir() -> Path:
     if not RETAIL.is_dir():

@@ -3,8 +3,9 @@ a lease whose holder is dead (a SIGKILLed process, a pid that is gone) or silent
 host) is taken over, by exactly one of the runs that find it; the heartbeat keeps a long run's lease;
 a holder whose lease was taken over finds out; and `run_job` puts it together (exit 1, one line).
 
-Each scenario that touches a lease runs on both stores: ``[local]`` lease files, ``[s3]`` lease objects
-on moto's S3 (tests/test_lock_s3.py, which also has what only S3 has)."""
+Each scenario that touches a lease runs on every store: ``[local]`` lease files, ``[s3]`` lease objects
+on moto's S3 (tests/test_lock_s3.py, which also has what only S3 has), ``[azure]`` lease blobs on
+Azurite (tests/test_lock_azure.py, likewise)."""
 from __future__ import annotations
 
 import json
@@ -16,12 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from jobs import lock, runtime
+from test_lock_azure import azure_leases, azurite  # noqa: F401 - fixtures, for the [azure] cases of `leases`
 from test_lock_s3 import moto_endpoint, s3_leases  # noqa: F401 - fixtures, for the [s3] cases of `leases`
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +33,7 @@ RESOURCE = "nightly-2024-01-31"
 
 class LocalLeases:
     """A lake on the local disk, and its lease files as the tests look at and arrange them (the local
-    side of tests/test_lock_s3.py's ``S3Leases``)."""
+    side of tests/test_lock_s3.py's ``S3Leases`` and tests/test_lock_azure.py's ``AzureLeases``)."""
 
     short_lease_s = 0.4             # the mtime has sub-second resolution
 
@@ -57,10 +60,12 @@ class LocalLeases:
         return sorted(p.name for p in locks.iterdir()) if locks.is_dir() else []
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "azure"])
 def leases(request, tmp_path):
-    """The lake and its leases, on the local disk or on (moto's) S3."""
-    return LocalLeases(tmp_path / "lake") if request.param == "local" else request.getfixturevalue("s3_leases")
+    """The lake and its leases, on the local disk, on (moto's) S3 or on (Azurite's) Azure Blob Storage."""
+    if request.param == "local":
+        return LocalLeases(tmp_path / "lake")
+    return request.getfixturevalue(f"{request.param}_leases")
 
 
 def _run_lock(leases, run_id: str, resource: str = RESOURCE, **options) -> lock.RunLock:
@@ -319,3 +324,83 @@ def test_a_crashed_run_still_releases_its_lock(leases, tmp_path, monkeypatch):
     assert _job(argv, boom) == 1
     assert leases.names() == []
     assert _job(argv) == 0
+
+
+# What the object stores share: each step one conditional request on what the last read saw, and the
+# heartbeat's age on the server's clock (each store's own failures are in its test file).
+
+@dataclass(frozen=True)
+class ObjectStore:
+    leases: object          # S3Leases or AzureLeases
+    module: object          # jobs.lock_s3 or jobs.lock_azure
+    store: type             # its LeaseStore class
+
+
+@pytest.fixture(params=["s3", "azure"])
+def object_store(request):
+    from jobs import lock_azure, lock_s3
+
+    module, store = {"s3": (lock_s3, lock_s3.S3Store), "azure": (lock_azure, lock_azure.AzureStore)}[request.param]
+    return ObjectStore(request.getfixturevalue(f"{request.param}_leases"), module, store)
+
+
+def _lease(token: str, run_id: str = "run-1") -> bytes:
+    return json.dumps({"resource": RESOURCE, "token": token, "run_id": run_id, "host": "worker-7", "pid": 4242,
+                       "since": "2024-02-01T02:00:00Z", "lease_s": 60.0}).encode()
+
+
+def test_each_step_is_a_conditional_request(object_store):
+    leases, store = object_store.leases, object_store.store()
+    path = leases.path()
+    assert store.create(path, _lease("t-1")) is True
+    assert store.create(path, _lease("t-2")) is False                 # If-None-Match: * refused it
+    assert leases.read(path) == _lease("t-1")
+    assert store.renew(path, "t-2") is False and store.delete(path, "t-2") is False   # not t-2's lease
+    assert store.renew(path, "t-1") is True and leases.read(path) == _lease("t-1")
+    assert store.delete(path, "t-1") is True and leases.read(path) is None
+    assert store.read(path) is None
+    assert store.renew(path, "t-1") is False and store.delete(path, "t-1") is False   # gone
+
+
+def test_a_lease_replaced_between_the_read_and_the_write_is_left_alone(object_store):
+    """Another run re-takes the lease between the read and the conditional write or delete: the ETag the
+    read saw no longer matches, the store answers 412, and the new lease stays as it is."""
+    leases = object_store.leases
+    path = leases.path()
+
+    class RacedStore(object_store.store):
+        def _get(self, lease_path):
+            seen = super()._get(lease_path)
+            if seen is not None and json.loads(seen.body)["token"] == "t-1":
+                leases.write(path, _lease("t-3", run_id="run-3"))         # in between: released and re-taken
+            return seen
+
+    store = RacedStore()
+    for step in (store.renew, store.delete):
+        leases.write(path, _lease("t-1"))
+        assert step(path, "t-1") is False
+        assert leases.read(path) == _lease("t-3", run_id="run-3")
+
+
+def test_a_create_whose_first_try_landed_is_ours(object_store):
+    """The SDK retries a PUT whose answer was lost; the retry's refusal is on the lease the first try wrote."""
+    path = object_store.leases.path()
+    object_store.leases.write(path, _lease("t-1"))
+    assert object_store.store().create(path, _lease("t-1")) is True
+    assert object_store.store().create(path, _lease("t-9")) is False
+
+
+def test_the_heartbeat_age_is_the_servers_whatever_this_hosts_clock_says(object_store, monkeypatch):
+    leases = object_store.leases
+    path = leases.path()
+    leases.write(path, _lease("t-1"))
+    leases.age(path, 61)
+    real_time = time.time
+    aged_at = real_time()
+    for skew in (-3600, 0, 3600):                     # this host's clock an hour behind, right, an hour ahead
+        monkeypatch.setattr(object_store.module, "time", types.SimpleNamespace(time=lambda: real_time() + skew))
+        body, renewed = object_store.store().read(path)
+        assert body == _lease("t-1")
+        # what RunLock computes: the server's age, 61 s plus up to a second of its whole-second times, plus
+        # the time this loop has taken (on a loaded machine S3 once gave 63.0)
+        assert 61 <= real_time() + skew - renewed < 63 + (real_time() - aged_at), skew

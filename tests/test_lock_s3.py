@@ -3,21 +3,20 @@
 ignore the DELETE condition). No real bucket is reached.
 
 Every scenario of tests/test_lock.py (refused, waits, stale takeover, the race for a stale lease, the
-heartbeat, a taken-over holder, a SIGKILLed holder, run_job) runs on both stores: its ``leases``
-fixture gives :class:`S3Leases` here for the ``[s3]`` cases. This file holds what only S3 has: each
-request conditional on the ETag the last read saw, the heartbeat's age on the server's clock, the
-bucket/key mapping, and the one-line failures (no boto3, no bucket)."""
+heartbeat, a taken-over holder, a SIGKILLed holder, run_job) runs on every store: its ``leases``
+fixture gives :class:`S3Leases` here for the ``[s3]`` cases, and its ``object_store`` tests (each
+request conditional on the ETag the last read saw, the heartbeat's age on the server's clock) run on S3
+and Azure. This file holds what only S3 has: the bucket/key mapping and the one-line failures (no boto3,
+no bucket)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
-import time
-import types
 import uuid
 
 import pytest
 
+from conftest import toy_lock_job
 from jobs import lock, lock_s3, runtime
 
 RESOURCE = "nightly-2024-01-31"
@@ -116,62 +115,6 @@ def s3_leases(moto_endpoint, monkeypatch) -> S3Leases:
     return S3Leases(client, bucket)
 
 
-def _lease(token: str, run_id: str = "run-1") -> bytes:
-    return json.dumps({"resource": RESOURCE, "token": token, "run_id": run_id, "host": "worker-7", "pid": 4242,
-                       "since": "2024-02-01T02:00:00Z", "lease_s": 60.0}).encode()
-
-
-def test_each_step_is_a_conditional_request(s3_leases):
-    store, path = lock_s3.S3Store(), s3_leases.path()
-    assert store.create(path, _lease("t-1")) is True
-    assert store.create(path, _lease("t-2")) is False                 # If-None-Match: * refused it
-    assert s3_leases.read(path) == _lease("t-1")
-    assert store.renew(path, "t-2") is False and store.delete(path, "t-2") is False   # not t-2's lease
-    assert store.renew(path, "t-1") is True and s3_leases.read(path) == _lease("t-1")
-    assert store.delete(path, "t-1") is True and s3_leases.read(path) is None
-    assert store.read(path) is None
-    assert store.renew(path, "t-1") is False and store.delete(path, "t-1") is False   # gone
-
-
-def test_a_lease_replaced_between_the_read_and_the_write_is_left_alone(s3_leases):
-    """Another run re-takes the lease between the GET and the conditional PUT or DELETE: the ETag the
-    GET saw no longer matches, S3 answers 412, and the new lease stays as it is."""
-    path = s3_leases.path()
-
-    class RacedStore(lock_s3.S3Store):
-        def _get(self, lease_path):
-            seen = super()._get(lease_path)
-            if seen is not None and json.loads(seen.body)["token"] == "t-1":
-                s3_leases.write(path, _lease("t-3", run_id="run-3"))      # in between: released and re-taken
-            return seen
-
-    store = RacedStore()
-    for step in (store.renew, store.delete):
-        s3_leases.write(path, _lease("t-1"))
-        assert step(path, "t-1") is False
-        assert s3_leases.read(path) == _lease("t-3", run_id="run-3")
-
-
-def test_a_create_whose_first_try_landed_is_ours(s3_leases):
-    """botocore retries a PUT whose answer was lost; the retry's 412 is on the lease the first try wrote."""
-    path = s3_leases.path()
-    s3_leases.write(path, _lease("t-1"))
-    assert lock_s3.S3Store().create(path, _lease("t-1")) is True
-    assert lock_s3.S3Store().create(path, _lease("t-9")) is False
-
-
-def test_the_heartbeat_age_is_the_servers_whatever_this_hosts_clock_says(s3_leases, monkeypatch):
-    path = s3_leases.path()
-    s3_leases.write(path, _lease("t-1"))
-    s3_leases.age(path, 61)
-    real_time = time.time
-    for skew in (-3600, 0, 3600):                     # this host's clock an hour behind, right, an hour ahead
-        monkeypatch.setattr(lock_s3, "time", types.SimpleNamespace(time=lambda: real_time() + skew))
-        body, renewed = lock_s3.S3Store().read(path)
-        assert body == _lease("t-1")
-        assert 61 <= real_time() + skew - renewed < 63, skew   # what RunLock computes: the server's age
-
-
 def test_lake_paths_map_to_bucket_and_key():
     assert lock_s3.s3_location("s3a://lakes/prod/_locks/n.lock") == ("lakes", "prod/_locks/n.lock")
     assert lock_s3.s3_location("s3://lakes/_locks/n.lock") == ("lakes", "_locks/n.lock")
@@ -184,28 +127,20 @@ def test_run_lock_picks_the_store_from_the_scheme(s3_leases, tmp_path, caplog):
     assert isinstance(lock.run_lock(str(tmp_path), RESOURCE, "run-1").store, lock.LocalStore)
     for lake in (s3_leases.lake, s3_leases.lake.replace("s3a://", "s3://")):
         assert isinstance(lock.run_lock(lake, RESOURCE, "run-1").store, lock_s3.S3Store)
-    for lake in ("gs://lakes/prod", "abfss://lake@account.dfs.core.windows.net/prod"):
+    for lake in ("gs://lakes/prod", "hdfs://namenode/lakes/prod"):    # abfss:// and the like: test_lock_azure.py
         assert lock.run_lock(lake, RESOURCE, "run-1") is None
         assert f"run locks are not implemented for {lake.split(':')[0]} lakes yet" in caplog.text
 
 
-def _toy_job(lake: str, tmp_path, monkeypatch) -> int:
-    monkeypatch.setenv("WARMSTART_LOG_DIR", str(tmp_path / "logs"))
-    parser = runtime.job_parser("toy", "a toy job")
-    parser.add_argument("--run-date", type=runtime.parse_date, required=True)
-    return runtime.run_job("toy", parser, lambda ns, common: common, lambda args: {}, ["--lake", lake, "--run-date",
-                           "2024-01-31"], needs_spark=False, lock=True)
-
-
 def test_an_s3_lake_without_boto3_ends_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "boto3", None)                   # import boto3 raises ImportError
-    assert _toy_job("s3a://lakes/prod", tmp_path, monkeypatch) == 2
+    assert toy_lock_job("s3a://lakes/prod", tmp_path, monkeypatch) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "warmstart toy: run locks on S3 lakes need boto3: pip install 'warmstart[s3]'"]
 
 
 def test_a_missing_bucket_ends_with_one_line(s3_leases, tmp_path, monkeypatch, capsys):
-    assert _toy_job("s3a://no-such-bucket-here/prod", tmp_path, monkeypatch) == 1
+    assert toy_lock_job("s3a://no-such-bucket-here/prod", tmp_path, monkeypatch) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "warmstart toy: run lock s3a://no-such-bucket-here/prod/_locks/toy-2024-01-31.lock: put_object failed: "
         "NoSuchBucket"]
