@@ -416,7 +416,7 @@ def _parts_table(parts: dict) -> list[str]:
 
 
 # How the ranked score attached the features: runs made before ranking.NightLookup say so in their rows.
-FEATURE_JOIN = "arrays, collected once a night (ranking.NightLookup)"
+FEATURE_JOIN = "arrays collected once a night, joined into one reused block; inplace_predict"
 EARLIER_JOIN = "Spark as-of join per 5,000-user chunk (before 5cb837d)"
 
 

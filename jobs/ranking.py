@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -70,19 +70,25 @@ def tune_tifu(validation: B.Night, k: int) -> H.TifuKnnParams:
 def night_frames(spark: SparkSession, lake_root: str, nights: dict[dt.date, B.Night], catalogue: list[str],
                  transformer_rows: TransformerRows, tifu: H.TifuKnnParams, pools_: R.Pools,
                  rows: dict[dt.date, np.ndarray] | None = None,
-                 lookups: dict[dt.date, NightLookup] | None = None) -> dict[dt.date, NightFrame]:
+                 lookups: dict[dt.date, NightLookup] | None = None,
+                 fitted: dict[dt.date, tuple[Any, H.TifuPool]] | None = None,
+                 reuse: bool = False) -> dict[dt.date, NightFrame]:
     """The candidates of every night's judged users (or of ``rows[d]``, pool rows) with labels and
     features: from ``lookups[d]`` when given (the ranked score builds one a night for all its chunks),
-    else from a :class:`NightLookup` collected here."""
+    else from a :class:`NightLookup` collected here. ``fitted[d]``: the night's co-occurrence model and
+    TIFU-KNN pool (:func:`fit_retrievers`), likewise shared by a caller's chunks; fitted here otherwise.
+    ``reuse``: the lookups' feature block is reused (``NightLookup.attach``): the caller is done with the
+    previous call's frames."""
     frames = {}
     for d, night in sorted(nights.items()):
         transformer = _transformer_frame(transformer_rows(d), night, catalogue)
         wanted = night.evaluated if rows is None or d not in rows else rows[d]
-        frame = R.candidates(night, wanted, transformer=transformer, tifu=tifu,
-                             cooccurrence=R.cooccurrence_model(night), pools=pools_)
+        cooccurrence, tifu_pool = fitted[d] if fitted and d in fitted else fit_retrievers(night, tifu)
+        frame = R.candidates(night, wanted, transformer=transformer, tifu=tifu, cooccurrence=cooccurrence,
+                             pools=pools_, tifu_pool=tifu_pool)
         frames[d] = frame.assign(label=R.labels(frame, night))
         log.info("ranker night %s: %d users, %d candidates", d, len(night.evaluated), len(frame))
-    attached = {d: lookups[d].attach(f, nights[d].user_ids) for d, f in frames.items()} if lookups else \
+    attached = {d: lookups[d].attach(f, nights[d].user_ids, reuse=reuse) for d, f in frames.items()} if lookups else \
         attach_features(spark, lake_root, {d: (nights[d], f) for d, f in frames.items()}, catalogue)
     out, qid = {}, 0
     for d in sorted(frames):
@@ -91,6 +97,11 @@ def night_frames(spark: SparkSession, lake_root: str, nights: dict[dt.date, B.Ni
         qid = int(f["qid"].max()) + 1 if len(f) else qid
         out[d] = NightFrame(nights[d], f)
     return out
+
+
+def fit_retrievers(night: B.Night, tifu: H.TifuKnnParams) -> tuple[Any, H.TifuPool]:
+    """The night's item co-occurrence model and TIFU-KNN pool, fitted on every pool user's history."""
+    return R.cooccurrence_model(night), H.tifu_pool(night.baskets, night.num_items, tifu)
 
 
 def _transformer_frame(rows: pd.DataFrame | None, night: B.Night, catalogue: list[str]) -> pd.DataFrame | None:
@@ -136,27 +147,50 @@ class NightLookup:
     pair_stats: dict[str, np.ndarray]    # aligned with pair_keys: events, baskets, days since last purchase
     category_keys: np.ndarray       # sorted user * C + category code
     category_purchases: np.ndarray  # aligned with category_keys
+    _buffer: np.ndarray | None = field(default=None, repr=False)   # attach(reuse=True)'s feature block
 
-    def attach(self, frame: pd.DataFrame, night_users: np.ndarray) -> pd.DataFrame:
+    def attach(self, frame: pd.DataFrame, night_users: np.ndarray, reuse: bool = False) -> pd.DataFrame:
         """``frame`` (``row`` into ``night_users``, ``item`` into the catalogue, anything else) with the
-        user x item, user and item columns, sorted by (row, item) like the Spark join's output."""
+        user x item, user and item columns, sorted by (row, item) like the Spark join's output. ``reuse``:
+        the feature columns go into the block the last ``reuse`` call filled (a caller that is done with
+        that frame: the ranked score's chunks), not a new one."""
         user = self.users.get_indexer(night_users.astype(str))[frame["row"].to_numpy(np.int64)]
         if (user < 0).any():
             raise ValueError(f"NightLookup({self.as_of}) lacks {int((user < 0).sum())} candidate rows' users")
         item = frame["item"].to_numpy(np.int64)
-        columns = {c: frame[c].to_numpy() for c in frame.columns}
-        columns.update(self._user_item(user, item))
-        columns.update({c: v[user] for c, v in _arrays(self.user_features).items()})
-        columns.update({c: v[item] for c, v in _arrays(self.item_features).items()})
-        out = pd.DataFrame(columns)
+        ui = self._user_item(user, item)
+        names = [*ui, *self.user_features.columns, *self.item_features.columns]
+        # One float32 block filled a column at a time (each column contiguous), put beside the candidates without
+        # a copy. A DataFrame built from ~110 arrays, or a copy of one (reset_index), merges its blocks into new
+        # arrays of ~1 GB per 5,000 users: that was most of the join's time (numpy asks for huge pages for such
+        # arrays, and a host whose memory is fragmented compacts it first).
+        block = self._block(len(frame), len(names), reuse)
+        for j, values in enumerate(ui.values()):
+            block[:, j] = values
+        for j, (source, at) in enumerate([*((v, user) for v in _arrays(self.user_features).values()),
+                                          *((v, item) for v in _arrays(self.item_features).values())], len(ui)):
+            block[:, j] = source[at]
+        plain = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
+        out = pd.concat([frame if plain else frame.reset_index(drop=True),
+                         pd.DataFrame(block, columns=names, copy=False)], axis=1, copy=False)
         key = frame["row"].to_numpy(np.int64) * len(self.item_features) + item
         if len(key) and not (np.diff(key) > 0).all():      # the retrievers' union comes sorted: no copy then
-            out = out.sort_values(["row", "item"], kind="stable")
-        return out.reset_index(drop=True)
+            out = out.sort_values(["row", "item"], kind="stable").reset_index(drop=True)
+        return out
+
+    def _block(self, rows: int, columns: int, reuse: bool) -> np.ndarray:
+        """A (rows, columns) float32 block, column-major; with ``reuse`` the previous one's memory where it
+        is large enough (fresh arrays of this size are slow to fault in on a host short of huge pages)."""
+        if not reuse:
+            return np.empty((rows, columns), np.float32, order="F")
+        if self._buffer is None or self._buffer.shape[0] < rows or self._buffer.shape[1] != columns:
+            self._buffer = np.empty((rows, columns), np.float32, order="F")
+        return self._buffer[:rows]
 
     def _user_item(self, user: np.ndarray, item: np.ndarray) -> dict[str, np.ndarray]:
         n_items, n_categories = len(self.item_features), int(self.item_stats["category"].max(initial=-1)) + 2
-        events, baskets, days = (_value_at(user * n_items + item, self.pair_keys, self.pair_stats[c])
+        at, found = _positions(user * n_items + item, self.pair_keys)
+        events, baskets, days = (_at(self.pair_stats[c], at, found)
                                  for c in ("events", "baskets", "days_since_last_purchase"))
         category = self.item_stats["category"][item]
         in_category = np.where(category >= 0, np.nan_to_num(
@@ -176,6 +210,22 @@ class NightLookup:
                 "item_buyers": np.nan_to_num(buyers),
             }
         return {c: v.astype(np.float32) for c, v in values.items()}     # as _numeric casts the Spark side
+
+
+def _positions(keys: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``known``, found) of each key; ``known`` sorted and unique. One search serves every
+    column aligned with ``known``."""
+    if not len(known):
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+    at = np.searchsorted(known, keys).clip(max=len(known) - 1)
+    return at, known[at] == keys
+
+
+def _at(values: np.ndarray, at: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """values[at] where found, NaN elsewhere (float64)."""
+    out = np.full(len(at), np.nan)
+    out[found] = values[at[found]]
+    return out
 
 
 def _value_at(keys: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -331,7 +381,7 @@ def _fit_inputs(frames: dict[dt.date, NightFrame], d: dt.date, cfg: RankerConfig
 
 
 def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: pd.DataFrame, ranker,
-               k: int, chunk_users: int = 5_000) -> pd.DataFrame:
+               k: int, chunk_users: int = 1_024) -> pd.DataFrame:
     """The scorer's rows (``user_id, rank, item_id, score, strategy``, the transformer's top N per user)
     re-ranked for night D: every user the model scored who bought something before the cut-off gets its
     top ``k`` of the ranker's candidates (strategy ``ranker``, score = the ranker's); others get nothing
@@ -342,16 +392,22 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
     catalogue, recommendable, purchases, _ = read_purchases(spark, lake_root, config, through=d)
     night = B.night(purchases, d, 1, recommendable)
     model_rows = scored[scored["strategy"] == MODEL]
-    rows = np.flatnonzero(pd.Index(night.user_ids).isin(set(model_rows["user_id"])))
+    pool_row = pd.Index(night.user_ids).get_indexer(model_rows["user_id"])
+    model_rows = model_rows.iloc[np.argsort(pool_row, kind="stable")]      # each chunk's rows one slice
+    pool_row = np.sort(pool_row)
+    rows = np.unique(pool_row[pool_row >= 0])
     lookup = {d: night_lookup(spark, lake_root, d, night.user_ids[rows], catalogue)}
+    fitted = {d: fit_retrievers(night, ranker.tifu)}
     out = []
     with Progress(f"rank users of {d}", len(rows), "users") as progress:
-        for start in range(0, len(rows), chunk_users):     # bounds the driver: ~350 candidates x ~120 columns a user
+        # ~380 candidates x ~120 columns a user: 1,024 users make a ~170 MB feature block, reused chunk after
+        # chunk, as are the night's lookup and fitted retrievers.
+        for start in range(0, len(rows), chunk_users):
             part = rows[start:start + chunk_users]
-            mine = model_rows[model_rows["user_id"].isin(set(night.user_ids[part]))]
+            mine = model_rows.iloc[np.searchsorted(pool_row, part[0]):np.searchsorted(pool_row, part[-1], "right")]
             transformer = mine if "transformer" in ranker.retrievers else None
             frame = night_frames(spark, lake_root, {d: night}, catalogue, lambda _: transformer, ranker.tifu,
-                                 ranker.pools, rows={d: part}, lookups=lookup)[d].frame
+                                 ranker.pools, rows={d: part}, lookups=lookup, fitted=fitted, reuse=True)[d].frame
             missing = sorted(set(ranker.features) - set(frame.columns))
             if missing:
                 raise RuntimeError(f"ranker {ranker.name}/{ranker.version} wants features the lake does not give: "

@@ -82,3 +82,19 @@ def test_tuning_picks_the_validation_best_and_records_every_point():
     tuned = B.tune("toy", scorer, n, [{"w": 1.0}, {"w": 4.0}, {"w": 8.0}], k=3)
     assert tuned.params == {"w": 4.0}                                # the first of the tied best
     assert tuned.validation_ndcg10 == {"w=1.0": pytest.approx(1 / np.log2(3)), "w=4.0": 1.0, "w=8.0": 1.0}
+
+
+def test_baskets_as_a_groupby_per_user_and_timestamp_would_make_them():
+    rng = np.random.default_rng(5)
+    n = 3_000
+    events = pd.DataFrame({"user_id": rng.choice([f"u{i:03d}" for i in range(300)], n).astype(object),
+                           "event_ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 30, n), unit="D"),
+                           "item": rng.integers(0, 20, n)})              # repeats inside baskets, shared timestamps
+    baskets, users = B._baskets(events)
+    expected_users = sorted(events["user_id"].unique())
+    assert list(users) == expected_users
+    for user, got in zip(expected_users, baskets):
+        mine = events[events["user_id"] == user]
+        expected = [np.unique(g.to_numpy()) for _, g in mine.groupby("event_ts", sort=True)["item"]]
+        assert len(got) == len(expected) and all(np.array_equal(x, y) for x, y in zip(got, expected)), user
+    assert B._baskets(events.iloc[:0])[0] == []

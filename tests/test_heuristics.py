@@ -292,3 +292,21 @@ def test_tifu_knn_matches_the_reference_steps_on_random_nights(seed):
     expected = params.alpha * expected_vectors + (1 - params.alpha) * expected_vectors[nearest].mean(axis=1)
     got = H.tifu_knn_scores(baskets, V, params, block_users=7)
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_nearest_neighbours_equal_a_full_sort_with_many_ties(seed, exclude_self):
+    # small integer vectors over few items: many rows at equal distances, and twins
+    rng = np.random.default_rng(seed)
+    pool = sparse.random(80, 6, density=0.3, random_state=seed, data_rvs=lambda n: rng.integers(1, 3, n)).tocsr()
+    queries = rng.choice(80, 30, replace=False)
+    k = int(rng.integers(1, 40))
+    dense = pool.toarray()
+    d = ((dense[queries][:, None, :] - dense[None, :, :]) ** 2).sum(-1)
+    d[np.arange(30), queries] = np.inf if exclude_self else 0.0     # 0: ahead of a twin with a higher row only
+    expected = np.lexsort((np.broadcast_to(np.arange(80), d.shape), d), axis=1)[:, :k]
+    rows, dist = H.nearest_neighbours(pool[queries], pool, k, self_row=queries, exclude_self=exclude_self,
+                                      block_rows=7)
+    assert rows.tolist() == expected.tolist()
+    assert dist == pytest.approx(np.sqrt(np.maximum(np.take_along_axis(d, expected, axis=1), 0.0)))

@@ -106,3 +106,19 @@ def test_fit_learns_a_planted_signal_and_early_stops_on_the_validation_night():
     gains = dict(R.importances(booster))
     assert set(gains) <= {"signal", "noise"} and sum(gains.values()) == pytest.approx(1.0, abs=1e-3)
     assert R.importances(booster)[0][0] == "signal" and gains["signal"] > 0.5
+
+
+def test_predict_scores_as_a_dmatrix_would_and_refuses_other_features():
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"row": np.repeat(np.arange(50), 8), "item": np.tile(np.arange(8), 50),
+                          "a": rng.normal(size=400).astype(np.float32), "b": rng.normal(size=400)})
+    frame.loc[rng.random(400) < 0.3, "b"] = np.nan          # nulls stay missing values
+    frame["qid"], frame["label"] = frame["row"], (frame["a"] > 0.8).astype(np.float32)
+    booster, _ = R.fit(frame, frame, ["a", "b"], R.TreeParams(max_rounds=5, early_stopping_rounds=5))
+    reference = booster.predict(xgb.DMatrix(frame[["a", "b"]].astype(np.float32), missing=np.nan,
+                                            feature_names=["a", "b"]))
+    assert np.array_equal(R.predict(booster, frame, ["a", "b"]), reference)
+    with pytest.raises(ValueError, match="other features"):
+        R.predict(booster, frame, ["b", "a"])                  # same columns, the wrong order

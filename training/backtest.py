@@ -75,13 +75,20 @@ def night(purchases: pd.DataFrame, as_of: dt.date, horizon_days: int, recommenda
 
 
 def _baskets(events: pd.DataFrame) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Each user's baskets (sorted unique items per timestamp, oldest first), users in sorted order: one
+    sort, then the boundaries found in arrays (a groupby per user and basket took 31 s at 100,000 users)."""
     ordered = events.sort_values(["user_id", "event_ts", "item"], kind="stable")
-    out: list[list[np.ndarray]] = []
-    users = []
-    for user, rows in ordered.groupby("user_id", sort=True):
-        users.append(user)
-        out.append([np.unique(g.to_numpy()) for _, g in rows.groupby("event_ts", sort=True)["item"]])
-    return out, np.asarray(users, dtype=object)
+    user, ts, item = (ordered[c].to_numpy() for c in ("user_id", "event_ts", "item"))
+    new_user = np.r_[True, user[1:] != user[:-1]] if len(user) else np.zeros(0, bool)
+    new_basket = new_user | np.r_[True, ts[1:] != ts[:-1]] if len(user) else new_user
+    repeat = ~new_basket & np.r_[False, item[1:] == item[:-1]] if len(user) else new_user
+    keep = ~repeat                                      # an item twice in one basket counts once
+    item, new_user, new_basket = item[keep], new_user[keep], new_basket[keep]
+    baskets = np.split(item, np.flatnonzero(new_basket)[1:])
+    first = np.cumsum(new_basket)[np.flatnonzero(new_user)] - 1            # each user's first basket
+    bounds = np.r_[first, len(baskets)]
+    out = [baskets[bounds[u]:bounds[u + 1]] for u in range(len(first))]
+    return out, np.asarray(user[keep][new_user], dtype=object)
 
 
 def top_lists(scores: np.ndarray, k: int, allowed: np.ndarray,

@@ -270,27 +270,47 @@ def nearest_neighbours(query: sparse.csr_matrix, pool: sparse.csr_matrix, k: int
 
 
 def _k_smallest(d: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row the k smallest entries, sorted, equal values to the lower column: argpartition finds the
-    k-th value; everything below it is in, and the ties at it are filled from the left."""
+    """Per row the k smallest entries, sorted, equal values to the lower column: a partition finds each
+    row's k-th value; the entries at or below it (k plus any ties) are sorted by (value, column) and the
+    first k kept. Three passes over the (B, n_p) block, the rest on ~k entries a row."""
     B = d.shape[0]
-    kth = np.take_along_axis(d, np.argpartition(d, k - 1, axis=1)[:, k - 1:k], axis=1)   # (B, 1)
-    below = d < kth
-    at = d == kth
-    need = k - below.sum(axis=1, keepdims=True)
-    chosen = below | (at & (np.cumsum(at, axis=1) <= need))
-    cols = np.nonzero(chosen)[1].reshape(B, k)                             # ascending columns per row
-    vals = np.take_along_axis(d, cols, axis=1)
-    order = np.argsort(vals, axis=1, kind="stable")                        # stable: ties keep lower column
-    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]                       # (B, 1)
+    row, col = np.nonzero(d <= kth)                                        # row-major: columns ascending
+    val = d[row, col]
+    order = np.lexsort((col, val, row))
+    row, col, val = row[order], col[order], val[order]
+    first = np.searchsorted(row, np.arange(B))
+    at = first[:, None] + np.arange(k)[None, :]                            # every row has >= k entries
+    return col[at].astype(np.int64), val[at]
+
+
+@dataclass(frozen=True)
+class TifuPool:
+    """Every user's TIFU vector and the neighbour pool (the users with a basket): what each call of
+    :func:`tifu_knn_scores` on one night's baskets and parameters shares (the ranker scores a night's
+    users in chunks)."""
+    vectors: sparse.csr_matrix      # (n_users, V)
+    pool: sparse.csr_matrix         # (n_pool, V)
+    row_in_pool: np.ndarray         # (n_users,) the user's pool row, -1 without baskets
+
+
+def tifu_pool(baskets_per_user: Baskets, num_items: int, params: TifuKnnParams) -> TifuPool:
+    vectors = tifu_user_vectors(baskets_per_user, num_items, params)
+    n_baskets = np.fromiter((len(u) for u in baskets_per_user), np.int64, count=len(baskets_per_user))
+    pool_users = np.flatnonzero(n_baskets > 0)
+    row_in_pool = np.full(vectors.shape[0], -1, np.int64)
+    row_in_pool[pool_users] = np.arange(len(pool_users))
+    return TifuPool(vectors, vectors[pool_users], row_in_pool)
 
 
 def tifu_knn_scores(baskets_per_user: Baskets, num_items: int, params: TifuKnnParams, *,
                     query_users: np.ndarray | None = None, exclude_self: bool = True,
-                    block_users: int = 512) -> np.ndarray:
+                    block_users: int = 512, pool: TifuPool | None = None) -> np.ndarray:
     """TIFU-KNN scores, (len(query_users), V) float32: alpha * own vector + (1 - alpha) * the plain mean
     of the k nearest pool users' vectors. The pool is every user in ``baskets_per_user`` with at least one
     basket (pass everyone with history before the cut-off); ``query_users`` picks the rows to score
-    (default all).
+    (default all); ``pool``: :func:`tifu_pool` of the same baskets and parameters, computed once by a
+    caller that scores in chunks.
 
     Matched to the authors' code (HaojiHu/TIFUKNN, TIFUKNN.py; the same functions are in Li et al.'s
     methods/tifuknn/tifuknn_new.py, the run the reality-check paper reports):
@@ -316,13 +336,9 @@ def tifu_knn_scores(baskets_per_user: Baskets, num_items: int, params: TifuKnnPa
     alpha + (1 - alpha) / k.
     """
     V = num_items
-    vectors = tifu_user_vectors(baskets_per_user, V, params)               # (n_users, V)
-    n_baskets = np.fromiter((len(u) for u in baskets_per_user), np.int64, count=len(baskets_per_user))
-    pool_users = np.flatnonzero(n_baskets > 0)
-    pool = vectors[pool_users]                                             # (n_pool, V)
+    fitted = tifu_pool(baskets_per_user, V, params) if pool is None else pool
+    vectors, pool, row_in_pool = fitted.vectors, fitted.pool, fitted.row_in_pool
     query_users = np.arange(vectors.shape[0]) if query_users is None else np.asarray(query_users, np.int64)
-    row_in_pool = np.full(vectors.shape[0], -1, np.int64)
-    row_in_pool[pool_users] = np.arange(len(pool_users))
     query = vectors[query_users]
     neighbours, _ = nearest_neighbours(query, pool, params.k, self_row=row_in_pool[query_users],
                                        exclude_self=exclude_self, block_rows=block_users)
