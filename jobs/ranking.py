@@ -189,7 +189,7 @@ class NightLookup:
 
     def _user_item(self, user: np.ndarray, item: np.ndarray) -> dict[str, np.ndarray]:
         n_items, n_categories = len(self.item_features), int(self.item_stats["category"].max(initial=-1)) + 2
-        at, found = _positions(user * n_items + item, self.pair_keys)
+        at, found = R.positions(user * n_items + item, self.pair_keys)
         events, baskets, days = (_at(self.pair_stats[c], at, found)
                                  for c in ("events", "baskets", "days_since_last_purchase"))
         category = self.item_stats["category"][item]
@@ -210,15 +210,6 @@ class NightLookup:
                 "item_buyers": np.nan_to_num(buyers),
             }
         return {c: v.astype(np.float32) for c, v in values.items()}     # as _numeric casts the Spark side
-
-
-def _positions(keys: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in ``known``, found) of each key; ``known`` sorted and unique. One search serves every
-    column aligned with ``known``."""
-    if not len(known):
-        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
-    at = np.searchsorted(known, keys).clip(max=len(known) - 1)
-    return at, known[at] == keys
 
 
 def _at(values: np.ndarray, at: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -393,8 +384,8 @@ def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: 
     night = B.night(purchases, d, 1, recommendable)
     model_rows = scored[scored["strategy"] == MODEL]
     pool_row = pd.Index(night.user_ids).get_indexer(model_rows["user_id"])
-    model_rows = model_rows.iloc[np.argsort(pool_row, kind="stable")]      # each chunk's rows one slice
-    pool_row = np.sort(pool_row)
+    order = np.argsort(pool_row, kind="stable")                             # each chunk's rows one slice
+    model_rows, pool_row = model_rows.iloc[order], pool_row[order]
     rows = np.unique(pool_row[pool_row >= 0])
     lookup = {d: night_lookup(spark, lake_root, d, night.user_ids[rows], catalogue)}
     fitted = {d: fit_retrievers(night, ranker.tifu)}

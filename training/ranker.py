@@ -140,10 +140,18 @@ def value_at(key: np.ndarray, known_key: np.ndarray, value: np.ndarray, *, dtype
     else:
         order = np.argsort(known_key, kind="stable")
         sorted_key, sorted_value = known_key[order], np.asarray(value, dtype)[order]
-    at = np.searchsorted(sorted_key, key).clip(max=len(sorted_key) - 1)
-    found = sorted_key[at] == key
+    at, found = positions(key, sorted_key)
     out[found] = sorted_value[at[found]]
     return out
+
+
+def positions(key: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``known``, found) of each key; ``known`` sorted and unique. One search serves every
+    column aligned with ``known``."""
+    if not len(known):
+        return np.zeros(len(key), np.int64), np.zeros(len(key), bool)
+    at = np.searchsorted(known, key).clip(max=len(known) - 1)
+    return at, known[at] == key
 
 
 def _lookup(key: np.ndarray, transformer: pd.DataFrame | None, V: int) -> tuple[np.ndarray, np.ndarray]:
