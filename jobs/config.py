@@ -212,6 +212,8 @@ class ScoreConfig:
     torch_threads: int = 1        # per Python worker: Spark already runs one task per core
     embed_batch: int = 512        # users per forward pass of the user tower
     arrow_batch_users: int = 4096   # users per Arrow batch handed to the scorer (bounds worker memory)
+    rank_chunk_users: int = 1024   # with a ranker: users ranked at a time in a worker (~380 candidates x ~120
+                                   # float32 features each: ~170 MB a chunk)
     rank: bool = True             # re-rank the candidates with the registered ranker (jobs/ranking.py) when there is one
     ranker_version: str = "latest"   # the ranker version that orders them
 
@@ -219,6 +221,7 @@ class ScoreConfig:
         _at_least(self, "k", 1)
         _at_least(self, "popular_window_days", 1)
         _at_least(self, "block_bytes", 1024)
+        _at_least(self, "rank_chunk_users", 1)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,17 @@ a later partition). Training nights are d = D - every_days * j (j = 1 .. trainin
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -28,7 +32,6 @@ from jobs.config import RankerConfig
 from training import backtest as B
 from training import heuristics as H
 from training import ranker as R
-from training.progress import Progress
 
 log = logging.getLogger("warmstart.ranking")
 
@@ -371,43 +374,124 @@ def _fit_inputs(frames: dict[dt.date, NightFrame], d: dt.date, cfg: RankerConfig
     return train, valid, features
 
 
-def rank_users(spark: SparkSession, lake_root: str, config, d: dt.date, scored: pd.DataFrame, ranker,
-               k: int, chunk_users: int = 1_024) -> pd.DataFrame:
-    """The scorer's rows (``user_id, rank, item_id, score, strategy``, the transformer's top N per user)
-    re-ranked for night D: every user the model scored who bought something before the cut-off gets its
-    top ``k`` of the ranker's candidates (strategy ``ranker``, score = the ranker's); others get nothing
-    here (the caller keeps their rows)."""
+@dataclass
+class RankContext:
+    """What re-ranking night D's users needs, built once on the driver (:func:`rank_context`) and broadcast
+    to the Python workers, which rank the scorer's rows where they are made (:func:`reranker`)."""
+    night: B.Night                  # horizon 1: the pool and its baskets before the cut-off, no targets
+    users: pd.Index                 # night.user_ids: user id -> pool row
+    lookup: NightLookup             # the night's point-in-time features of every pool user
+    fitted: tuple[Any, H.TifuPool]  # the co-occurrence model and TIFU-KNN pool (fit_retrievers)
+    ranker: Any                     # training.ranker.LoadedRanker
+    catalogue: list[str]            # the recommendable catalogue, the retrievers' item order
+    k: int
+    chunk_users: int                # users ranked at a time: ~380 candidates x ~120 float32 columns each
+    threads: int                    # XGBoost's threads per worker (one task per core already)
+
+
+def rank_context(spark: SparkSession, lake_root: str, config, d: dt.date, ranker, k: int) -> RankContext:
+    """Night D's :class:`RankContext`: the purchases before its cut-off, their retrievers and the features
+    as of D, each read and fitted once for all users."""
     from jobs.backtest import read_purchases
-    from scoring.candidates import MODEL, RANKED
 
     catalogue, recommendable, purchases, _ = read_purchases(spark, lake_root, config, through=d)
     night = B.night(purchases, d, 1, recommendable)
-    model_rows = scored[scored["strategy"] == MODEL]
-    pool_row = pd.Index(night.user_ids).get_indexer(model_rows["user_id"])
-    order = np.argsort(pool_row, kind="stable")                             # each chunk's rows one slice
-    model_rows, pool_row = model_rows.iloc[order], pool_row[order]
-    rows = np.unique(pool_row[pool_row >= 0])
-    lookup = {d: night_lookup(spark, lake_root, d, night.user_ids[rows], catalogue)}
-    fitted = {d: fit_retrievers(night, ranker.tifu)}
+    return RankContext(night, pd.Index(night.user_ids), night_lookup(spark, lake_root, d, night.user_ids, catalogue),
+                       fit_retrievers(night, ranker.tifu), ranker, list(catalogue), k,
+                       config.score.rank_chunk_users, config.score.torch_threads)
+
+
+class Sums(AccumulatorParam):
+    """A Spark accumulator of figures by name ({name: number}), summed over the workers' tasks."""
+
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, a: dict, b: dict) -> dict:
+        for part, seconds in b.items():
+            a[part] = a.get(part, 0.0) + seconds
+        return a
+
+
+def reranker(context_bc, sums=None) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The scorer's second stage (``scoring.candidates.candidate_rows(then=...)``): each batch of scored
+    rows, ranked by :func:`rank_users` with the broadcast :class:`RankContext`, in the worker that scored
+    it. ``sums``: a :class:`Sums` accumulator that gets where the workers' time went (seconds by part)
+    and how many candidates they ranked (``candidates``)."""
+    def rank_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from scoring.candidates import candidate_batch
+
+        spent: dict[str, float] = {}
+        context = context_bc.value           # loaded once per Python worker
+        context.ranker.booster.set_param({"nthread": context.threads})
+        for batch in batches:
+            out = rank_users(context, batch.to_pandas(), spent)
+            yield candidate_batch(out["user_id"].to_numpy(object), out["rank"].to_numpy(np.int32),
+                                  out["item_id"].to_numpy(object), out["score"].to_numpy(np.float32),
+                                  out["strategy"].to_numpy(object))
+        if sums is not None:
+            sums.add(spent)
+    return rank_batches
+
+
+def rank_users(context: RankContext, scored: pd.DataFrame, spent: dict[str, float] | None = None) -> pd.DataFrame:
+    """The rows to write for the scorer's rows ``scored`` (``user_id, rank, item_id, score, strategy``, the
+    transformer's top N of each of its users): every user the model scored who bought something before the
+    cut-off gets its top ``k`` of the ranker's candidates (strategy ``ranker``, score = the ranker's);
+    the others keep their first ``k`` rows (the model's, or the popular fallback). ``spent``: seconds by
+    part, and the number of candidates ranked (``candidates``), are added to it."""
+    from scoring.candidates import MODEL, RANKED
+
+    night, ranker, (cooccurrence, tifu_pool) = context.night, context.ranker, context.fitted
+    clock = _Stopwatch(spent)
+    pool_row = context.users.get_indexer(scored["user_id"])
+    mine = (scored["strategy"].to_numpy() == MODEL) & (pool_row >= 0)
+    order = np.argsort(pool_row[mine], kind="stable")                        # each chunk's rows one slice
+    model_rows, pool_row = scored[mine].iloc[order], pool_row[mine][order]
+    rows = np.unique(pool_row)
     out = []
-    with Progress(f"rank users of {d}", len(rows), "users") as progress:
-        # ~380 candidates x ~120 columns a user: 1,024 users make a ~170 MB feature block, reused chunk after
-        # chunk, as are the night's lookup and fitted retrievers.
-        for start in range(0, len(rows), chunk_users):
-            part = rows[start:start + chunk_users]
-            mine = model_rows.iloc[np.searchsorted(pool_row, part[0]):np.searchsorted(pool_row, part[-1], "right")]
-            transformer = mine if "transformer" in ranker.retrievers else None
-            frame = night_frames(spark, lake_root, {d: night}, catalogue, lambda _: transformer, ranker.tifu,
-                                 ranker.pools, rows={d: part}, lookups=lookup, fitted=fitted, reuse=True)[d].frame
-            missing = sorted(set(ranker.features) - set(frame.columns))
-            if missing:
-                raise RuntimeError(f"ranker {ranker.name}/{ranker.version} wants features the lake does not give: "
-                                   f"{', '.join(missing[:5])}")
-            top = R.top_rows(frame, R.predict(ranker.booster, frame, ranker.features), k)
+    for start in range(0, len(rows), context.chunk_users):
+        part = rows[start:start + context.chunk_users]
+        chunk = model_rows.iloc[np.searchsorted(pool_row, part[0]):np.searchsorted(pool_row, part[-1], "right")]
+        with clock("retrievers"):
+            transformer = _transformer_frame(chunk, night, context.catalogue) if "transformer" in ranker.retrievers else None
+            frame = R.candidates(night, part, transformer=transformer, tifu=ranker.tifu, cooccurrence=cooccurrence,
+                                 pools=ranker.pools, tifu_pool=tifu_pool)
+        with clock("features"):
+            frame = context.lookup.attach(frame, night.user_ids, reuse=True)
+        clock.count("candidates", len(frame))
+        missing = sorted(set(ranker.features) - set(frame.columns))
+        if missing:
+            raise RuntimeError(f"ranker {ranker.name}/{ranker.version} wants features the lake does not give: "
+                               f"{', '.join(missing[:5])}")
+        with clock("predict"):
+            score = R.predict(ranker.booster, frame, ranker.features)
+        with clock("top k"):
+            top = R.top_rows(frame, score, context.k)
             out.append(pd.DataFrame({"user_id": night.user_ids[top["row"].to_numpy()].astype(str),
                                      "rank": top["rank"].to_numpy(np.int32),
-                                     "item_id": np.asarray(catalogue, dtype=object)[top["item"].to_numpy()],
+                                     "item_id": np.asarray(context.catalogue, dtype=object)[top["item"].to_numpy()],
                                      "score": top["score"].to_numpy(np.float32), "strategy": RANKED}))
-            progress.update(len(part), candidates=len(frame))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
-        {"user_id": [], "rank": [], "item_id": [], "score": [], "strategy": []})
+    ranked = pd.concat(out, ignore_index=True) if out else scored.iloc[:0]
+    kept = scored[~scored["user_id"].isin(ranked["user_id"]) & (scored["rank"] <= context.k)]
+    return pd.concat([ranked, kept], ignore_index=True)
+
+
+class _Stopwatch:
+    """``with clock(part):`` adds the block's seconds to ``spent[part]``, ``clock.count(name, n)`` adds n to
+    ``spent[name]`` (nothing when ``spent`` is None)."""
+
+    def __init__(self, spent: dict[str, float] | None):
+        self.spent = spent
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.count(part, time.perf_counter() - start)
+
+    def count(self, name: str, value: float) -> None:
+        if self.spent is not None:
+            self.spent[name] = self.spent.get(name, 0.0) + value

@@ -104,15 +104,14 @@ def run(spark: SparkSession, args: ScoreArgs) -> dict:
     model = load_model(args.models_root, name, args.model_version)
     catalogue = _embed_catalogue(args, inputs.items, model)
     ranker = _load_ranker(args)
-    if ranker is None:
-        out_version, active_users = _write_candidates(spark, args, k, inputs, model, catalogue)
-    else:
-        out_version, active_users = _write_ranked(spark, args, k, inputs, model, catalogue, ranker)
+    out_version, active_users, ranking = _write_candidates(spark, args, k, inputs, model, catalogue, ranker)
     chaos.point("score.after_write")      # the partition is committed; the lineage record is not
     summary = _summary(spark, args, k, model, catalogue.item_ids, active_users, out_version)
     used = {"model": f"{name}/{model.version}"}
     if ranker is not None:
         summary["ranker"] = used["ranker"] = f"{ranker.name}/{ranker.version}"
+        summary["ranking_candidates"] = int(ranking.pop("candidates", 0))
+        summary["ranking_worker_seconds"] = {part: round(s, 1) for part, s in ranking.items()}
     runtime.record_lineage(args, run_date=args.run_date, inputs={**inputs.versions, **catalogue.versions, **used},
                            outputs={USER_CANDIDATES.name: out_version}, summary=summary)
     return summary
@@ -162,9 +161,10 @@ def _embed_catalogue(args: ScoreArgs, items: DataFrame, model) -> _Catalogue:
 
 
 @contextlib.contextmanager
-def _scored(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model, catalogue: _Catalogue):
+def _scored(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model, catalogue: _Catalogue, then=None):
     """Every active user's candidate rows, scored on the executors (a lazy DataFrame, valid inside the
-    block), and the number of active users. The job writes them; the backtest collects them."""
+    block), and the number of active users. The job writes them; the backtest collects them. ``then``:
+    a second stage on the scorer's batches in the same worker (``candidate_rows``), e.g. the ranker."""
     cfg, d = args.config.score, args.run_date
     excluded = cand.exclusions(inputs.events, d, list(cfg.exclude_event_types))
     users = cand.scoring_users(inputs.sequences, inputs.user_features, excluded,
@@ -185,7 +185,7 @@ def _scored(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_users))
         # Fixed partitioning and order make every batch's composition, hence every float, repeatable.
         ordered = users.repartition(partitions, "user_id").sortWithinPartitions("user_id")
-        rows = (cand.candidate_rows(ordered, _scorer_spec(args, k, model), *bcs)
+        rows = (cand.candidate_rows(ordered, _scorer_spec(args, k, model), *bcs, then=then)
                 .withColumn("model_version", F.lit(model.version))
                 .withColumn("generated_at", F.lit(cutoff(d)).cast("timestamp"))
                 .withColumn("run_date", F.lit(d)))
@@ -196,16 +196,37 @@ def _scored(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model
         users.unpersist()
 
 
-def _write_candidates(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model,
-                      catalogue: _Catalogue) -> tuple[int, int]:
-    """Every active user's candidates replace the run date's partition: (version written, active users)."""
-    with _scored(spark, args, k, inputs, model, catalogue) as (rows, active_users):
-        metadata = {"run_date": args.run_date.isoformat(), "k": k, "catalogue_items": len(catalogue.item_ids),
-                    "active_users": active_users, "model_name": args.config.train.name,
-                    "model_version": model.version, "run_id": args.run_id}
-        out_version = lake.replace_partition(spark, args.lake, USER_CANDIDATES, rows, args.run_date,
-                                             user_metadata=json.dumps(metadata, sort_keys=True))
-    return out_version, active_users
+def _write_candidates(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model, catalogue: _Catalogue,
+                      ranker=None) -> tuple[int, int, dict | None]:
+    """Every active user's candidates replace the run date's partition: (version written, active users,
+    the ranking workers' sums: seconds by part and ``candidates`` ranked; None without a ranker).
+
+    With a ``ranker`` (jobs/ranking.py), every active user with a purchase before the cut-off gets the
+    ranker's top K of its candidates (the transformer's top N among them); the other users keep their rows
+    (the model's, or the popular fallback). The night's features and retrievers are read and fitted once
+    here and broadcast; each Python worker ranks the rows it has just scored, so the transformer's top N
+    never leaves it and ranking runs on every executor core."""
+    from jobs import ranking
+
+    sc = spark.sparkContext
+    context_bc = None if ranker is None else sc.broadcast(
+        ranking.rank_context(spark, args.lake, args.config, args.run_date, ranker, k))
+    sums = None if ranker is None else sc.accumulator({}, ranking.Sums())
+    try:
+        wide, then = (k, None) if ranker is None else (max(k, ranker.pools.transformer_n),
+                                                       ranking.reranker(context_bc, sums))
+        with _scored(spark, args, wide, inputs, model, catalogue, then=then) as (rows, active_users):
+            metadata = {"run_date": args.run_date.isoformat(), "k": k, "catalogue_items": len(catalogue.item_ids),
+                        "active_users": active_users, "model_name": args.config.train.name,
+                        "model_version": model.version, "run_id": args.run_id}
+            if ranker is not None:
+                metadata.update(ranker_name=ranker.name, ranker_version=ranker.version)
+            out_version = lake.replace_partition(spark, args.lake, USER_CANDIDATES, rows, args.run_date,
+                                                 user_metadata=json.dumps(metadata, sort_keys=True))
+    finally:
+        if context_bc is not None:
+            context_bc.unpersist()
+    return out_version, active_users, None if sums is None else dict(sums.value)
 
 
 def _load_ranker(args: ScoreArgs):
@@ -222,30 +243,6 @@ def _load_ranker(args: ScoreArgs):
         return R.load(args.models_root, name, cfg.ranker_version)
     except RegistryError as exc:
         raise runtime.UsageError(str(exc)) from None
-
-
-def _write_ranked(spark: SparkSession, args: ScoreArgs, k: int, inputs: _Inputs, model, catalogue: _Catalogue,
-                  ranker) -> tuple[int, int]:
-    """The transformer's candidates re-ranked by the ranker (jobs/ranking.py) for every active user with a
-    purchase before the cut-off; the other users keep their rows (the model's, or the popular fallback)."""
-    from jobs import ranking
-
-    wide = max(k, ranker.pools.transformer_n)
-    with _scored(spark, args, wide, inputs, model, catalogue) as (rows, active_users):
-        scored = rows.select("user_id", "rank", "item_id", "score", "strategy").toPandas()
-    ranked = ranking.rank_users(spark, args.lake, args.config, args.run_date, scored, ranker, k)
-    kept = scored[~scored["user_id"].isin(set(ranked["user_id"])) & (scored["rank"] <= k)]
-    out = pd.concat([ranked, kept], ignore_index=True)
-    frame = (spark.createDataFrame(out.astype({"rank": np.int32, "score": np.float32}), schema=cand.CANDIDATE_ROWS)
-             .withColumn("model_version", F.lit(model.version))
-             .withColumn("generated_at", F.lit(cutoff(args.run_date)).cast("timestamp"))
-             .withColumn("run_date", F.lit(args.run_date)))
-    metadata = {"run_date": args.run_date.isoformat(), "k": k, "catalogue_items": len(catalogue.item_ids),
-                "active_users": active_users, "model_name": args.config.train.name, "model_version": model.version,
-                "ranker_name": ranker.name, "ranker_version": ranker.version, "run_id": args.run_id}
-    out_version = lake.replace_partition(spark, args.lake, USER_CANDIDATES, frame, args.run_date,
-                                         user_metadata=json.dumps(metadata, sort_keys=True))
-    return out_version, active_users
 
 
 def candidate_lists(spark: SparkSession, args: ScoreArgs) -> tuple[pd.DataFrame, list[str], str]:

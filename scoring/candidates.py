@@ -187,11 +187,14 @@ class ScorerSpec:
     embed_batch: int                     # users per forward pass of the user tower
 
 
-def candidate_rows(users: DataFrame, spec: ScorerSpec, item_ids_bc, item_matrix_bc, fallback_bc) -> DataFrame:
+def candidate_rows(users: DataFrame, spec: ScorerSpec, item_ids_bc, item_matrix_bc, fallback_bc,
+                   then: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] | None = None) -> DataFrame:
     """``users`` (from :func:`scoring_users`) -> rows ``user_id, rank, item_id, score, strategy``.
 
     ``item_ids_bc`` / ``item_matrix_bc``: broadcast catalogue ids (item_id ascending) and their (m, d)
-    float32 embeddings; ``fallback_bc``: broadcast :class:`FallbackLists`."""
+    float32 embeddings; ``fallback_bc``: broadcast :class:`FallbackLists`. ``then``: a second stage run in
+    the same Python worker on the scorer's batches (each holds all rows of its users), e.g. the ranker's
+    re-ranking (jobs/ranking.py): the rows never leave the worker in between."""
 
     def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
@@ -202,8 +205,8 @@ def candidate_rows(users: DataFrame, spec: ScorerSpec, item_ids_bc, item_matrix_
         index = _cached(spec.cache_key + "/index", lambda: {item: i for i, item in enumerate(item_ids)})
         matrix = item_matrix_bc.value
         lists = fallback_bc.value
-        for batch in batches:
-            yield score_batch(batch, model, item_ids, index, matrix, lists, spec)
+        scored = (score_batch(batch, model, item_ids, index, matrix, lists, spec) for batch in batches)
+        yield from (then(scored) if then else scored)
 
     return users.mapInArrow(score_batches, CANDIDATE_ROWS)
 
@@ -249,10 +252,14 @@ def score_batch(batch: pa.RecordBatch, model, item_ids: np.ndarray, index: dict[
     rows_user = np.repeat(np.asarray(user_ids, dtype=object), counts)
     ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), (n, k))[valid]
     strategy = np.repeat(np.where(fallback, POPULAR_FALLBACK, MODEL).astype(object), counts)
+    return candidate_batch(rows_user, ranks, item_ids[out_idx[valid]], out_score[valid], strategy)
+
+
+def candidate_batch(user_ids, ranks, item_ids, scores, strategies) -> pa.RecordBatch:
+    """Parallel arrays as one Arrow batch of :data:`CANDIDATE_ROWS`."""
     return pa.RecordBatch.from_arrays(
-        [pa.array(rows_user, pa.string()), pa.array(ranks, pa.int32()),
-         pa.array(item_ids[out_idx[valid]], pa.string()), pa.array(out_score[valid], pa.float32()),
-         pa.array(strategy, pa.string())],
+        [pa.array(user_ids, pa.string()), pa.array(ranks, pa.int32()), pa.array(item_ids, pa.string()),
+         pa.array(scores, pa.float32()), pa.array(strategies, pa.string())],
         schema=pa.schema([(f.name, pa.string() if f.dataType == T.StringType() else
                            pa.int32() if f.dataType == T.IntegerType() else pa.float32(), False)
                           for f in CANDIDATE_ROWS.fields]))

@@ -310,3 +310,50 @@ def test_nearest_neighbours_equal_a_full_sort_with_many_ties(seed, exclude_self)
                                       block_rows=7)
     assert rows.tolist() == expected.tolist()
     assert dist == pytest.approx(np.sqrt(np.maximum(np.take_along_axis(d, expected, axis=1), 0.0)))
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_nearest_neighbours_over_a_large_sparse_pool_equal_a_full_sort(exclude_self, monkeypatch):
+    # a pool far larger than k plus the rows a query shares an item with (most neighbours share none), with
+    # many equal norms (empty rows, one item once) and integer weights, so that distances tie across the
+    # rows that share an item and the rows that do not: the search must settle those ties as a full sort
+    searched, queried = [], 0
+    full = H._dense_neighbours
+    monkeypatch.setattr(H, "_dense_neighbours", lambda dots, *a: searched.append(dots.shape[0]) or full(dots, *a))
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        n, V = 1_500, 300
+        per_row = rng.choice([0, 1, 1, 1, 2, 3], n)
+        row = np.repeat(np.arange(n), per_row)
+        pool = sparse.csr_matrix((rng.integers(1, 3, len(row)).astype(float), (row, rng.zipf(1.3, len(row)) % V)),
+                                 shape=(n, V))
+        queries = rng.choice(n, 80, replace=False)
+        k = int(rng.integers(1, 60))
+        dense = pool.toarray()
+        d = (dense[queries] ** 2).sum(1)[:, None] + (dense ** 2).sum(1)[None, :] - 2 * dense[queries] @ dense.T
+        d[np.arange(len(queries)), queries] = np.inf if exclude_self else 0.0
+        expected = np.lexsort((np.broadcast_to(np.arange(n), d.shape), d), axis=1)[:, :k]
+        rows, dist = H.nearest_neighbours(pool[queries], pool, k, self_row=queries, exclude_self=exclude_self,
+                                          block_rows=16)
+        assert rows.tolist() == expected.tolist(), seed
+        assert dist == pytest.approx(np.sqrt(np.take_along_axis(d, expected, axis=1)))
+        queried += len(queries)
+    assert 0 < sum(searched) < queried / 4           # some ties needed the full search, most did not
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_neighbours_equal_the_brute_force_search_bit_for_bit_on_tifu_vectors(seed):
+    # TIFU-like float weights: the sparse search must give the brute-force search's rows and distances exactly
+    rng = np.random.default_rng(seed)
+    n, V = 2_000, 400
+    baskets = [[rng.zipf(1.4, rng.integers(1, 4)) % V for _ in range(rng.choice([1, 1, 2, 3, 6]))] for _ in range(n)]
+    vectors = H.tifu_user_vectors(baskets, V, H.TifuKnnParams(group_count=3, k=50))
+    queries = rng.choice(n, 200, replace=False)
+    for exclude_self in (True, False):
+        rows, dist = H.nearest_neighbours(vectors[queries], vectors, 50, self_row=queries, exclude_self=exclude_self)
+        q_sq = np.asarray(vectors[queries].multiply(vectors[queries]).sum(1)).ravel()
+        p_sq = np.asarray(vectors.multiply(vectors).sum(1)).ravel()
+        brute_rows, brute_d2 = H._dense_neighbours(vectors[queries] @ vectors.T.tocsr(), q_sq, p_sq, queries,
+                                                   exclude_self, 50)
+        assert rows.tolist() == brute_rows.tolist()
+        assert np.array_equal(dist, np.sqrt(brute_d2))

@@ -94,6 +94,7 @@ def test_train_ranker_registers_a_portable_model_with_lineage_and_reuses_it(trai
 def test_score_writes_the_rankers_lists_and_a_rerun_changes_nothing(spark, trained, world):
     from features.tables import ITEMS, USER_CANDIDATES
     from jobs import lake as lakeio, ranking, score
+    from training import ranker as R
 
     def scored(**overrides):
         config = world["config"].with_overrides(overrides)
@@ -111,17 +112,18 @@ def test_score_writes_the_rankers_lists_and_a_rerun_changes_nothing(spark, train
     assert not ranked.duplicated(["user_id", "item_id"]).any()
     assert set(ranked["item_id"]) <= {r["item_id"] for r in lakeio.read(spark, world["lake"], ITEMS).collect()}
     assert (ranked.groupby("user_id")["score"].apply(lambda s: bool(np.all(np.diff(s.to_numpy()) <= 0)))).all()
-    rank_users, chunked = ranking.rank_users, []
-
-    def in_chunks_of_7(*a, **kw):
-        chunked.append(True)
-        return rank_users(*a, **kw, chunk_users=7)
-
-    with pytest.MonkeyPatch.context() as mp:          # the rerun ranks 7 users at a time
-        mp.setattr(ranking, "rank_users", in_chunks_of_7)
-        _, rerun = scored()
-    assert chunked and summary["users_ranked"] > 7
-    pd.testing.assert_frame_equal(rows, rerun)        # deterministic, and the chunks change nothing
+    assert {"retrievers", "features", "predict", "top k"} <= set(summary["ranking_worker_seconds"])
+    assert summary["ranking_candidates"] >= summary["users_ranked"] * 10     # the ranker orders >= K a user
+    _, rerun = scored(**{"score.rank_chunk_users": 7, "score.partitions": 3, "score.arrow_batch_users": 5})
+    assert summary["users_ranked"] > 7
+    pd.testing.assert_frame_equal(rows, rerun)        # deterministic; the chunks and partitions change nothing
+    config = world["config"]                          # the workers' lists: the in-process function's on the same rows
+    lists, _, _ = score.candidate_lists(spark, args_for(score.ScoreArgs, world["lake"], config, run_date=D,
+                                                        k=config.ranker.transformer_n))
+    context = ranking.rank_context(spark, world["lake"], config, D, R.load(str(world["root"] / "models"),
+                                                                            config.ranker.name), 10)
+    reference = ranking.rank_users(context, lists).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, reference, check_dtype=False)
     _, plain = scored(**{"score.rank": False})
     assert set(plain["strategy"]) <= {"model", "popular_fallback"}
     both = ranked.merge(plain, on=["user_id", "rank"], suffixes=("", "_model"))
