@@ -320,6 +320,7 @@ def test_nearest_neighbours_over_a_large_sparse_pool_equal_a_full_sort(exclude_s
     searched, queried = [], 0
     full = H._dense_neighbours
     monkeypatch.setattr(H, "_dense_neighbours", lambda dots, *a: searched.append(dots.shape[0]) or full(dots, *a))
+    monkeypatch.setattr(H, "SPARSE_BELOW", 1.0)      # the sparse search for every block, however many pairs share
     for seed in range(6):
         rng = np.random.default_rng(seed)
         n, V = 1_500, 300
@@ -342,8 +343,9 @@ def test_nearest_neighbours_over_a_large_sparse_pool_equal_a_full_sort(exclude_s
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_nearest_neighbours_equal_the_brute_force_search_bit_for_bit_on_tifu_vectors(seed):
+def test_nearest_neighbours_equal_the_brute_force_search_bit_for_bit_on_tifu_vectors(seed, monkeypatch):
     # TIFU-like float weights: the sparse search must give the brute-force search's rows and distances exactly
+    monkeypatch.setattr(H, "SPARSE_BELOW", 1.0)
     rng = np.random.default_rng(seed)
     n, V = 2_000, 400
     baskets = [[rng.zipf(1.4, rng.integers(1, 4)) % V for _ in range(rng.choice([1, 1, 2, 3, 6]))] for _ in range(n)]

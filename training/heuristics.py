@@ -231,6 +231,13 @@ def tifu_user_vectors(baskets_per_user: Baskets, num_items: int, params: TifuKnn
     return sparse.csr_matrix((weight, (flat.user, flat.item)), shape=(len(flat.n_baskets), num_items))
 
 
+# The sparse search handles one (query, row) pair about 12x slower than the brute force's dense block does
+# (the 100K-user bench lake: 0.35 against 0.029 us), so it pays only where the pairs that share an item, plus
+# k a query, are a small share of all pairs: ~3% on the generated lakes; Online Retail's customers (many
+# baskets each) share items with far more of the others.
+SPARSE_BELOW = 0.05
+
+
 def nearest_neighbours(query: sparse.csr_matrix, pool: sparse.csr_matrix, k: int, *,
                        self_row: np.ndarray | None = None, exclude_self: bool = True,
                        block_rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -243,12 +250,14 @@ def nearest_neighbours(query: sparse.csr_matrix, pool: sparse.csr_matrix, k: int
 
     Squared distances are ||q||² + ||p||² - 2 q·p in float64, one block of ``block_rows`` queries at a
     time. Purchase vectors are sparse: every pool row a query shares no item with is at ||q||² + ||p||²,
-    so the nearest of those rows are the pool's smallest norms, the same for every query. Each query is therefore compared with the rows it shares an item with (one sparse
-    product) and with the pool's first rows by (norm, row), enough of them to fill k; a query whose k-th
-    distance ties with a row left out is searched over the whole pool (:func:`_dense_neighbours`). The
-    answer is the brute-force search's, bit for bit (tests/test_heuristics.py), at a cost that grows with
-    the pairs that share an item rather than with all pairs (2.2-2.6 -> 0.6-0.8 s per 1,024 queries over
-    85,000 customers: docs/model.md, "Cost").
+    so the nearest of those rows are the pool's smallest norms, the same for every query. Where the pairs
+    that share an item are few (:data:`SPARSE_BELOW`), a block's queries are compared with the rows they
+    share an item with (one sparse product) and with the pool's first rows by (norm, row), enough of them
+    to fill k; a query whose k-th distance ties with a row left out is searched over the whole pool.
+    Elsewhere the block is the brute force over every pair (:func:`_dense_neighbours`). Either way the
+    answer is the brute-force search's, bit for bit (tests/test_heuristics.py); the sparse search's cost
+    grows with the pairs that share an item rather than with all pairs (2.2-2.6 -> 0.6-0.8 s per 1,024
+    queries over 85,000 generated customers: docs/model.md, "Cost").
     """
     query, pool = sparse.csr_matrix(query, dtype=np.float64), sparse.csr_matrix(pool, dtype=np.float64)
     n_q, n_p = query.shape[0], pool.shape[0]
@@ -266,8 +275,12 @@ def nearest_neighbours(query: sparse.csr_matrix, pool: sparse.csr_matrix, k: int
     for start in range(0, n_q, block_rows):
         stop = min(start + block_rows, n_q)
         block = slice(start, stop)
-        rows, d2, unsure = _sparse_neighbours(query[block] @ pool_t, q_sq[block], p_sq, by_norm, self_row[block],
-                                              exclude_self, k)
+        dots = query[block] @ pool_t
+        if dots.nnz + (stop - start) * (k + 2) > SPARSE_BELOW * (stop - start) * n_p:    # dense enough: all pairs
+            rows_out[block], dist_out[block] = _dense_neighbours(dots, q_sq[block], p_sq, self_row[block],
+                                                                 exclude_self, k)
+            continue
+        rows, d2, unsure = _sparse_neighbours(dots, q_sq[block], p_sq, by_norm, self_row[block], exclude_self, k)
         if len(unsure):
             at = unsure + start
             rows[unsure], d2[unsure] = _dense_neighbours(query[at] @ pool_t, q_sq[at], p_sq, self_row[at],
