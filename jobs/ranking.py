@@ -71,28 +71,19 @@ def tune_tifu(validation: B.Night, k: int) -> H.TifuKnnParams:
 
 
 def night_frames(spark: SparkSession, lake_root: str, nights: dict[dt.date, B.Night], catalogue: list[str],
-                 transformer_rows: TransformerRows, tifu: H.TifuKnnParams, pools_: R.Pools,
-                 rows: dict[dt.date, np.ndarray] | None = None,
-                 lookups: dict[dt.date, NightLookup] | None = None,
-                 fitted: dict[dt.date, tuple[Any, H.TifuPool]] | None = None,
-                 reuse: bool = False) -> dict[dt.date, NightFrame]:
-    """The candidates of every night's judged users (or of ``rows[d]``, pool rows) with labels and
-    features: from ``lookups[d]`` when given (the ranked score builds one a night for all its chunks),
-    else from a :class:`NightLookup` collected here. ``fitted[d]``: the night's co-occurrence model and
-    TIFU-KNN pool (:func:`fit_retrievers`), likewise shared by a caller's chunks; fitted here otherwise.
-    ``reuse``: the lookups' feature block is reused (``NightLookup.attach``): the caller is done with the
-    previous call's frames."""
+                 transformer_rows: TransformerRows, tifu: H.TifuKnnParams, pools_: R.Pools) -> dict[dt.date, NightFrame]:
+    """The candidates of every night's judged users with labels and features (a :class:`NightLookup`
+    collected per night): the ranker's training and test rows. The ranked score builds its candidates per
+    chunk of users from one broadcast :class:`RankContext` instead (:func:`rank_users`)."""
     frames = {}
     for d, night in sorted(nights.items()):
         transformer = _transformer_frame(transformer_rows(d), night, catalogue)
-        wanted = night.evaluated if rows is None or d not in rows else rows[d]
-        cooccurrence, tifu_pool = fitted[d] if fitted and d in fitted else fit_retrievers(night, tifu)
-        frame = R.candidates(night, wanted, transformer=transformer, tifu=tifu, cooccurrence=cooccurrence,
+        cooccurrence, tifu_pool = fit_retrievers(night, tifu)
+        frame = R.candidates(night, night.evaluated, transformer=transformer, tifu=tifu, cooccurrence=cooccurrence,
                              pools=pools_, tifu_pool=tifu_pool)
         frames[d] = frame.assign(label=R.labels(frame, night))
         log.info("ranker night %s: %d users, %d candidates", d, len(night.evaluated), len(frame))
-    attached = {d: lookups[d].attach(f, nights[d].user_ids, reuse=reuse) for d, f in frames.items()} if lookups else \
-        attach_features(spark, lake_root, {d: (nights[d], f) for d, f in frames.items()}, catalogue)
+    attached = attach_features(spark, lake_root, {d: (nights[d], f) for d, f in frames.items()}, catalogue)
     out, qid = {}, 0
     for d in sorted(frames):
         f = attached[d]
